@@ -1,0 +1,64 @@
+"""Loads the compiled kernels and teaches PyTorch about them: fake (meta) kernels for
+torch.compile, and autograd through the registered backward op."""
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.compact_bilinear.*)
+except ImportError as err:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "compact_bilinear could not load its compiled kernels (compact_bilinear._C): "
+        f"{err}. Rebuild them against the torch installed now (torch {torch.__version__}): "
+        "`pip install --no-build-isolation .` in the source tree, or "
+        "`python setup.py build_ext --inplace` for a development checkout."
+    ) from err
+
+ops = torch.ops.compact_bilinear
+
+
+@torch.library.register_fake("compact_bilinear::forward")
+def _forward_fake(inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm):
+    maps = [x for x in inputs if x.dim() > 2]
+    spatial = tuple(maps[0].shape[2:]) if maps and not sum_pool else ()
+    return inputs[0].new_empty((inputs[0].shape[0], output_dim, *spatial))
+
+
+@torch.library.register_fake("compact_bilinear::backward")
+def _backward_fake(grad_out, inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm):
+    return [torch.empty_like(x, memory_format=torch.contiguous_format) for x in inputs]
+
+
+def _setup_context(ctx, inputs, output):
+    xs, hashes, signs, output_dim, sum_pool, algorithm = inputs
+    # Only the inputs and hashes are kept: the backward recomputes sketches and spectra.
+    ctx.save_for_backward(*xs, *hashes, *signs)
+    ctx.k = len(xs)
+    ctx.args = (output_dim, sum_pool, algorithm)
+
+
+def _backward(ctx, grad):
+    saved = ctx.saved_tensors
+    k = ctx.k
+    xs, hashes, signs = list(saved[:k]), list(saved[k : 2 * k]), list(saved[2 * k :])
+    grads = ops.backward(grad, xs, hashes, signs, *ctx.args)
+    return list(grads), [None] * k, [None] * k, None, None, None
+
+
+torch.library.register_autograd("compact_bilinear::forward", _backward, setup_context=_setup_context)
+
+
+def _no_double_backward_setup(ctx, inputs, output):
+    pass
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "compact_bilinear: double backward (differentiating the gradient, e.g. a gradient penalty) "
+        "is not supported; compute such terms with compact_bilinear.reference instead"
+    )
+
+
+torch.library.register_autograd(
+    "compact_bilinear::backward", _no_double_backward, setup_context=_no_double_backward_setup
+)

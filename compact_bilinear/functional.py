@@ -1,0 +1,90 @@
+"""Functional form of compact bilinear pooling."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._ops import ops
+
+__all__ = ["compact_bilinear_pooling", "signed_sqrt"]
+
+ALGORITHMS = ("auto", "fused", "fft")
+SIGNED_SQRT_EPS = 1e-8
+
+
+def signed_sqrt(z: Tensor, eps: float = SIGNED_SQRT_EPS) -> Tensor:
+    """``sign(z) * (sqrt(|z| + eps) - sqrt(eps))``: the MCB signed square root, shifted so it is
+    continuous and its gradient stays finite at 0 (at most ``1 / (2 sqrt(eps))``)."""
+    return torch.sign(z) * (torch.sqrt(z.abs() + eps) - eps**0.5)
+
+
+def _as_tensor_list(name: str, value) -> list:
+    if isinstance(value, Tensor) or not isinstance(value, Sequence):
+        raise TypeError(f"compact_bilinear_pooling: {name} must be a list or tuple of tensors, got {type(value).__name__}")
+    for i, v in enumerate(value):
+        if not isinstance(v, Tensor):
+            raise TypeError(f"compact_bilinear_pooling: {name}[{i}] must be a Tensor, got {type(v).__name__}")
+    return list(value)
+
+
+def compact_bilinear_pooling(
+    inputs: Sequence[Tensor],
+    hash_indices: Sequence[Tensor],
+    hash_signs: Sequence[Tensor],
+    output_dim: int,
+    *,
+    sum_pool: bool = False,
+    signed_sqrt: bool = False,
+    l2_normalize: bool = False,
+    algorithm: str = "auto",
+) -> Tensor:
+    """Compact bilinear pooling (Tensor Sketch) of K >= 1 inputs.
+
+    ``out[j] = sum over (i_1..i_K) with (h_1[i_1] + ... + h_K[i_K]) mod d == j of
+    prod_k s_k[i_k] x_k[i_k]``: the count sketch of the outer product, without forming it.
+
+    Args:
+        inputs: K tensors, each ``Tensor[B, C_k]`` (a vector per sample) or
+            ``Tensor[B, C_k, *S]`` (a map, channels at dim 1). Maps share ``S``; vectors
+            broadcast over every location. float32/float64/float16/bfloat16 (half types
+            accumulate in float32 and return their own dtype).
+        hash_indices: K int64 ``Tensor[C_k]`` with values in ``[0, output_dim)``.
+        hash_signs: K ``Tensor[C_k]`` of +-1.
+        output_dim: d >= 1 (any size; the fused kernel takes powers of two up to 16384).
+        sum_pool: sum the output over the locations (default False).
+        signed_sqrt: apply ``sign(z) sqrt(|z|)`` (default False; see :func:`signed_sqrt`).
+        l2_normalize: L2-normalise each output vector over its d channels (default False).
+        algorithm: ``"auto"`` (default: the fused kernel where it applies on CUDA, else the
+            FFT path), ``"fused"`` (error if it cannot apply) or ``"fft"``.
+
+    Returns:
+        ``Tensor[B, d, *S]``, or ``Tensor[B, d]`` when ``sum_pool`` or every input is a vector.
+    """
+    inputs = _as_tensor_list("inputs", inputs)
+    hash_indices = _as_tensor_list("hash_indices", hash_indices)
+    hash_signs = _as_tensor_list("hash_signs", hash_signs)
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"compact_bilinear_pooling: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if not isinstance(output_dim, int) or isinstance(output_dim, bool):
+        raise TypeError(f"compact_bilinear_pooling: output_dim must be an int, got {type(output_dim).__name__}")
+    if inputs:
+        device_type = inputs[0].device.type
+        if torch.is_autocast_enabled(device_type):
+            # Under autocast, run in the autocast dtype: the kernels accumulate in float32 anyway.
+            dtype = torch.get_autocast_dtype(device_type)
+            inputs = [x.to(dtype) if x.is_floating_point() else x for x in inputs]
+        elif all(x.is_floating_point() for x in inputs) and len({x.dtype for x in inputs}) > 1:
+            dtype = inputs[0].dtype
+            for x in inputs[1:]:
+                dtype = torch.promote_types(dtype, x.dtype)
+            inputs = [x.to(dtype) for x in inputs]
+    with torch.autocast(inputs[0].device.type if inputs else "cpu", enabled=False):
+        out = ops.forward(inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm)
+    if signed_sqrt:
+        out = globals()["signed_sqrt"](out)
+    if l2_normalize:
+        out = F.normalize(out, dim=1)
+    return out

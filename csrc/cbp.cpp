@@ -1,0 +1,266 @@
+// Op schemas, argument validation and the device-independent parts of both algorithms.
+#include "cbp.h"
+
+#include <torch/library.h>
+
+#include <cmath>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+namespace compact_bilinear {
+
+namespace {
+
+std::string shape_str(at::IntArrayRef s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + (s.size() == 1 ? ",)" : ")");
+}
+
+bool is_real_number_dtype(at::ScalarType t) {
+  return (at::isFloatingType(t) || at::isIntegralType(t, /*includeBool=*/false));
+}
+
+}  // namespace
+
+Problem make_problem(const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& hash_indices,
+                     const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool) {
+  Problem p;
+  p.K = static_cast<int64_t>(inputs.size());
+  TORCH_CHECK_VALUE(p.K >= 1, "compact_bilinear: inputs must hold at least one tensor, got none");
+  TORCH_CHECK_VALUE(p.K <= kMaxInputs, "compact_bilinear: at most ", kMaxInputs, " inputs are supported, got ",
+                    p.K);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(hash_indices.size()) == p.K,
+                    "compact_bilinear: hash_indices must hold one tensor per input (", p.K, "), got ",
+                    hash_indices.size());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(hash_signs.size()) == p.K,
+                    "compact_bilinear: hash_signs must hold one tensor per input (", p.K, "), got ",
+                    hash_signs.size());
+  TORCH_CHECK_VALUE(output_dim >= 1, "compact_bilinear: output_dim must be >= 1, got ", output_dim);
+  p.d = output_dim;
+  p.F = output_dim / 2 + 1;
+  p.sum_pool = sum_pool;
+
+  const auto& x0 = inputs[0];
+  const auto device = x0.device();
+  p.in_dtype = x0.scalar_type();
+  std::vector<int64_t> spatial;
+  bool have_map = false;
+  for (int64_t k = 0; k < p.K; ++k) {
+    const auto& x = inputs[k];
+    TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "compact_bilinear: inputs[", k,
+                     "] must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
+                     x.scalar_type());
+    TORCH_CHECK_TYPE(x.scalar_type() == p.in_dtype, "compact_bilinear: all inputs must share one dtype; inputs[0] is ",
+                     p.in_dtype, " but inputs[", k, "] is ", x.scalar_type());
+    TORCH_CHECK_VALUE(x.dim() >= 2, "compact_bilinear: inputs[", k,
+                      "] must have shape (B, C) or (B, C, *S), got shape ", shape_str(x.sizes()));
+    TORCH_CHECK_VALUE(x.device() == device, "compact_bilinear: inputs[", k, "] is on ", x.device(),
+                      " but inputs[0] is on ", device, "; all inputs must be on one device");
+    TORCH_CHECK_VALUE(x.size(0) == x0.size(0), "compact_bilinear: batch size mismatch: inputs[", k, "] has ",
+                      x.size(0), " samples but inputs[0] has ", x0.size(0));
+    if (x.dim() > 2) {
+      auto s = x.sizes().slice(2).vec();
+      if (!have_map) {
+        spatial = s;
+        have_map = true;
+      } else {
+        TORCH_CHECK_VALUE(s == spatial, "compact_bilinear: spatial shape mismatch: inputs[", k,
+                          "] has spatial shape ", shape_str(s), " but an earlier map has ", shape_str(spatial),
+                          "; maps must share their spatial dims (vectors broadcast)");
+      }
+    }
+    const auto& h = hash_indices[k];
+    const auto& s = hash_signs[k];
+    const int64_t C = x.size(1);
+    TORCH_CHECK_TYPE(at::isIntegralType(h.scalar_type(), /*includeBool=*/false), "compact_bilinear: hash_indices[", k,
+                     "] must be an integer tensor, got ", h.scalar_type());
+    TORCH_CHECK_VALUE(h.dim() == 1 && h.size(0) == C, "compact_bilinear: hash_indices[", k,
+                      "] must have shape (", C, ",) to match the channels of inputs[", k, "], got shape ",
+                      shape_str(h.sizes()));
+    TORCH_CHECK_TYPE(is_real_number_dtype(s.scalar_type()), "compact_bilinear: hash_signs[", k,
+                     "] must be a real tensor of +-1, got ", s.scalar_type());
+    TORCH_CHECK_VALUE(s.dim() == 1 && s.size(0) == C, "compact_bilinear: hash_signs[", k, "] must have shape (", C,
+                      ",) to match the channels of inputs[", k, "], got shape ", shape_str(s.sizes()));
+    TORCH_CHECK_VALUE(h.device() == device && s.device() == device, "compact_bilinear: hash_indices[", k,
+                      "] and hash_signs[", k, "] must be on the inputs' device ", device, ", got ", h.device(),
+                      " and ", s.device());
+  }
+  p.acc_dtype = p.in_dtype == at::kDouble ? at::kDouble : at::kFloat;
+  p.B = x0.size(0);
+  p.L = 1;
+  for (auto s : spatial) p.L *= s;
+  p.out_map = have_map && !sum_pool;
+  p.out_shape = {p.B, p.d};
+  if (p.out_map) p.out_shape.insert(p.out_shape.end(), spatial.begin(), spatial.end());
+
+  // Hash range: one reduction over all inputs, one host read (a device sync on CUDA).
+  std::vector<at::Tensor> bounds;
+  for (int64_t k = 0; k < p.K; ++k) {
+    auto h = hash_indices[k].to(at::kLong);
+    p.hash.push_back(h.contiguous());
+    if (h.numel()) bounds.push_back(at::stack({h.min(), h.max()}));
+  }
+  if (!bounds.empty()) {
+    auto b = at::stack(bounds).cpu();
+    auto acc = b.accessor<int64_t, 2>();
+    for (int64_t k = 0, j = 0; k < p.K; ++k) {
+      if (!hash_indices[k].numel()) continue;
+      TORCH_CHECK_VALUE(acc[j][0] >= 0 && acc[j][1] < p.d, "compact_bilinear: hash_indices[", k,
+                        "] must lie in [0, output_dim) = [0, ", p.d, "), found values in [", acc[j][0], ", ",
+                        acc[j][1], "]");
+      ++j;
+    }
+  }
+
+  auto buckets = at::arange(p.d + 1, at::TensorOptions().dtype(at::kLong).device(device));
+  for (int64_t k = 0; k < p.K; ++k) {
+    const auto& x = inputs[k];
+    p.is_map[k] = x.dim() > 2 || !have_map;
+    p.x.push_back(x.reshape({p.B, x.size(1), x.dim() > 2 ? p.L : 1}));
+    p.sign.push_back(hash_signs[k].to(p.acc_dtype).contiguous());
+    // Inverse hash: channels sorted by bucket (stable, so each bucket sums in channel order).
+    auto sorted = at::sort(p.hash[k], /*stable=*/true, /*dim=*/0, /*descending=*/false);
+    p.perm.push_back(std::get<1>(sorted).contiguous());
+    p.ptr.push_back(at::searchsorted(std::get<0>(sorted), buckets).contiguous());
+    p.sorted_sign.push_back(p.sign[k].index_select(0, p.perm[k]).contiguous());
+  }
+  return p;
+}
+
+at::Tensor empty_output(const Problem& p) {
+  return at::empty(p.out_shape, p.x[0].options().dtype(p.in_dtype));
+}
+
+std::vector<at::Tensor> empty_input_grads(const Problem& p) {
+  std::vector<at::Tensor> g;
+  for (int64_t k = 0; k < p.K; ++k) g.push_back(at::empty(p.x[k].sizes(), p.x[k].options()));
+  return g;
+}
+
+at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk) {
+  auto out = empty_output(p);
+  if (out.numel() == 0) return out;
+  const int64_t Lout = p.out_map ? p.L : 1;
+  auto out3 = out.view({p.B, p.d, Lout});
+  const auto copt = p.x[0].options().dtype(p.acc_dtype);
+  for (int64_t b0 = 0; b0 < p.B; b0 += chunk) {
+    const int64_t bc = std::min(chunk, p.B - b0);
+    std::vector<at::Tensor> spectra;
+    for (int k = 0; k < p.K; ++k) {
+      auto cs = at::empty({bc * (p.is_map[k] ? p.L : 1), p.d}, copt);
+      kern.sketch(p, k, p.x[k].narrow(0, b0, bc), cs);
+      spectra.push_back(at::fft_rfft(cs, std::nullopt, -1));
+    }
+    auto P = at::empty({bc * Lout, p.F}, spectra[0].options());
+    kern.product(p, bc, spectra, P);
+    spectra.clear();
+    auto rows = at::fft_irfft(P, p.d, -1);
+    out3.narrow(0, b0, bc).copy_(rows.view({bc, Lout, p.d}).transpose(1, 2));
+  }
+  return out;
+}
+
+std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_out, const FftKernels& kern,
+                                     int64_t chunk) {
+  auto grads = empty_input_grads(p);
+  if (grad_out.numel() == 0) {
+    for (auto& g : grads) g.zero_();
+    return grads;
+  }
+  const int64_t Lout = p.out_map ? p.L : 1;
+  auto g3 = grad_out.reshape({p.B, p.d, Lout});
+  for (int64_t b0 = 0; b0 < p.B; b0 += chunk) {
+    const int64_t bc = std::min(chunk, p.B - b0);
+    auto grows = g3.narrow(0, b0, bc).transpose(1, 2).to(p.acc_dtype).reshape({bc * Lout, p.d});
+    auto G = at::fft_rfft(grows, std::nullopt, -1);
+    std::vector<at::Tensor> spectra, Q;
+    for (int k = 0; k < p.K; ++k) {
+      const int64_t rows = bc * (p.is_map[k] ? p.L : 1);
+      auto cs = at::empty({rows, p.d}, grows.options());
+      kern.sketch(p, k, p.x[k].narrow(0, b0, bc), cs);
+      spectra.push_back(at::fft_rfft(cs, std::nullopt, -1));
+      Q.push_back(at::empty({rows, p.F}, G.options()));
+    }
+    kern.product_backward(p, bc, G, spectra, Q);
+    spectra.clear();
+    for (int k = 0; k < p.K; ++k) {
+      auto gcs = at::fft_irfft(Q[k], p.d, -1);
+      auto gx = grads[k].narrow(0, b0, bc);
+      kern.sketch_backward(p, k, gcs, gx);
+    }
+  }
+  return grads;
+}
+
+FusedPlan fused_plan(const Problem& p, bool backward) {
+  int64_t nmap = 0;
+  for (int64_t k = 0; k < p.K; ++k) nmap += p.is_map[k];
+  const int64_t nvec = p.K - nmap, groups = (nmap + 1) / 2;
+  // Rows reduced inside one thread group: at most 8 locations, spread evenly, so a pooled 7x7
+  // map gives 7 groups of 7 per sample (enough blocks to fill the GPU, few partial spectra).
+  const int64_t balanced = (p.L + (p.L + 7) / 8 - 1) / ((p.L + 7) / 8);
+  FusedPlan plan;
+  if (!backward) {
+    plan.rows_per_chunk = p.out_map ? 1 : balanced;
+    plan.slots = (groups > 1 ? 1 : 0) + (p.out_map ? 0 : 1);
+  } else {
+    plan.rows_per_chunk = (p.out_map && nvec == 0) ? 1 : balanced;
+    const int64_t last = nmap % 2 ? 1 : 2;
+    plan.slots = 1 + (nmap - last) + nvec;
+  }
+  plan.nchunks = (p.L + plan.rows_per_chunk - 1) / plan.rows_per_chunk;
+  const int64_t elem = p.acc_dtype == at::kDouble ? 16 : 8;
+  plan.smem_bytes = elem * (p.d + plan.slots * p.F);
+  return plan;
+}
+
+std::string fused_unsupported_reason(const Problem& p, bool backward, int64_t smem_limit) {
+  if ((p.d & (p.d - 1)) != 0 || p.d > 16384)
+    return "the fused kernel needs output_dim to be a power of two <= 16384, got " + std::to_string(p.d);
+  auto plan = fused_plan(p, backward);
+  if (plan.smem_bytes > smem_limit)
+    return std::string("the fused ") + (backward ? "backward" : "forward") + " kernel would need " +
+           std::to_string(plan.smem_bytes) + " bytes of shared memory for this call (output_dim " +
+           std::to_string(p.d) + ", " + std::to_string(p.K) + " inputs), above the limit of " +
+           std::to_string(smem_limit);
+  return {};
+}
+
+at::Tensor twiddles(const Problem& p) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, int, int64_t, int>, at::Tensor> cache;
+  const auto dev = p.x[0].device();
+  const auto key = std::make_tuple(static_cast<int>(dev.type()), static_cast<int>(dev.index()), p.d,
+                                   static_cast<int>(p.acc_dtype));
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  // Computed in double on the host, then rounded once, so both instances use identical tables.
+  const int64_t n = std::max<int64_t>(p.d / 2, 1);
+  auto ang = at::arange(n, at::kDouble).mul_(-2.0 * M_PI / static_cast<double>(p.d));
+  auto tw = at::polar(at::ones_like(ang), ang);
+  tw = tw.to(p.acc_dtype == at::kDouble ? at::kComplexDouble : at::kComplexFloat).to(dev);
+  cache.emplace(key, tw);
+  return tw;
+}
+
+TORCH_LIBRARY(compact_bilinear, m) {
+  m.def(
+      "forward(Tensor[] inputs, Tensor[] hash_indices, Tensor[] hash_signs, int output_dim, bool sum_pool, "
+      "str algorithm) -> Tensor");
+  m.def(
+      "backward(Tensor grad_out, Tensor[] inputs, Tensor[] hash_indices, Tensor[] hash_signs, int output_dim, "
+      "bool sum_pool, str algorithm) -> Tensor[]");
+}
+
+}  // namespace compact_bilinear
+
+// `import compact_bilinear._C` loads this library, whose static initialisers register the ops.
+#include <Python.h>
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "compact_bilinear kernels (torch.ops.compact_bilinear)",
+                                          -1, nullptr};
+  return PyModule_Create(&module_def);
+}

@@ -1,0 +1,72 @@
+#pragma once
+// Host-side description of one compact bilinear pooling call, shared by the CPU and CUDA kernels.
+#include <ATen/ATen.h>
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "common/macros.h"
+
+namespace compact_bilinear {
+
+// One call, validated and normalised. Every input is viewed as x[b, c, l] with l over the shared
+// spatial locations (L = prod(S)); a vector input has a single location that broadcasts.
+struct Problem {
+  int64_t K = 0, B = 0, L = 1, d = 0, F = 0;  // F = d / 2 + 1 spectrum bins
+  bool sum_pool = false;
+  bool out_map = false;                     // output (B, d, *S) rather than (B, d)
+  std::vector<int64_t> out_shape;
+  std::array<bool, kMaxInputs> is_map{};    // rows of input k are B*L (map) or B (vector)
+  std::vector<at::Tensor> x;                // (B, C_k, L_k) views of the inputs
+  std::vector<at::Tensor> hash, sign;       // int64 [C_k] and compute-dtype [C_k]
+  std::vector<at::Tensor> perm, ptr, sorted_sign;  // inverse hash in CSR form (bucket j: ptr[j]..ptr[j+1])
+  at::ScalarType in_dtype = at::kFloat, acc_dtype = at::kFloat;
+
+  int64_t rows(int k) const { return is_map[k] ? B * L : B; }
+  int64_t out_rows() const { return out_map ? B * L : B; }
+};
+
+// Validates the arguments (errors name the argument, the expected and the actual value) and
+// builds the inverse hashes.
+Problem make_problem(const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& hash_indices,
+                     const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool);
+
+// Per-device building blocks of the FFT (composite) path. Spectra are complex (rows, F) tensors.
+struct FftKernels {
+  // cs (B*L_k, d) <- gather count sketch of input k.
+  void (*sketch)(const Problem&, int k, const at::Tensor& x, at::Tensor& cs);
+  // P (out spectrum rows, F) <- K-way product with vector broadcast and frequency-domain pooling.
+  void (*product)(const Problem&, int64_t batch, const std::vector<at::Tensor>& spectra, at::Tensor& P);
+  // Q_k (rows_k, F) <- G * conj(prod_{m != k} spectra_m), summed over locations for vectors.
+  void (*product_backward)(const Problem&, int64_t batch, const at::Tensor& G,
+                           const std::vector<at::Tensor>& spectra, std::vector<at::Tensor>& Q);
+  // grad_x (B, C_k, L_k) <- sign[i] * grad_cs[row, hash[i]].
+  void (*sketch_backward)(const Problem&, int k, const at::Tensor& grad_cs, at::Tensor& grad_x);
+};
+
+// The composite path, written once: sketch, rfft, product, irfft, processed `chunk` samples at a
+// time so intermediates stay small (CPU: cache-sized chunks; CUDA: the whole batch).
+at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk);
+std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_out, const FftKernels& kern,
+                                     int64_t chunk);
+
+// Fused path planning, shared by the host instance and the CUDA kernel.
+struct FusedPlan {
+  int64_t rows_per_chunk = 1, nchunks = 1;
+  int64_t slots = 0;          // half spectra (F complex values each) kept beside the d-point buffer
+  int64_t smem_bytes = 0;     // per thread group
+};
+// Largest shared memory per block that the fused kernel may use on the host instance; the CUDA
+// kernel uses the device's own opt-in limit (227 KiB on H100/H200 as well).
+constexpr int64_t kHostSharedMemoryLimit = 227 * 1024;
+FusedPlan fused_plan(const Problem& p, bool backward);
+// Empty if the fused kernel applies, else why not.
+std::string fused_unsupported_reason(const Problem& p, bool backward, int64_t smem_limit);
+// exp(-2 pi i j / d) for j in [0, d/2), in the compute dtype, on the inputs' device (cached).
+at::Tensor twiddles(const Problem& p);
+// The output tensor in its final shape and dtype.
+at::Tensor empty_output(const Problem& p);
+std::vector<at::Tensor> empty_input_grads(const Problem& p);
+
+}  // namespace compact_bilinear

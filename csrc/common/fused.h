@@ -1,0 +1,398 @@
+#pragma once
+// The fused STCB pipeline, written once for a "thread group": a CUDA block on the device and a
+// loop over virtual threads on the host (see DESIGN.md section 5). Every phase is a
+// group.for_each(n, body) followed by group.sync(); on the host the loop runs each body in turn,
+// which is a valid schedule of the same parallel program, so host tests exercise the kernel's
+// indexing and arithmetic.
+//
+// Per row (or per chunk of rows when pooling) everything lives in one d-point complex buffer Z
+// plus a few half-spectrum slots (F = d/2 + 1 complex values each):
+//   sketch two inputs into Re/Im of Z -> forward FFT (DIF: natural in, bit-reversed out) ->
+//   split the two real spectra and multiply -> Hermitian-filled product back into Z ->
+//   inverse FFT (DIT: bit-reversed in, natural out) -> one write.
+// Working in bit-reversed order between the two transforms means no permutation pass at all.
+#include <c10/util/complex.h>
+
+#include <cstdint>
+
+#include "common/macros.h"
+#include "common/spectral.h"
+
+namespace compact_bilinear {
+namespace fused {
+
+template <typename T>
+using cplx = c10::complex<T>;
+
+CB_HD uint32_t bit_reverse(uint32_t x, int bits) {
+  if (bits == 0) return 0;
+#if defined(__CUDA_ARCH__)
+  return __brev(x) >> (32 - bits);
+#else
+  uint32_t r = 0;
+  for (int i = 0; i < bits; ++i, x >>= 1) r = (r << 1) | (x & 1u);
+  return r;
+#endif
+}
+
+template <typename T>
+CB_HD cplx<T> mul_neg_i(cplx<T> z) { return cplx<T>(z.imag(), -z.real()); }
+template <typename T>
+CB_HD cplx<T> mul_pos_i(cplx<T> z) { return cplx<T>(-z.imag(), z.real()); }
+
+// Arguments of every fused kernel. Pointers are raw so the struct can be a kernel argument.
+template <typename T, typename In>
+struct Args {
+  int K = 0, log2d = 0;
+  int64_t B = 0, L = 1, d = 0, F = 0;
+  bool out_map = false;
+  int64_t rows_per_chunk = 1, nchunks = 1;
+  int nmap = 0, nvec = 0;
+  int map_ids[kMaxInputs] = {}, vec_ids[kMaxInputs] = {};  // inputs by kind, in input order
+  int vec_slot[kMaxInputs] = {};                            // input k -> its index among vectors
+  bool is_map[kMaxInputs] = {};
+  const In* x[kMaxInputs] = {};
+  int64_t C[kMaxInputs] = {}, stride_b[kMaxInputs] = {}, stride_c[kMaxInputs] = {}, stride_l[kMaxInputs] = {};
+  const int64_t* perm[kMaxInputs] = {};
+  const int64_t* ptr[kMaxInputs] = {};
+  const T* sorted_sign[kMaxInputs] = {};
+  const int64_t* hash[kMaxInputs] = {};
+  const T* sign[kMaxInputs] = {};
+  const cplx<T>* tw = nullptr;   // exp(-2 pi i j / d), j < d/2
+  cplx<T>* vspec = nullptr;      // vector spectra [nvec][B][F] (when maps are present)
+  cplx<T>* partial = nullptr;    // per-chunk spectra: forward [B][nchunks][F]; backward [nvec][B][nchunks][F]
+  In* out = nullptr;             // (B, d, L) or (B, d)
+  const In* grad = nullptr;      // gradient of out, same layout
+  int64_t grad_stride_b = 0, grad_stride_j = 0, grad_stride_l = 0;
+  In* grad_x[kMaxInputs] = {};   // (B, C_k, L_k) contiguous
+};
+
+// ---------------------------------------------------------------------------------------------
+// Transforms. z has n = 2^log2n points in the group's buffer; tw is the d-point table (n == d).
+// Radix-4 passes (two radix-2 stages per pass, four points in registers per virtual thread),
+// plus one radix-2 pass when log2n is odd.
+
+template <typename T, class G>
+CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n, int log2n, const cplx<T>* tw) {
+  int64_t H = n / 2;
+  if (log2n & 1) {
+    g.for_each(n / 2, [&](int64_t k) {
+      const cplx<T> a = z[k], b = z[k + n / 2];
+      z[k] = a + b;
+      z[k + n / 2] = (a - b) * tw[k];
+    });
+    g.sync();
+    H = n / 4;
+  }
+  for (; H >= 2; H /= 4) {
+    const int64_t h = H / 2, su = n / (4 * h), sv = n / (2 * h);
+    g.for_each(n / 4, [&](int64_t t) {
+      const int64_t k = t % h, base = (t / h) * 4 * h + k;
+      const cplx<T> u = tw[k * su], v = tw[k * sv];
+      const cplx<T> a0 = z[base], a1 = z[base + h], a2 = z[base + 2 * h], a3 = z[base + 3 * h];
+      const cplx<T> c0 = a0 + a2, c2 = (a0 - a2) * u, c1 = a1 + a3, c3 = mul_neg_i((a1 - a3) * u);
+      z[base] = c0 + c1;
+      z[base + h] = (c0 - c1) * v;
+      z[base + 2 * h] = c2 + c3;
+      z[base + 3 * h] = (c2 - c3) * v;
+    });
+    g.sync();
+  }
+}
+
+// Unnormalised inverse transform (conjugate twiddles): bit-reversed input, natural output.
+template <typename T, class G>
+CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n, int log2n, const cplx<T>* tw) {
+  for (int64_t h = 1; 4 * h <= n; h *= 4) {
+    const int64_t su = n / (4 * h), sv = n / (2 * h);
+    g.for_each(n / 4, [&](int64_t t) {
+      const int64_t k = t % h, base = (t / h) * 4 * h + k;
+      const cplx<T> u = std::conj(tw[k * su]), v = std::conj(tw[k * sv]);
+      const cplx<T> a0 = z[base], a1 = z[base + h] * v, a2 = z[base + 2 * h], a3 = z[base + 3 * h] * v;
+      const cplx<T> c0 = a0 + a1, c1 = a0 - a1, c2 = (a2 + a3) * u, c3 = mul_pos_i((a2 - a3) * u);
+      z[base] = c0 + c2;
+      z[base + 2 * h] = c0 - c2;
+      z[base + h] = c1 + c3;
+      z[base + 3 * h] = c1 - c3;
+    });
+    g.sync();
+  }
+  if (log2n & 1) {
+    g.for_each(n / 2, [&](int64_t k) {
+      const cplx<T> a = z[k], b = z[k + n / 2] * std::conj(tw[k]);
+      z[k] = a + b;
+      z[k + n / 2] = a - b;
+    });
+    g.sync();
+  }
+}
+
+// Positions of bins f and d - f in the bit-reversed spectrum.
+struct BinPair {
+  int64_t p, q;
+};
+CB_HD BinPair bins(int64_t f, int64_t d, int log2d) {
+  return {static_cast<int64_t>(bit_reverse(static_cast<uint32_t>(f), log2d)),
+          static_cast<int64_t>(bit_reverse(static_cast<uint32_t>((d - f) & (d - 1)), log2d))};
+}
+
+// Z = a + i b: the spectra of the two real signals at bin f.
+template <typename T>
+CB_HD void split(cplx<T> zf, cplx<T> zmf, cplx<T>& A, cplx<T>& B) {
+  const cplx<T> c = std::conj(zmf);
+  A = (zf + c) * T(0.5);
+  B = mul_neg_i(zf - c) * T(0.5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phases.
+
+// Z = sketch(input ka) + i sketch(input kb) for sample b, location l (kb < 0: imaginary part 0).
+template <typename T, typename In, class G>
+CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, int kb, int64_t b, int64_t l) {
+  auto base = [&](int k) {
+    return a.x[k] + b * a.stride_b[k] + (a.is_map[k] ? l * a.stride_l[k] : 0);
+  };
+  const In* xa = base(ka);
+  const In* xb = kb >= 0 ? base(kb) : nullptr;
+  g.for_each(a.d, [&](int64_t j) {
+    const T re = sketch_at<T, In>(xa, a.stride_c[ka], a.perm[ka], a.ptr[ka], a.sorted_sign[ka], j);
+    const T im = kb >= 0 ? sketch_at<T, In>(xb, a.stride_c[kb], a.perm[kb], a.ptr[kb], a.sorted_sign[kb], j) : T(0);
+    z[j] = cplx<T>(re, im);
+  });
+  g.sync();
+}
+
+// Z[p(f)] = S[f], Z[q(f)] = conj(S[f]) from a half spectrum given by `half(f)`.
+template <typename T, typename In, class G, class Half>
+CB_HD void fill_hermitian(const G& g, const Args<T, In>& a, cplx<T>* z, Half half) {
+  g.for_each(a.d / 2 + 1, [&](int64_t f) {
+    const BinPair pq = bins(f, a.d, a.log2d);
+    const cplx<T> s = half(f);
+    z[pq.p] = s;
+    if (pq.q != pq.p) z[pq.q] = std::conj(s);
+  });
+  g.sync();
+}
+
+// Forward of the vector inputs' spectra when maps are present: one group per (sample, pair).
+template <typename T, typename In, class G>
+CB_HD void vector_spectra(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t b, int64_t pair) {
+  const int ia = static_cast<int>(2 * pair), ib = ia + 1 < a.nvec ? ia + 1 : -1;
+  load_sketches(g, a, z, a.vec_ids[ia], ib >= 0 ? a.vec_ids[ib] : -1, b, 0);
+  fft_forward_dif(g, z, a.d, a.log2d, a.tw);
+  g.for_each(a.F, [&](int64_t f) {
+    const BinPair pq = bins(f, a.d, a.log2d);
+    cplx<T> A, B;
+    split(z[pq.p], z[pq.q], A, B);
+    a.vspec[(ia * a.B + b) * a.F + f] = A;
+    if (ib >= 0) a.vspec[(ib * a.B + b) * a.F + f] = B;
+  });
+  g.sync();
+}
+
+template <typename T, typename In>
+CB_HD cplx<T> vector_product(const Args<T, In>& a, int64_t b, int64_t f) {
+  cplx<T> v(1, 0);
+  for (int i = 0; i < a.nvec; ++i) v *= a.vspec[(i * a.B + b) * a.F + f];
+  return v;
+}
+
+// Forward for one (sample b, chunk c). Smem: z (d) + [P slot if > 1 map pair] + [acc slot if pooled].
+template <typename T, typename In, class G>
+CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c) {
+  const int groups = (a.nmap + 1) / 2;
+  cplx<T>* P = groups > 1 ? slots : nullptr;
+  cplx<T>* acc = a.out_map ? nullptr : slots + (groups > 1 ? a.F : 0);
+  if (acc) {
+    g.for_each(a.F, [&](int64_t f) { acc[f] = cplx<T>(0, 0); });
+    g.sync();
+  }
+  const int64_t l0 = c * a.rows_per_chunk, l1 = l0 + a.rows_per_chunk < a.L ? l0 + a.rows_per_chunk : a.L;
+  for (int64_t l = l0; l < l1; ++l) {
+    for (int gi = 0; gi < groups; ++gi) {
+      const int ka = a.map_ids[2 * gi], kb = 2 * gi + 1 < a.nmap ? a.map_ids[2 * gi + 1] : -1;
+      load_sketches(g, a, z, ka, kb, b, l);
+      fft_forward_dif(g, z, a.d, a.log2d, a.tw);
+      const bool last = gi == groups - 1;
+      g.for_each(a.F, [&](int64_t f) {
+        const BinPair pq = bins(f, a.d, a.log2d);
+        cplx<T> A, B;
+        split(z[pq.p], z[pq.q], A, B);
+        cplx<T> prod = kb >= 0 ? A * B : A;
+        if (gi > 0) prod *= P[f];
+        if (!last) {
+          P[f] = prod;
+          return;
+        }
+        if (a.nvec) prod *= vector_product(a, b, f);
+        if (acc) {
+          acc[f] += prod;
+        } else {
+          z[pq.p] = prod;
+          if (pq.q != pq.p) z[pq.q] = std::conj(prod);
+        }
+      });
+      g.sync();
+    }
+    if (!acc) {
+      fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
+      const T scale = T(1) / static_cast<T>(a.d);
+      In* out = a.out + b * a.d * a.L + l;
+      g.for_each(a.d, [&](int64_t j) { out[j * a.L] = static_cast<In>(z[j].real() * scale); });
+      g.sync();
+    }
+  }
+  if (acc) {
+    cplx<T>* dst = a.partial + (b * a.nchunks + c) * a.F;
+    g.for_each(a.F, [&](int64_t f) { dst[f] = acc[f]; });
+    g.sync();
+  }
+}
+
+// Pooled forward, second pass: sum the chunks' spectra in order, one inverse FFT per sample.
+template <typename T, typename In, class G>
+CB_HD void forward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t b) {
+  const cplx<T>* src = a.partial + b * a.nchunks * a.F;
+  fill_hermitian(g, a, z, [&](int64_t f) {
+    cplx<T> s(0, 0);
+    for (int64_t c = 0; c < a.nchunks; ++c) s += src[c * a.F + f];
+    return s;
+  });
+  fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
+  const T scale = T(1) / static_cast<T>(a.d);
+  In* out = a.out + b * a.d;
+  g.for_each(a.d, [&](int64_t j) { out[j] = static_cast<In>(z[j].real() * scale); });
+  g.sync();
+}
+
+// grad_x[k][b, i, l] = sign[i] * grad_cs[h[i]] with grad_cs = Re or Im of z (scaled by 1/d).
+template <typename T, typename In, class G>
+CB_HD void scatter_grads(const G& g, const Args<T, In>& a, const cplx<T>* z, int ka, int kb, int64_t b,
+                         int64_t l) {
+  const T scale = T(1) / static_cast<T>(a.d);
+  for (int part = 0; part < 2; ++part) {
+    const int k = part ? kb : ka;
+    if (k < 0) continue;
+    const int64_t Lk = a.is_map[k] ? a.L : 1;
+    In* gx = a.grad_x[k] + b * a.C[k] * Lk + (a.is_map[k] ? l : 0);
+    const int64_t* h = a.hash[k];
+    const T* s = a.sign[k];
+    g.for_each(a.C[k], [&](int64_t i) {
+      const cplx<T> v = z[h[i]];
+      gx[i * Lk] = static_cast<In>(s[i] * (part ? v.imag() : v.real()) * scale);
+    });
+  }
+  g.sync();
+}
+
+// Spectrum of the output gradient at (b, l) into slot G.
+template <typename T, typename In, class G>
+CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* Gs, int64_t b, int64_t l) {
+  const In* src = a.grad + b * a.grad_stride_b + l * a.grad_stride_l;
+  g.for_each(a.d, [&](int64_t j) { z[j] = cplx<T>(static_cast<T>(src[j * a.grad_stride_j]), T(0)); });
+  g.sync();
+  fft_forward_dif(g, z, a.d, a.log2d, a.tw);
+  g.for_each(a.F, [&](int64_t f) {
+    const BinPair pq = bins(f, a.d, a.log2d);
+    cplx<T> A, B;
+    split(z[pq.p], z[pq.q], A, B);
+    Gs[f] = A;
+  });
+  g.sync();
+}
+
+// Backward for one (sample b, chunk c). Slots: G, one per map input outside the last pair, one
+// accumulator per vector input. Map inputs' gradients are written directly; vector inputs' spectra
+// are summed over the chunk's locations into `partial` for backward_finish.
+template <typename T, typename In, class G>
+CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c) {
+  const int groups = (a.nmap + 1) / 2;
+  const int last_first = 2 * (groups - 1);  // index (among maps) of the first map of the last pair
+  cplx<T>* Gs = slots;
+  cplx<T>* mslot = slots + a.F;                  // maps 0 .. last_first-1
+  cplx<T>* vslot = mslot + last_first * a.F;     // vectors
+  if (a.nvec) {
+    g.for_each(a.nvec * a.F, [&](int64_t i) { vslot[i] = cplx<T>(0, 0); });
+    g.sync();
+  }
+  if (!a.out_map) grad_spectrum(g, a, z, Gs, b, 0);
+  const int64_t l0 = c * a.rows_per_chunk, l1 = l0 + a.rows_per_chunk < a.L ? l0 + a.rows_per_chunk : a.L;
+  for (int64_t l = l0; l < l1; ++l) {
+    if (a.out_map) grad_spectrum(g, a, z, Gs, b, l);
+    const int ka = a.map_ids[last_first], kb = last_first + 1 < a.nmap ? a.map_ids[last_first + 1] : -1;
+    for (int gi = 0; gi < groups; ++gi) {
+      const int ia = 2 * gi, ib = 2 * gi + 1 < a.nmap ? 2 * gi + 1 : -1;
+      load_sketches(g, a, z, a.map_ids[ia], ib >= 0 ? a.map_ids[ib] : -1, b, l);
+      fft_forward_dif(g, z, a.d, a.log2d, a.tw);
+      if (gi == groups - 1) break;
+      g.for_each(a.F, [&](int64_t f) {
+        const BinPair pq = bins(f, a.d, a.log2d);
+        split(z[pq.p], z[pq.q], mslot[ia * a.F + f], mslot[ib * a.F + f]);
+      });
+      g.sync();
+    }
+    // Every spectrum at bin f is now in a slot, in z (last pair) or in vspec: form all Q_k.
+    g.for_each(a.F, [&](int64_t f) {
+      const BinPair pq = bins(f, a.d, a.log2d);
+      cplx<T> v[kMaxInputs], prefix[kMaxInputs + 1];
+      cplx<T> A, B;
+      split(z[pq.p], z[pq.q], A, B);
+      for (int i = 0; i < a.nmap; ++i)
+        v[a.map_ids[i]] = i < last_first ? mslot[i * a.F + f] : (i == last_first ? A : B);
+      for (int i = 0; i < a.nvec; ++i) v[a.vec_ids[i]] = a.vspec[(i * a.B + b) * a.F + f];
+      prefix[0] = cplx<T>(1, 0);
+      for (int k = 0; k < a.K; ++k) prefix[k + 1] = prefix[k] * v[k];
+      const cplx<T> gf = Gs[f];
+      cplx<T> suffix(1, 0), q[kMaxInputs];
+      for (int k = a.K - 1; k >= 0; --k) {
+        q[k] = gf * std::conj(prefix[k] * suffix);
+        suffix *= v[k];
+      }
+      for (int i = 0; i < a.nvec; ++i) vslot[i * a.F + f] += q[a.vec_ids[i]];
+      for (int i = 0; i < last_first; ++i) mslot[i * a.F + f] = q[a.map_ids[i]];
+      // Two real gradients packed into one inverse transform: W = Q_a + i Q_b.
+      const cplx<T> qa = q[ka], qb = kb >= 0 ? q[kb] : cplx<T>(0, 0);
+      z[pq.p] = qa + mul_pos_i(qb);
+      if (pq.q != pq.p) z[pq.q] = std::conj(qa) + mul_pos_i(std::conj(qb));
+    });
+    g.sync();
+    fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
+    scatter_grads(g, a, z, ka, kb, b, l);
+    for (int gi = 0; gi < groups - 1; ++gi) {
+      const int ia = 2 * gi, ib = 2 * gi + 1;
+      g.for_each(a.F, [&](int64_t f) {
+        const BinPair pq = bins(f, a.d, a.log2d);
+        const cplx<T> qa = mslot[ia * a.F + f], qb = mslot[ib * a.F + f];
+        z[pq.p] = qa + mul_pos_i(qb);
+        if (pq.q != pq.p) z[pq.q] = std::conj(qa) + mul_pos_i(std::conj(qb));
+      });
+      g.sync();
+      fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
+      scatter_grads(g, a, z, a.map_ids[ia], a.map_ids[ib], b, l);
+    }
+  }
+  if (a.nvec) {
+    g.for_each(a.nvec * a.F, [&](int64_t i) {
+      const int64_t v = i / a.F, f = i % a.F;
+      a.partial[((v * a.B + b) * a.nchunks + c) * a.F + f] = vslot[i];
+    });
+    g.sync();
+  }
+}
+
+// Vector inputs' gradients: sum the chunks in order, one inverse FFT per (sample, vector).
+template <typename T, typename In, class G>
+CB_HD void backward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t b, int v) {
+  const cplx<T>* src = a.partial + (v * a.B + b) * a.nchunks * a.F;
+  fill_hermitian(g, a, z, [&](int64_t f) {
+    cplx<T> s(0, 0);
+    for (int64_t c = 0; c < a.nchunks; ++c) s += src[c * a.F + f];
+    return s;
+  });
+  fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
+  scatter_grads(g, a, z, a.vec_ids[v], -1, b, 0);
+}
+
+}  // namespace fused
+}  // namespace compact_bilinear

@@ -1,0 +1,189 @@
+#pragma once
+// Host-side driver of the fused pipeline, shared by the CPU (host instance) and CUDA kernels.
+// `Launch` runs one phase over a 1-D grid of thread groups: launch(phase, groups, ny, smem, args)
+// where group i handles (i / ny, i % ny).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <type_traits>
+
+#include "cbp.h"
+#include "common/fused.h"
+
+namespace compact_bilinear {
+namespace fused {
+
+enum class Phase { VectorSpectra, Forward, ForwardFinish, Backward, BackwardFinish };
+
+// Runs phase `ph` for thread group (bx, by). z: d points; slots follow it.
+template <typename T, typename In, class G>
+CB_HD void run_phase(const G& g, const Args<T, In>& a, Phase ph, cplx<T>* z, int64_t bx, int64_t by) {
+  cplx<T>* slots = z + a.d;
+  switch (ph) {
+    case Phase::VectorSpectra: vector_spectra(g, a, z, bx, by); break;
+    case Phase::Forward: forward_chunk(g, a, z, slots, bx, by); break;
+    case Phase::ForwardFinish: forward_finish(g, a, z, bx); break;
+    case Phase::Backward: backward_chunk(g, a, z, slots, bx, by); break;
+    case Phase::BackwardFinish: backward_finish(g, a, z, bx, static_cast<int>(by)); break;
+  }
+}
+
+template <typename T>
+using acc_t = std::conditional_t<std::is_same<T, double>::value, double, float>;
+
+template <typename T, typename In>
+Args<T, In> make_args(const Problem& p, const FusedPlan& plan) {
+  Args<T, In> a;
+  a.K = static_cast<int>(p.K);
+  a.B = p.B;
+  a.L = p.L;
+  a.d = p.d;
+  a.F = p.F;
+  while ((int64_t{1} << a.log2d) < p.d) ++a.log2d;
+  a.out_map = p.out_map;
+  a.rows_per_chunk = plan.rows_per_chunk;
+  a.nchunks = plan.nchunks;
+  for (int k = 0; k < a.K; ++k) {
+    a.is_map[k] = p.is_map[k];
+    if (p.is_map[k]) {
+      a.map_ids[a.nmap++] = k;
+    } else {
+      a.vec_slot[k] = a.nvec;
+      a.vec_ids[a.nvec++] = k;
+    }
+    const auto& x = p.x[k];
+    a.x[k] = x.data_ptr<In>();
+    a.C[k] = x.size(1);
+    a.stride_b[k] = x.stride(0);
+    a.stride_c[k] = x.stride(1);
+    a.stride_l[k] = x.stride(2);
+    a.perm[k] = p.perm[k].data_ptr<int64_t>();
+    a.ptr[k] = p.ptr[k].data_ptr<int64_t>();
+    a.sorted_sign[k] = p.sorted_sign[k].data_ptr<T>();
+    a.hash[k] = p.hash[k].data_ptr<int64_t>();
+    a.sign[k] = p.sign[k].data_ptr<T>();
+  }
+  a.tw = reinterpret_cast<const cplx<T>*>(twiddles(p).data_ptr());
+  return a;
+}
+
+template <typename T>
+at::ScalarType complex_of() {
+  return std::is_same<T, double>::value ? at::kComplexDouble : at::kComplexFloat;
+}
+
+template <typename T, typename In, class Launch>
+at::Tensor forward(const Problem& p, Launch&& launch) {
+  auto out = empty_output(p);
+  if (out.numel() == 0) return out;
+  const auto plan = fused_plan(p, /*backward=*/false);
+  auto a = make_args<T, In>(p, plan);
+  a.out = out.data_ptr<In>();
+  const int64_t zbytes = p.d * static_cast<int64_t>(sizeof(cplx<T>));
+  const auto copt = out.options().dtype(complex_of<T>());
+  at::Tensor vspec, partial;
+  if (a.nvec) {
+    vspec = at::empty({a.nvec, p.B, p.F}, copt);
+    a.vspec = reinterpret_cast<cplx<T>*>(vspec.data_ptr());
+    const int64_t pairs = (a.nvec + 1) / 2;
+    launch(Phase::VectorSpectra, p.B * pairs, pairs, zbytes, a);
+  }
+  if (!a.out_map) {
+    partial = at::empty({p.B, plan.nchunks, p.F}, copt);
+    a.partial = reinterpret_cast<cplx<T>*>(partial.data_ptr());
+  }
+  launch(Phase::Forward, p.B * plan.nchunks, plan.nchunks, plan.smem_bytes, a);
+  if (!a.out_map) launch(Phase::ForwardFinish, p.B, 1, zbytes, a);
+  return out;
+}
+
+template <typename T, typename In, class Launch>
+std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, Launch&& launch) {
+  auto grads = empty_input_grads(p);
+  if (grad_out.numel() == 0) {
+    for (auto& g : grads) g.zero_();
+    return grads;
+  }
+  const auto plan = fused_plan(p, /*backward=*/true);
+  auto a = make_args<T, In>(p, plan);
+  const auto g3 = grad_out.to(p.in_dtype).reshape({p.B, p.d, p.out_map ? p.L : 1});
+  a.grad = g3.data_ptr<In>();
+  a.grad_stride_b = g3.stride(0);
+  a.grad_stride_j = g3.stride(1);
+  a.grad_stride_l = g3.stride(2);
+  for (int k = 0; k < a.K; ++k) a.grad_x[k] = grads[k].data_ptr<In>();
+  const int64_t zbytes = p.d * static_cast<int64_t>(sizeof(cplx<T>));
+  const auto copt = g3.options().dtype(complex_of<T>());
+  at::Tensor vspec, partial;
+  if (a.nvec) {
+    vspec = at::empty({a.nvec, p.B, p.F}, copt);
+    a.vspec = reinterpret_cast<cplx<T>*>(vspec.data_ptr());
+    const int64_t pairs = (a.nvec + 1) / 2;
+    launch(Phase::VectorSpectra, p.B * pairs, pairs, zbytes, a);
+    partial = at::empty({a.nvec, p.B, plan.nchunks, p.F}, copt);
+    a.partial = reinterpret_cast<cplx<T>*>(partial.data_ptr());
+  }
+  launch(Phase::Backward, p.B * plan.nchunks, plan.nchunks, plan.smem_bytes, a);
+  if (a.nvec) launch(Phase::BackwardFinish, p.B * a.nvec, a.nvec, zbytes, a);
+  return grads;
+}
+
+}  // namespace fused
+}  // namespace compact_bilinear
+
+namespace compact_bilinear {
+
+// What a device brings to the two op entry points below.
+struct Backend {
+  const FftKernels* fft;
+  int64_t (*fft_chunk)(const Problem&);  // samples per chunk of the FFT path
+  int64_t smem_limit;                    // per thread group, for the fused path
+  bool prefer_fused;                     // what 'auto' picks where the fused kernel applies
+};
+
+inline bool use_fused(const Problem& p, const std::string& algorithm, bool backward, const Backend& be) {
+  TORCH_CHECK_VALUE(algorithm == "auto" || algorithm == "fft" || algorithm == "fused",
+                    "compact_bilinear: algorithm must be 'auto', 'fused' or 'fft', got '", algorithm, "'");
+  if (algorithm == "fft") return false;
+  const auto why = fused_unsupported_reason(p, backward, be.smem_limit);
+  TORCH_CHECK_VALUE(algorithm == "auto" || why.empty(), "compact_bilinear: algorithm='fused' cannot run this call: ",
+                    why, "; use algorithm='auto' or 'fft'");
+  return why.empty() && (algorithm == "fused" || be.prefer_fused);
+}
+
+template <class Launch>
+at::Tensor op_forward(const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& hash_indices,
+                      const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool,
+                      c10::string_view algorithm, const Backend& be, Launch&& launch) {
+  const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
+  if (!use_fused(p, std::string(algorithm), false, be)) return fft_forward(p, *be.fft, be.fft_chunk(p));
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.in_dtype, "compact_bilinear_fused_forward", [&] {
+    out = fused::forward<fused::acc_t<scalar_t>, scalar_t>(p, launch);
+  });
+  return out;
+}
+
+template <class Launch>
+std::vector<at::Tensor> op_backward(const at::Tensor& grad_out, const std::vector<at::Tensor>& inputs,
+                                    const std::vector<at::Tensor>& hash_indices,
+                                    const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool,
+                                    c10::string_view algorithm, const Backend& be, Launch&& launch) {
+  const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
+  TORCH_CHECK_VALUE(grad_out.sizes().vec() == p.out_shape, "compact_bilinear: grad_out must have the output's shape ",
+                    c10::IntArrayRef(p.out_shape), ", got ", grad_out.sizes());
+  TORCH_CHECK_VALUE(grad_out.device() == p.x[0].device(), "compact_bilinear: grad_out must be on ", p.x[0].device(),
+                    ", got ", grad_out.device());
+  std::vector<at::Tensor> grads;
+  if (!use_fused(p, std::string(algorithm), true, be)) {
+    grads = fft_backward(p, grad_out, *be.fft, be.fft_chunk(p));
+  } else {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.in_dtype, "compact_bilinear_fused_backward", [&] {
+      grads = fused::backward<fused::acc_t<scalar_t>, scalar_t>(p, grad_out, launch);
+    });
+  }
+  for (int64_t k = 0; k < p.K; ++k) grads[k] = grads[k].view(inputs[k].sizes());
+  return grads;
+}
+
+}  // namespace compact_bilinear

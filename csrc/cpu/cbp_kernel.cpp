@@ -1,0 +1,145 @@
+// CPU kernels: the FFT path (ATen's pocketfft on cache-sized chunks, gather sketch and spectral
+// product loops below) and the host instance of the fused pipeline.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "cbp.h"
+#include "common/fused_driver.h"
+#include "common/spectral.h"
+
+namespace compact_bilinear {
+namespace {
+
+// Samples per chunk of the FFT path: about 2 MiB of spectra per input, so a chunk's sketch,
+// spectra and product stay in the last-level cache between the passes over them.
+int64_t cpu_chunk(const Problem& p) {
+  const int64_t bytes_per_sample = p.L * p.F * (p.acc_dtype == at::kDouble ? 16 : 8);
+  return std::max<int64_t>(1, (int64_t{2} << 20) / std::max<int64_t>(bytes_per_sample, 1));
+}
+
+template <typename T>
+SpectralArgs<T> spectral_args(const Problem& p, const std::vector<at::Tensor>& spectra) {
+  SpectralArgs<T> a;
+  a.K = static_cast<int>(p.K);
+  a.L = p.L;
+  a.F = p.F;
+  a.out_map = p.out_map;
+  for (int k = 0; k < a.K; ++k) {
+    a.is_map[k] = p.is_map[k];
+    a.spec[k] = reinterpret_cast<const c10::complex<T>*>(spectra[k].data_ptr());
+  }
+  return a;
+}
+
+void sketch_cpu(const Problem& p, int k, const at::Tensor& x, at::Tensor& cs) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "compact_bilinear_sketch_cpu", [&] {
+    using T = fused::acc_t<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const int64_t Lk = x.size(2), sb = x.stride(0), sc = x.stride(1), sl = x.stride(2), d = p.d;
+    const int64_t* perm = p.perm[k].data_ptr<int64_t>();
+    const int64_t* ptr = p.ptr[k].data_ptr<int64_t>();
+    const T* sgn = p.sorted_sign[k].data_ptr<T>();
+    T* out = cs.data_ptr<T>();
+    at::parallel_for(0, x.size(0) * Lk, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* row = xp + (r / Lk) * sb + (r % Lk) * sl;
+        for (int64_t j = 0; j < d; ++j) out[r * d + j] = sketch_at<T, scalar_t>(row, sc, perm, ptr, sgn, j);
+      }
+    });
+  });
+}
+
+void product_cpu(const Problem& p, int64_t batch, const std::vector<at::Tensor>& spectra, at::Tensor& P) {
+  AT_DISPATCH_FLOATING_TYPES(P.scalar_type() == at::kComplexDouble ? at::kDouble : at::kFloat,
+                             "compact_bilinear_product_cpu", [&] {
+    auto a = spectral_args<scalar_t>(p, spectra);
+    a.out = reinterpret_cast<c10::complex<scalar_t>*>(P.data_ptr());
+    at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t f = 0; f < a.F; ++f) spectral_product_at(a, b, f);
+    });
+  });
+}
+
+void product_backward_cpu(const Problem& p, int64_t batch, const at::Tensor& G, const std::vector<at::Tensor>& spectra,
+                          std::vector<at::Tensor>& Q) {
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type() == at::kComplexDouble ? at::kDouble : at::kFloat,
+                             "compact_bilinear_product_backward_cpu", [&] {
+    auto a = spectral_args<scalar_t>(p, spectra);
+    a.grad = reinterpret_cast<const c10::complex<scalar_t>*>(G.data_ptr());
+    for (int k = 0; k < a.K; ++k) a.grad_spec[k] = reinterpret_cast<c10::complex<scalar_t>*>(Q[k].data_ptr());
+    at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t f = 0; f < a.F; ++f) spectral_product_backward_at(a, b, f);
+    });
+  });
+}
+
+void sketch_backward_cpu(const Problem& p, int k, const at::Tensor& grad_cs, at::Tensor& grad_x) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_x.scalar_type(), "compact_bilinear_sketch_bwd_cpu",
+                                  [&] {
+    using T = fused::acc_t<scalar_t>;
+    const T* gcs = grad_cs.data_ptr<T>();
+    const int64_t* h = p.hash[k].data_ptr<int64_t>();
+    const T* s = p.sign[k].data_ptr<T>();
+    const int64_t B = grad_x.size(0), C = grad_x.size(1), Lk = grad_x.size(2), d = p.d;
+    scalar_t* gx = grad_x.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t i = 0; i < C; ++i)
+          for (int64_t l = 0; l < Lk; ++l)
+            gx[(b * C + i) * Lk + l] = static_cast<scalar_t>(s[i] * gcs[(b * Lk + l) * d + h[i]]);
+    });
+  });
+}
+
+const FftKernels kCpuKernels{sketch_cpu, product_cpu, product_backward_cpu, sketch_backward_cpu};
+
+// Host instance of the fused pipeline: each parallel task runs whole thread groups in turn.
+struct HostGroup {
+  template <class F>
+  void for_each(int64_t n, F&& f) const {
+    for (int64_t i = 0; i < n; ++i) f(i);
+  }
+  void sync() const {}
+};
+
+struct HostLaunch {
+  template <typename T, typename In>
+  void operator()(fused::Phase ph, int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) const {
+    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      std::vector<c10::complex<T>> buf(smem / sizeof(c10::complex<T>));
+      for (int64_t i = g0; i < g1; ++i) fused::run_phase(HostGroup{}, a, ph, buf.data(), i / ny, i % ny);
+    });
+  }
+};
+
+// On the CPU, pocketfft through ATen beats the host instance of the fused kernel (see
+// benchmarks/), so 'auto' means the FFT path here; the host instance serves algorithm='fused'.
+const Backend kCpuBackend{&kCpuKernels, cpu_chunk, kHostSharedMemoryLimit, /*prefer_fused=*/false};
+
+at::Tensor forward_cpu(const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& hash_indices,
+                       const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool,
+                       c10::string_view algorithm) {
+  return op_forward(inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm, kCpuBackend, HostLaunch{});
+}
+
+std::vector<at::Tensor> backward_cpu(const at::Tensor& grad_out, const std::vector<at::Tensor>& inputs,
+                                     const std::vector<at::Tensor>& hash_indices,
+                                     const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool,
+                                     c10::string_view algorithm) {
+  return op_backward(grad_out, inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm, kCpuBackend,
+                     HostLaunch{});
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(compact_bilinear, CPU, m) {
+  m.impl("forward", &forward_cpu);
+  m.impl("backward", &backward_cpu);
+}
+
+}  // namespace compact_bilinear

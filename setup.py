@@ -1,0 +1,46 @@
+"""Build of compact_bilinear: C++ kernels always, CUDA kernels when they can be built.
+
+CUDA kernels are compiled when torch has CUDA and nvcc is found (CUDA_HOME), or when FORCE_CUDA=1;
+COMPACT_BILINEAR_CPU_ONLY=1 skips them (a quicker build while working on the CPU side).
+TORCH_CUDA_ARCH_LIST is respected; the default covers A100 (8.0) and H100/H200 (9.0).
+"""
+import glob
+import os
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+here = os.path.dirname(os.path.abspath(__file__))
+
+
+def want_cuda() -> bool:
+    if os.environ.get("COMPACT_BILINEAR_CPU_ONLY", "0") == "1":
+        return False
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def extension():
+    sources = ["csrc/cbp.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cxx = ["-O3", "-fvisibility=hidden"]
+    include_dirs = [os.path.join(here, "csrc")]
+    if not want_cuda():
+        return CppExtension("compact_bilinear._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+    return CUDAExtension(
+        "compact_bilinear._C",
+        sources,
+        include_dirs=include_dirs,
+        extra_compile_args={"cxx": cxx + ["-DCOMPACT_BILINEAR_WITH_CUDA"], "nvcc": nvcc},
+    )
+
+
+setup(
+    packages=find_packages(include=["compact_bilinear", "compact_bilinear.*", "pyramid", "pyramid.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
