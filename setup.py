@@ -29,6 +29,10 @@ def extension():
     if not want_cuda():
         return CppExtension("compact_bilinear._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    # ATen's CUDA headers include cuSPARSE/cuBLAS/cuFFT headers; pip-installed torch ships them in
+    # the nvidia/* wheels rather than under CUDA_HOME.
+    nvidia = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
+    include_dirs += sorted(glob.glob(os.path.join(nvidia, "*", "include")))
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
     nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
     return CUDAExtension(

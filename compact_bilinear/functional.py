@@ -21,6 +21,9 @@ def signed_sqrt(z: Tensor, eps: float = SIGNED_SQRT_EPS) -> Tensor:
     return torch.sign(z) * (torch.sqrt(z.abs() + eps) - eps**0.5)
 
 
+_signed_sqrt = signed_sqrt  # the keyword argument of compact_bilinear_pooling shadows the name
+
+
 def _as_tensor_list(name: str, value) -> list:
     if isinstance(value, Tensor) or not isinstance(value, Sequence):
         raise TypeError(f"compact_bilinear_pooling: {name} must be a list or tuple of tensors, got {type(value).__name__}")
@@ -84,7 +87,7 @@ def compact_bilinear_pooling(
     with torch.autocast(inputs[0].device.type if inputs else "cpu", enabled=False):
         out = ops.forward(inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm)
     if signed_sqrt:
-        out = globals()["signed_sqrt"](out)
+        out = _signed_sqrt(out)
     if l2_normalize:
         out = F.normalize(out, dim=1)
     return out

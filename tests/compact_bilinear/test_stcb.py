@@ -1,0 +1,371 @@
+"""compact_bilinear: values against the definition, gradients, registration, dtypes and errors.
+
+Ground truth is the explicit outer product (reference.explicit_outer_product_sketch) in float64;
+gradients are checked with float64 gradcheck. Every test runs on the CPU and, where a device
+exists, on CUDA; algorithm="fused" on the CPU runs the host instance of the CUDA kernel.
+"""
+import math
+
+import pytest
+import torch
+
+import compact_bilinear as cb
+from compact_bilinear.reference import (
+    compact_bilinear_pooling_reference,
+    explicit_outer_product_sketch,
+    random_hashes,
+)
+
+ALGOS = ["fft", "fused"]
+
+# (channels per input, d, shapes without channels: () vector, (H, W) map, ...), sum_pool
+CASES = {
+    "k2_vectors_odd_d": ((5, 7), 13, [(), ()], False),
+    "k3_vectors_prime_d": ((4, 6, 3), 31, [(), (), ()], False),
+    "k2_maps": ((5, 7), 16, [(3, 4), (3, 4)], False),
+    "k2_map_x_vector": ((6, 5), 32, [(3, 3), ()], False),
+    "k3_map_vec_map": ((5, 7, 3), 16, [(2, 3), (), (2, 3)], False),
+    "k2_video_3d": ((4, 5), 8, [(2, 3, 2), ()], False),
+    "k2_maps_pooled": ((5, 7), 64, [(3, 4), (3, 4)], True),
+    "k3_pooled_broadcast": ((5, 7, 3), 128, [(3, 3), (), (3, 3)], True),
+    "k3_pooled_prime_d": ((4, 6, 3), 17, [(2, 2), (2, 2), ()], True),
+    "k1_count_sketch": ((9,), 16, [(2, 2)], False),
+    "k4_mixed": ((3, 4, 2, 5), 32, [(2, 2), (), (), (2, 2)], False),
+}
+
+
+def make(case, device, dtype=torch.float64, batch=3, seed=0, requires_grad=False):
+    dims, d, spatial, sum_pool = case
+    g = torch.Generator().manual_seed(seed)
+    hs, ss = random_hashes(dims, d, g, device=device)
+    xs = [
+        torch.randn(batch, c, *s, generator=g, dtype=torch.float64).to(device=device, dtype=dtype).requires_grad_(requires_grad)
+        for c, s in zip(dims, spatial)
+    ]
+    return xs, hs, ss, d, sum_pool
+
+
+def fused_applies(d):
+    return d & (d - 1) == 0 and d <= 16384
+
+
+def case_algos(case):
+    return [a for a in ALGOS if a == "fft" or fused_applies(case[1])]
+
+
+PARAMS = [(name, algo) for name, case in CASES.items() for algo in case_algos(case)]
+
+
+@pytest.mark.parametrize("name,algo", PARAMS)
+def test_values_match_explicit_outer_product(name, algo, device):
+    xs, hs, ss, d, sum_pool = make(CASES[name], device)
+    out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm=algo)
+    ref = explicit_outer_product_sketch(xs, hs, ss, d, sum_pool)
+    assert out.shape == ref.shape and out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_output_shapes(device):
+    hs, ss = random_hashes((4, 6), 10, device=device)
+    x4, v = torch.randn(2, 4, 3, 5, device=device), torch.randn(2, 6, device=device)
+    assert cb.compact_bilinear_pooling([x4, v], hs, ss, 10).shape == (2, 10, 3, 5)
+    assert cb.compact_bilinear_pooling([x4, v], hs, ss, 10, sum_pool=True).shape == (2, 10)
+    assert cb.compact_bilinear_pooling([torch.randn(2, 4, device=device), v], hs, ss, 10).shape == (2, 10)
+
+
+@pytest.mark.parametrize("d", [2 ** e for e in range(0, 15)])
+def test_fused_every_supported_d(d, device):
+    """The fused kernel at every power of two, forward and backward, against the FFT path."""
+    # float64 needs twice the shared memory of float32, so the largest sizes run in float32.
+    dtype, tol = (torch.float64, 1e-9) if d <= 2048 else (torch.float32, 2e-5)
+    # Map x vector backward keeps one more half spectrum than map x map: at 16384 only the
+    # latter fits in shared memory (auto falls back to the FFT path for the former).
+    case = ((6, 5), d, [(2, 3), ()] if d < 16384 else [(2, 3), (2, 3)], False)
+    xs, hs, ss, d, sum_pool = make(case, device, dtype=dtype, batch=2, requires_grad=True)
+    ref = explicit_outer_product_sketch(xs, hs, ss, d, sum_pool)
+    out = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+    w = torch.randn_like(out)
+    g_fused = torch.autograd.grad((out * w).sum(), xs)
+    out_fft = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fft")
+    g_fft = torch.autograd.grad((out_fft * w).sum(), xs)
+    for a, b in zip(g_fused, g_fft):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
+
+
+@pytest.mark.parametrize("sum_pool", [False, True])
+def test_fused_largest_d_k2_maps(sum_pool, device):
+    case = ((3, 4), 16384, [(2, 2), (2, 2)], sum_pool)
+    xs, hs, ss, d, sum_pool = make(case, device, dtype=torch.float32, batch=1, requires_grad=True)
+    out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
+    ref = explicit_outer_product_sketch(xs, hs, ss, d, sum_pool)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-5 * ref.abs().max().item())
+    w = torch.randn_like(out)
+    g1 = torch.autograd.grad((out * w).sum(), xs)
+    g2 = torch.autograd.grad((compact_bilinear_pooling_reference(xs, hs, ss, d, sum_pool) * w).sum(), xs)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5 * b.abs().max().item())
+
+
+GRAD_CASES = ["k2_vectors_odd_d", "k2_maps", "k2_map_x_vector", "k3_map_vec_map", "k2_maps_pooled",
+              "k3_pooled_broadcast", "k3_pooled_prime_d", "k4_mixed", "k2_video_3d"]
+
+
+@pytest.mark.parametrize("name,algo", [(n, a) for n in GRAD_CASES for a in case_algos(CASES[n])])
+def test_gradcheck(name, algo, device):
+    xs, hs, ss, d, sum_pool = make(CASES[name], device, batch=2, requires_grad=True)
+    fn = lambda *x: cb.compact_bilinear_pooling(list(x), hs, ss, d, sum_pool=sum_pool, algorithm=algo)
+    assert torch.autograd.gradcheck(fn, xs)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_post_processing_gradcheck_and_zero(algo, device):
+    xs, hs, ss, d, _ = make(CASES["k2_maps"], device, batch=2, requires_grad=True)
+    fn = lambda *x: cb.compact_bilinear_pooling(list(x), hs, ss, d, signed_sqrt=True, l2_normalize=True, algorithm=algo)
+    assert torch.autograd.gradcheck(fn, xs)
+    zeros = [torch.zeros_like(x).requires_grad_() for x in xs]
+    out = fn(*zeros)
+    assert torch.all(out == 0)
+    grads = torch.autograd.grad(out.sum(), zeros)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_signed_sqrt_and_l2_values(device):
+    xs, hs, ss, d, _ = make(CASES["k2_map_x_vector"], device)
+    raw = cb.compact_bilinear_pooling(xs, hs, ss, d)
+    out = cb.compact_bilinear_pooling(xs, hs, ss, d, signed_sqrt=True, l2_normalize=True)
+    expect = torch.sign(raw) * raw.abs().sqrt()
+    expect = expect / expect.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(out, expect, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones_like(out.norm(dim=1)))
+
+
+@pytest.mark.parametrize("name", ["k2_maps", "k3_pooled_broadcast", "k2_map_x_vector"])
+def test_opcheck(name, device):
+    xs, hs, ss, d, sum_pool = make(CASES[name], device, dtype=torch.float32, batch=2, requires_grad=True)
+    for algo in case_algos(CASES[name]):
+        torch.library.opcheck(torch.ops.compact_bilinear.forward.default, (xs, hs, ss, d, sum_pool, algo))
+        grad = torch.randn(cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool).shape, device=device)
+        torch.library.opcheck(
+            torch.ops.compact_bilinear.backward.default,
+            (grad, [x.detach() for x in xs], hs, ss, d, sum_pool, algo),
+            test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"),
+        )
+
+
+def test_compile_fullgraph(device):
+    layer = cb.STCB((8, 6), 32, signed_sqrt=True, l2_normalize=True).to(device)
+    x = torch.randn(2, 8, 3, 3, device=device, requires_grad=True)
+    v = torch.randn(2, 6, device=device, requires_grad=True)
+    eager = layer(x, v)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out = compiled(x, v)
+    torch.testing.assert_close(out, eager)
+    w = torch.randn_like(out)
+    g1 = torch.autograd.grad((out * w).sum(), (x, v))
+    g2 = torch.autograd.grad((eager * w).sum(), (x, v))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_bitwise_deterministic(algo, device):
+    xs, hs, ss, d, sum_pool = make(CASES["k3_pooled_broadcast"], device, dtype=torch.float32, requires_grad=True)
+    results = []
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(2):
+            out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm=algo)
+            grads = torch.autograd.grad(out.square().sum(), xs)
+            results.append((out, grads))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        assert torch.equal(a, b)
+
+
+TOL = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("algo", ALGOS)
+def test_dtypes(dtype, algo, device):
+    xs, hs, ss, d, sum_pool = make(CASES["k2_map_x_vector"], device, dtype=dtype, requires_grad=True)
+    out = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm=algo)
+    assert out.dtype == dtype
+    ref = explicit_outer_product_sketch([x.double() for x in xs], hs, ss, d)
+    err = (out.double() - ref).abs().max() / ref.abs().max()
+    assert err < TOL[dtype], f"relative error {err:.2e}"
+    grads = torch.autograd.grad(out.float().sum(), xs)
+    assert all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
+
+
+def test_autocast(device):
+    layer = cb.STCB((8, 6), 32).to(device)
+    x, v = torch.randn(2, 8, 3, 3, device=device), torch.randn(2, 6, device=device)
+    dtype = torch.bfloat16
+    with torch.autocast(device.type, dtype=dtype):
+        out = layer(x, v)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), layer(x, v), rtol=5e-2, atol=5e-2)
+
+
+def test_mixed_dtypes_are_promoted(device):
+    hs, ss = random_hashes((4, 6), 16, device=device)
+    x, v = torch.randn(2, 4, device=device, dtype=torch.float16), torch.randn(2, 6, device=device)
+    assert cb.compact_bilinear_pooling([x, v], hs, ss, 16).dtype == torch.float32
+
+
+def test_non_contiguous_inputs(device):
+    xs, hs, ss, d, _ = make(CASES["k2_maps"], device)
+    nc = [x.transpose(2, 3).contiguous().transpose(2, 3) for x in xs]
+    nc = [torch.randn(x.shape[0], x.shape[1] * 2, *x.shape[2:], dtype=x.dtype, device=device)[:, ::2] for x in xs]
+    assert not nc[0].is_contiguous()
+    for algo in ALGOS:
+        out = cb.compact_bilinear_pooling(nc, hs, ss, d, algorithm=algo)
+        torch.testing.assert_close(out, explicit_outer_product_sketch([x.contiguous() for x in nc], hs, ss, d))
+
+
+def test_empty_batch(device):
+    hs, ss = random_hashes((4, 6), 16, device=device)
+    x = torch.randn(0, 4, 3, 3, device=device, requires_grad=True)
+    v = torch.randn(0, 6, device=device, requires_grad=True)
+    for algo in ALGOS:
+        out = cb.compact_bilinear_pooling([x, v], hs, ss, 16, algorithm=algo)
+        assert out.shape == (0, 16, 3, 3)
+        gx, gv = torch.autograd.grad(out.sum(), (x, v))
+        assert gx.shape == x.shape and gv.shape == v.shape
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_nan_stays_in_its_sample(algo, device):
+    xs, hs, ss, d, _ = make(CASES["k3_pooled_broadcast"], device, dtype=torch.float32)
+    xs[1][1, 2] = float("nan")
+    out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=True, algorithm=algo)
+    assert torch.isnan(out[1]).any()
+    assert torch.isfinite(out[0]).all() and torch.isfinite(out[2]).all()
+
+
+def test_stcb_layer_state_dict_and_hashes(device):
+    a = cb.STCB((8, 8, 5), 64, seed=3)
+    b = cb.STCB((8, 8, 5), 64, seed=3)
+    c = cb.STCB((8, 8, 5), 64, seed=4)
+    assert all(torch.equal(x, y) for x, y in zip(a.hash_indices, b.hash_indices))
+    assert not all(torch.equal(x, y) for x, y in zip(a.hash_indices, c.hash_indices))
+    # Independent hashes per input, even for equal channel counts.
+    assert not torch.equal(a.hash_indices[0], a.hash_indices[1])
+    assert all(h.dtype == torch.int64 and h.min() >= 0 and h.max() < 64 for h in a.hash_indices)
+    assert all(set(s.unique().tolist()) <= {-1.0, 1.0} for s in a.hash_signs)
+    sd = c.state_dict()
+    assert len([k for k in sd if k.startswith("hash_")]) == 6
+    a.load_state_dict(sd)
+    assert all(torch.equal(x, y) for x, y in zip(a.hash_indices, c.hash_indices))
+    a = a.to(device)
+    assert all(h.device.type == device.type for h in a.hash_indices + a.hash_signs)
+    xs = [torch.randn(2, 8, device=device), torch.randn(2, 8, 2, 2, device=device), torch.randn(2, 5, device=device)]
+    torch.testing.assert_close(a(*xs), explicit_outer_product_sketch(xs, a.hash_indices, a.hash_signs, 64).float())
+
+
+def test_sketch_kernel_property():
+    """E[<psi(x, y), psi(x', y')>] = <x, x'><y, y'> over random hashes; biased if the inputs share a hash.
+
+    x' = y and y' = x with x orthogonal to y make the true value 0 while a shared hash adds about
+    |x|^2 |y|^2, so this fails if STCB ever reused one hash for two inputs.
+    """
+    g = torch.Generator().manual_seed(0)
+    c, d, seeds = 16, 32, 400
+    x, y = torch.randn(c, generator=g, dtype=torch.float64), torch.randn(c, generator=g, dtype=torch.float64)
+    y = y - (y @ x) / (x @ x) * x  # orthogonal to x
+    pairs = [(x, y, y, x), (x, y, x, y)]
+    for x1, y1, x2, y2 in pairs:
+        truth = float((x1 @ x2) * (y1 @ y2))
+        vals = []
+        for seed in range(seeds):
+            layer = cb.STCB((c, c), d, seed=seed)
+            p1 = layer(x1[None], y1[None])[0]
+            p2 = layer(x2[None], y2[None])[0]
+            vals.append(float(p1 @ p2))
+        vals = torch.tensor(vals, dtype=torch.float64)
+        stderr = vals.std() / math.sqrt(seeds)
+        assert abs(vals.mean() - truth) < 4 * stderr + 1e-9, (vals.mean(), truth, stderr)
+    shared = torch.tensor(
+        [float((lambda h, s: explicit_outer_product_sketch([x[None], y[None]], [h, h], [s, s], d)[0]
+                @ explicit_outer_product_sketch([y[None], x[None]], [h, h], [s, s], d)[0])(
+            *[t[0] for t in random_hashes((c,), d, torch.Generator().manual_seed(seed))]))
+         for seed in range(seeds)], dtype=torch.float64)
+    assert shared.mean() > 0.5 * float((x @ x) * (y @ y)), "the shared-hash control should be biased"
+
+
+# ------------------------------------------------------------------------------------ errors
+
+def _ok(device):
+    hs, ss = random_hashes((4, 6), 16, device=device)
+    return [torch.randn(2, 4, 3, 3, device=device), torch.randn(2, 6, device=device)], hs, ss
+
+
+@pytest.mark.parametrize(
+    "mutate,exc,match",
+    [
+        (lambda xs, hs, ss: (xs, [hs[0], hs[1][:-1]], ss), ValueError, r"hash_indices\[1\] must have shape \(6,\)"),
+        (lambda xs, hs, ss: (xs, [hs[0], hs[1] + 16], ss), ValueError, r"hash_indices\[1\] must lie in \[0, output_dim\)"),
+        (lambda xs, hs, ss: (xs, [hs[0] - 1, hs[1]], ss), ValueError, r"hash_indices\[0\] must lie in"),
+        (lambda xs, hs, ss: ([xs[0], xs[1][:1]], hs, ss), ValueError, r"batch size mismatch: inputs\[1\] has 1"),
+        (lambda xs, hs, ss: ([xs[0], xs[1][..., None, None].expand(2, 6, 3, 2)], hs, ss), ValueError, "spatial shape mismatch"),
+        (lambda xs, hs, ss: ([xs[0].long(), xs[1]], hs, ss), TypeError, r"inputs\[0\] must be a floating-point tensor"),
+        (lambda xs, hs, ss: ([xs[0], xs[1].to(torch.complex64)], hs, ss), TypeError, r"inputs\[1\] must be a floating-point"),
+        (lambda xs, hs, ss: (xs, hs[:1], ss), ValueError, r"hash_indices must hold one tensor per input \(2\), got 1"),
+        (lambda xs, hs, ss: (xs, hs, ss + ss), ValueError, r"hash_signs must hold one tensor per input \(2\), got 4"),
+        (lambda xs, hs, ss: ([xs[0], xs[1][0]], hs, ss), ValueError, r"inputs\[1\] must have shape \(B, C\) or \(B, C, \*S\)"),
+        (lambda xs, hs, ss: (xs, [hs[0].float(), hs[1]], ss), TypeError, r"hash_indices\[0\] must be an integer tensor"),
+    ],
+)
+def test_bad_input(mutate, exc, match, device):
+    xs, hs, ss = mutate(*_ok(device))
+    with pytest.raises(exc, match=match):
+        cb.compact_bilinear_pooling(xs, hs, ss, 16)
+
+
+def test_bad_output_dim_and_algorithm(device):
+    xs, hs, ss = _ok(device)
+    with pytest.raises(ValueError, match="output_dim must be >= 1, got 0"):
+        cb.compact_bilinear_pooling(xs, hs, ss, 0)
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        cb.compact_bilinear_pooling(xs, hs, ss, 16, algorithm="fast")
+    hs2, ss2 = random_hashes((4, 6), 100, device=device)
+    with pytest.raises(ValueError, match="algorithm='fused' cannot run this call: .*power of two"):
+        cb.compact_bilinear_pooling(xs, hs2, ss2, 100, algorithm="fused")
+    assert cb.compact_bilinear_pooling(xs, hs2, ss2, 100).shape == (2, 100, 3, 3)  # auto falls back
+
+
+def test_inputs_on_different_devices():
+    if not torch.cuda.is_available():
+        # A meta tensor stands in for a second device: the check runs before any data is read.
+        x, v = torch.randn(2, 4), torch.empty(2, 6, device="meta")
+    else:
+        x, v = torch.randn(2, 4), torch.randn(2, 6, device="cuda")
+    hs, ss = random_hashes((4, 6), 16)
+    with pytest.raises((ValueError, RuntimeError, NotImplementedError), match="device|meta"):
+        cb.compact_bilinear_pooling([x, v], hs, ss, 16)
+
+
+def test_stcb_bad_inputs():
+    layer = cb.STCB((4, 6), 16)
+    with pytest.raises(ValueError, match=r"STCB: expected 2 inputs \(input_dims=\(4, 6\)\), got 1"):
+        layer(torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"STCB: input 1 must have shape \(B, 6\) or \(B, 6, \*S\), got \(2, 5\)"):
+        layer(torch.randn(2, 4), torch.randn(2, 5))
+    with pytest.raises(ValueError, match="input_dims must be a non-empty sequence"):
+        cb.STCB((), 16)
+    with pytest.raises(ValueError, match="output_dim must be an int >= 1"):
+        cb.STCB((4, 6), 0)
+    with pytest.raises(TypeError, match="inputs must be a list or tuple of tensors"):
+        cb.compact_bilinear_pooling(torch.randn(2, 4), [], [], 16)
+
+
+def test_double_backward_is_a_clear_error():
+    xs, hs, ss, d, _ = make(CASES["k2_maps"], "cpu", requires_grad=True)
+    out = cb.compact_bilinear_pooling(xs, hs, ss, d)
+    g = torch.autograd.grad(out.square().sum(), xs, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward .* is not supported"):
+        torch.autograd.grad(g[0].sum(), xs)
