@@ -19,6 +19,13 @@ ops = torch.ops.compact_bilinear
 
 @torch.library.register_fake("compact_bilinear::forward")
 def _forward_fake(inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm):
+    for k, t in enumerate(list(inputs) + list(hash_indices) + list(hash_signs)):
+        if t.device != inputs[0].device:
+            name = ("inputs", "hash_indices", "hash_signs")[k // len(inputs)]
+            raise ValueError(
+                f"compact_bilinear: {name}[{k % len(inputs)}] is on {t.device} but inputs[0] is on "
+                f"{inputs[0].device}; all tensors must be on one device"
+            )
     maps = [x for x in inputs if x.dim() > 2]
     spatial = tuple(maps[0].shape[2:]) if maps and not sum_pool else ()
     return inputs[0].new_empty((inputs[0].shape[0], output_dim, *spatial))

@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+# Test sizes are tiny: one intra-op thread avoids OpenMP start-up and spin costs that dominate
+# small FFTs (and lets pytest share a 2-core machine with other work).
+torch.set_num_threads(1)
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

@@ -107,7 +107,7 @@ CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n, int log2n, const c
     const int64_t su = n / (4 * h), sv = n / (2 * h);
     g.for_each(n / 4, [&](int64_t t) {
       const int64_t k = t % h, base = (t / h) * 4 * h + k;
-      const cplx<T> u = std::conj(tw[k * su]), v = std::conj(tw[k * sv]);
+      const cplx<T> u = conj(tw[k * su]), v = conj(tw[k * sv]);
       const cplx<T> a0 = z[base], a1 = z[base + h] * v, a2 = z[base + 2 * h], a3 = z[base + 3 * h] * v;
       const cplx<T> c0 = a0 + a1, c1 = a0 - a1, c2 = (a2 + a3) * u, c3 = mul_pos_i((a2 - a3) * u);
       z[base] = c0 + c2;
@@ -119,7 +119,7 @@ CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n, int log2n, const c
   }
   if (log2n & 1) {
     g.for_each(n / 2, [&](int64_t k) {
-      const cplx<T> a = z[k], b = z[k + n / 2] * std::conj(tw[k]);
+      const cplx<T> a = z[k], b = z[k + n / 2] * conj(tw[k]);
       z[k] = a + b;
       z[k + n / 2] = a - b;
     });
@@ -139,7 +139,7 @@ CB_HD BinPair bins(int64_t f, int64_t d, int log2d) {
 // Z = a + i b: the spectra of the two real signals at bin f.
 template <typename T>
 CB_HD void split(cplx<T> zf, cplx<T> zmf, cplx<T>& A, cplx<T>& B) {
-  const cplx<T> c = std::conj(zmf);
+  const cplx<T> c = conj(zmf);
   A = (zf + c) * T(0.5);
   B = mul_neg_i(zf - c) * T(0.5);
 }
@@ -170,7 +170,7 @@ CB_HD void fill_hermitian(const G& g, const Args<T, In>& a, cplx<T>* z, Half hal
     const BinPair pq = bins(f, a.d, a.log2d);
     const cplx<T> s = half(f);
     z[pq.p] = s;
-    if (pq.q != pq.p) z[pq.q] = std::conj(s);
+    if (pq.q != pq.p) z[pq.q] = conj(s);
   });
   g.sync();
 }
@@ -230,7 +230,7 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
           acc[f] += prod;
         } else {
           z[pq.p] = prod;
-          if (pq.q != pq.p) z[pq.q] = std::conj(prod);
+          if (pq.q != pq.p) z[pq.q] = conj(prod);
         }
       });
       g.sync();
@@ -346,7 +346,7 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
       const cplx<T> gf = Gs[f];
       cplx<T> suffix(1, 0), q[kMaxInputs];
       for (int k = a.K - 1; k >= 0; --k) {
-        q[k] = gf * std::conj(prefix[k] * suffix);
+        q[k] = gf * conj(prefix[k] * suffix);
         suffix *= v[k];
       }
       for (int i = 0; i < a.nvec; ++i) vslot[i * a.F + f] += q[a.vec_ids[i]];
@@ -354,7 +354,7 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
       // Two real gradients packed into one inverse transform: W = Q_a + i Q_b.
       const cplx<T> qa = q[ka], qb = kb >= 0 ? q[kb] : cplx<T>(0, 0);
       z[pq.p] = qa + mul_pos_i(qb);
-      if (pq.q != pq.p) z[pq.q] = std::conj(qa) + mul_pos_i(std::conj(qb));
+      if (pq.q != pq.p) z[pq.q] = conj(qa) + mul_pos_i(conj(qb));
     });
     g.sync();
     fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
@@ -365,7 +365,7 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
         const BinPair pq = bins(f, a.d, a.log2d);
         const cplx<T> qa = mslot[ia * a.F + f], qb = mslot[ib * a.F + f];
         z[pq.p] = qa + mul_pos_i(qb);
-        if (pq.q != pq.p) z[pq.q] = std::conj(qa) + mul_pos_i(std::conj(qb));
+        if (pq.q != pq.p) z[pq.q] = conj(qa) + mul_pos_i(conj(qb));
       });
       g.sync();
       fft_inverse_dit(g, z, a.d, a.log2d, a.tw);

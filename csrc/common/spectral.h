@@ -9,6 +9,11 @@
 namespace compact_bilinear {
 
 template <typename T>
+CB_HD c10::complex<T> conj(c10::complex<T> z) {
+  return c10::complex<T>(z.real(), -z.imag());
+}
+
+template <typename T>
 struct SpectralArgs {
   using C = c10::complex<T>;
   int K = 0;
@@ -62,7 +67,7 @@ CB_HD void spectral_product_backward_at(const SpectralArgs<T>& a, int64_t b, int
     const C g = a.grad[(a.out_map ? b * a.L + l : b) * a.F + f];
     C suffix(1, 0);
     for (int k = a.K - 1; k >= 0; --k) {
-      const C q = g * std::conj(prefix[k] * suffix);
+      const C q = g * conj(prefix[k] * suffix);
       suffix *= v[k];
       if (a.is_map[k])
         a.grad_spec[k][(b * a.L + l) * a.F + f] = q;

@@ -309,7 +309,7 @@ def _ok(device):
     [
         (lambda xs, hs, ss: (xs, [hs[0], hs[1][:-1]], ss), ValueError, r"hash_indices\[1\] must have shape \(6,\)"),
         (lambda xs, hs, ss: (xs, [hs[0], hs[1] + 16], ss), ValueError, r"hash_indices\[1\] must lie in \[0, output_dim\)"),
-        (lambda xs, hs, ss: (xs, [hs[0] - 1, hs[1]], ss), ValueError, r"hash_indices\[0\] must lie in"),
+        (lambda xs, hs, ss: (xs, [torch.full_like(hs[0], -1), hs[1]], ss), ValueError, r"hash_indices\[0\] must lie in"),
         (lambda xs, hs, ss: ([xs[0], xs[1][:1]], hs, ss), ValueError, r"batch size mismatch: inputs\[1\] has 1"),
         (lambda xs, hs, ss: ([xs[0], xs[1][..., None, None].expand(2, 6, 3, 2)], hs, ss), ValueError, "spatial shape mismatch"),
         (lambda xs, hs, ss: ([xs[0].long(), xs[1]], hs, ss), TypeError, r"inputs\[0\] must be a floating-point tensor"),
@@ -340,7 +340,7 @@ def test_bad_output_dim_and_algorithm(device):
 
 def test_inputs_on_different_devices():
     if not torch.cuda.is_available():
-        # A meta tensor stands in for a second device: the check runs before any data is read.
+        # A meta tensor stands in for a second device (the fake kernel checks devices too).
         x, v = torch.randn(2, 4), torch.empty(2, 6, device="meta")
     else:
         x, v = torch.randn(2, 4), torch.randn(2, 6, device="cuda")

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Everything a lent GPU is used for, in one call (see GPU.md / docs/benchmarks.md):
+# versions and nvidia-smi, an in-place build of the extension for the card, the CUDA tests,
+# the gpu-canonical preset (issue 3's targets) and, if time is left, the default grid on CUDA.
+# Logs, JSON and plots land in $OUT (at most 8 files come back, so only those are copied).
+#
+#   bash benchmarks/gpu_check.sh
+#
+# Environment: OUT (default /tmp/gpu_check), PYTHON (default python3), TORCH_CUDA_ARCH_LIST
+# (default 9.0), MAX_JOBS (default: all cores), COMPACT_BILINEAR_COMMIT (the commit to record
+# when the tree travels without .git), GPU_CHECK_TEST_ARGS (default: "tests -q -x -k cuda"),
+# GPU_CHECK_BUDGET_S (default 420: later steps are skipped once this much time has passed).
+set -u -o pipefail
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+BUDGET=${GPU_CHECK_BUDGET_S:-420}
+export PYTHONUNBUFFERED=1
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+exec > >(tee -a "$OUT/log.txt") 2>&1
+cd "$(dirname "$0")/.."
+
+step() { echo; echo "=== [$(date -u +%H:%M:%S), ${SECONDS}s] $*"; }
+left() { echo $((BUDGET - SECONDS)); }
+status=0
+
+step "device and versions"
+nvidia-smi || true
+$PY - <<'EOF' || true
+import sys, torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda)
+print("device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NONE")
+try:
+    import cupy
+    print("cupy", cupy.__version__)
+except Exception as e:
+    print("cupy: not importable:", e)
+EOF
+(nvcc --version | tail -2) || true
+
+step "build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
+if ! timeout 330 $PY setup.py build_ext --inplace >"$OUT/build.txt" 2>&1; then
+    tail -40 "$OUT/build.txt"
+    echo "BUILD FAILED"
+    exit 1
+fi
+tail -3 "$OUT/build.txt"
+$PY -c "import compact_bilinear as cb; print('compact_bilinear', cb.__version__, 'imported')" \
+    || { echo "IMPORT FAILED"; exit 1; }
+
+step "CUDA tests"
+# shellcheck disable=SC2086
+timeout 120 $PY -m pytest ${GPU_CHECK_TEST_ARGS:-tests -q -x -k cuda} 2>&1 | tail -30
+rc=${PIPESTATUS[0]}
+if [ "$rc" != 0 ] && [ "$rc" != 5 ]; then echo "TESTS FAILED (rc=$rc)"; status=1; fi
+
+step "benchmark: gpu-canonical"
+timeout 180 $PY -m benchmarks --preset gpu-canonical --no-progress \
+    --results-dir /tmp/gpu_check_canonical --out "$OUT/gpu-canonical.json" \
+    || { echo "gpu-canonical FAILED"; status=1; }
+cp /tmp/gpu_check_canonical/table.txt "$OUT/gpu-canonical.txt" 2>/dev/null || true
+
+if [ "$(left)" -gt 90 ]; then
+    step "benchmark: default grid on CUDA ($(left)s left)"
+    timeout "$(left)" $PY -m benchmarks --device cuda --no-progress \
+        --results-dir /tmp/gpu_check_grid --out "$OUT/grid-cuda.json" \
+        || { echo "grid FAILED or timed out"; status=1; }
+    cp /tmp/gpu_check_grid/table.txt "$OUT/grid-cuda.txt" 2>/dev/null || true
+    cp /tmp/gpu_check_grid/default_cuda_vs_d.png /tmp/gpu_check_grid/default_cuda_vs_rows.png \
+        "$OUT/" 2>/dev/null || true
+else
+    step "skipping the default grid: $(left)s left of ${BUDGET}s"
+fi
+
+step "done (status $status)"
+ls -la "$OUT"
+exit $status

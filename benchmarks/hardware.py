@@ -1,0 +1,229 @@
+"""Machine description, versions, git commit, and the GPU roofline floor."""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .cases import Case
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Peak DRAM bandwidth (bytes/s) and fp32 non-tensor-core peak (flop/s), keyed by a test on
+# torch.cuda.get_device_name(). First match wins, so more specific names come first.
+GPU_TABLE = [
+    ("H200", lambda n: "H200" in n, 4.8e12, 60e12),
+    ("H100 PCIe", lambda n: "H100" in n and "PCIE" in n.upper(), 2.0e12, 51e12),
+    ("H100 NVL", lambda n: "H100" in n and "NVL" in n.upper(), 3.9e12, 60e12),
+    ("H100 SXM", lambda n: "H100" in n, 3.35e12, 60e12),
+    ("A100 80GB", lambda n: "A100" in n and "80GB" in n.replace(" ", ""), 2.0e12, 19.5e12),
+    ("A100 40GB", lambda n: "A100" in n, 1.555e12, 19.5e12),
+    ("L40S", lambda n: "L40S" in n, 0.864e12, 91.6e12),
+    ("L4", lambda n: "L4" in n.split(), 0.3e12, 30.3e12),
+    ("RTX 4090", lambda n: "4090" in n, 1.008e12, 82.6e12),
+]
+
+
+def now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def git_commit(repo: Path = REPO) -> Optional[str]:
+    """HEAD's commit, read from the .git directory (no git binary needed). The environment
+    variable COMPACT_BILINEAR_COMMIT wins (for copies of the tree without .git)."""
+    env = os.environ.get("COMPACT_BILINEAR_COMMIT")
+    if env:
+        return env
+    git = repo / ".git"
+    try:
+        if git.is_file():  # worktree: "gitdir: <path>"
+            git = Path(git.read_text().split(":", 1)[1].strip())
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head
+        ref = head.split(":", 1)[1].strip()
+        common = git
+        if (git / "commondir").exists():
+            common = (git / (git / "commondir").read_text().strip()).resolve()
+        for base in (git, common):
+            p = base / ref
+            if p.exists():
+                return p.read_text().strip()
+        for base in (git, common):
+            packed = base / "packed-refs"
+            if packed.exists():
+                for line in packed.read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        return line.split()[0]
+        return f"(no commit yet on {ref})"
+    except Exception:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def ram_bytes() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def l3_bytes() -> int:
+    """Last-level cache size, for rotating CPU inputs (fallback 32 MiB)."""
+    best = 0
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for idx in base.glob("index*"):
+            size = (idx / "size").read_text().strip()
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1], 1)
+            val = int(size.rstrip("KMG")) * mult
+            best = max(best, val)
+    except Exception:
+        pass
+    return best or (32 << 20)
+
+
+def gpu_l2_bytes(device) -> int:
+    props = torch.cuda.get_device_properties(device)
+    return int(getattr(props, "L2_cache_size", 0) or (50 << 20))
+
+
+def versions() -> dict:
+    v = {"python": sys.version.split()[0], "torch": torch.__version__,
+         "torch_cuda": torch.version.cuda}
+    try:
+        import numpy
+        v["numpy"] = numpy.__version__
+    except Exception:
+        pass
+    try:
+        import compact_bilinear
+        v["compact_bilinear"] = getattr(compact_bilinear, "__version__", "unknown")
+    except Exception as e:
+        v["compact_bilinear"] = f"not importable: {e}"
+    try:
+        import cupy
+        v["cupy"] = cupy.__version__
+    except Exception:
+        v["cupy"] = None
+    return v
+
+
+def machine(devices) -> dict:
+    m = {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+         "torch_threads": torch.get_num_threads(), "ram_bytes": ram_bytes()}
+    gpus = []
+    for dev in devices:
+        if torch.device(dev).type == "cuda":
+            p = torch.cuda.get_device_properties(dev)
+            gpus.append({"name": p.name, "capability": f"{p.major}.{p.minor}",
+                         "sm_count": p.multi_processor_count, "memory_bytes": p.total_memory,
+                         "l2_bytes": gpu_l2_bytes(dev)})
+    m["gpus"] = gpus
+    return m
+
+
+def hardware_line(device) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
+
+
+# ---- roofline -------------------------------------------------------------------------------
+
+def measure_copy_bandwidth(device, nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second), median of 10."""
+    n = nbytes // 4
+    a = torch.empty(n, dtype=torch.float32, device=device).fill_(1.0)
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize(device)
+    times = []
+    for _ in range(10):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) * 1e-3)
+    times.sort()
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n * 4 / times[len(times) // 2]
+
+
+def gpu_peaks(device) -> dict:
+    name = torch.cuda.get_device_name(device)
+    measured = measure_copy_bandwidth(device)
+    for key, match, bw, fl in GPU_TABLE:
+        if match(name):
+            return {"device": name, "table_entry": key, "bandwidth": bw, "fp32_flops": fl,
+                    "measured_copy_bandwidth": measured, "source": "table"}
+    return {"device": name, "table_entry": None, "bandwidth": measured, "fp32_flops": None,
+            "measured_copy_bandwidth": measured, "source": "measured copy"}
+
+
+def fft_flops(d: int) -> float:
+    return 2.5 * d * math.log2(d)
+
+
+def roofline(case: Case, peaks: dict) -> dict:
+    """Lower bounds on the time of one call (seconds).
+
+    Bytes: forward reads the inputs and writes the output; backward reads the inputs and the
+    upstream gradient and writes the input gradients. FFTs: forward needs one real FFT per
+    input row (a vector once per sample) and one inverse per output row; backward recomputes
+    the forward spectra, transforms the upstream gradient and inverts once per input row.
+    Each real FFT of length d is counted as 2.5 d log2 d flops at the fp32 peak.
+    """
+    bw, fl = peaks["bandwidth"], peaks.get("fp32_flops")
+    n_fwd, n_inv = case.fft_counts()
+    out = {}
+    for mode, nbytes, nfft in (
+        ("fwd", case.input_bytes() + case.output_bytes(), n_fwd + n_inv),
+        ("fwd+bwd", 3 * case.input_bytes() + 2 * case.output_bytes(), 3 * n_fwd + 2 * n_inv),
+    ):
+        t_bw = nbytes / bw
+        flops = nfft * fft_flops(case.d)
+        t_fl = flops / fl if fl else 0.0
+        out[mode] = {"bytes": nbytes, "flops": flops, "t_bandwidth_s": t_bw,
+                     "t_flops_s": t_fl, "floor_s": max(t_bw, t_fl)}
+    return out
+
+
+def load_average() -> list | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def busy_warning() -> str:
+    """A warning line when other processes compete for the CPUs (timings then mean little)."""
+    la = load_average()
+    n = os.cpu_count() or 1
+    if la and la[0] > 0.5 * n:
+        return (f"WARNING: the machine is busy (load average {la[0]:.1f} on {n} cores): "
+                f"timings are unreliable; rerun on an idle machine")
+    return ""

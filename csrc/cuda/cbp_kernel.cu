@@ -1,0 +1,189 @@
+// CUDA kernels: the FFT path (gather sketch, K-way spectral product, cuFFT through ATen) and the
+// fused pipeline, one thread block per row or per chunk of a sample's rows (common/fused.h).
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAException.h>
+#include <torch/library.h>
+
+#include "cbp.h"
+#include "common/fused_driver.h"
+#include "common/spectral.h"
+
+namespace compact_bilinear {
+namespace {
+
+constexpr int kThreads = 256;
+
+int64_t blocks_for(int64_t n) { return (n + kThreads - 1) / kThreads; }
+
+template <typename T, typename In>
+__global__ void sketch_kernel(const In* __restrict__ x, int64_t rows, int64_t Lk, int64_t sb, int64_t sc, int64_t sl,
+                              const int64_t* __restrict__ perm, const int64_t* __restrict__ ptr,
+                              const T* __restrict__ sgn, int64_t d, T* __restrict__ out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= rows * d) return;
+  const int64_t r = i / d, j = i % d;
+  out[i] = sketch_at<T, In>(x + (r / Lk) * sb + (r % Lk) * sl, sc, perm, ptr, sgn, j);
+}
+
+void sketch_cuda(const Problem& p, int k, const at::Tensor& x, at::Tensor& cs) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "compact_bilinear_sketch_cuda", [&] {
+    using T = fused::acc_t<scalar_t>;
+    const int64_t rows = x.size(0) * x.size(2);
+    if (rows * p.d == 0) return;
+    sketch_kernel<T, scalar_t><<<blocks_for(rows * p.d), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        x.data_ptr<scalar_t>(), rows, x.size(2), x.stride(0), x.stride(1), x.stride(2), p.perm[k].data_ptr<int64_t>(),
+        p.ptr[k].data_ptr<int64_t>(), p.sorted_sign[k].data_ptr<T>(), p.d, cs.data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+template <typename T>
+SpectralArgs<T> spectral_args(const Problem& p, const std::vector<at::Tensor>& spectra) {
+  SpectralArgs<T> a;
+  a.K = static_cast<int>(p.K);
+  a.L = p.L;
+  a.F = p.F;
+  a.out_map = p.out_map;
+  for (int k = 0; k < a.K; ++k) {
+    a.is_map[k] = p.is_map[k];
+    a.spec[k] = reinterpret_cast<const c10::complex<T>*>(spectra[k].data_ptr());
+  }
+  return a;
+}
+
+template <typename T, bool Backward>
+__global__ void product_kernel(SpectralArgs<T> a, int64_t batch) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= batch * a.F) return;
+  if (Backward)
+    spectral_product_backward_at(a, i / a.F, i % a.F);
+  else
+    spectral_product_at(a, i / a.F, i % a.F);
+}
+
+void product_cuda(const Problem& p, int64_t batch, const std::vector<at::Tensor>& spectra, at::Tensor& P) {
+  AT_DISPATCH_FLOATING_TYPES(p.acc_dtype, "compact_bilinear_product_cuda", [&] {
+    auto a = spectral_args<scalar_t>(p, spectra);
+    a.out = reinterpret_cast<c10::complex<scalar_t>*>(P.data_ptr());
+    product_kernel<scalar_t, false><<<blocks_for(batch * p.F), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a, batch);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void product_backward_cuda(const Problem& p, int64_t batch, const at::Tensor& G, const std::vector<at::Tensor>& spectra,
+                           std::vector<at::Tensor>& Q) {
+  AT_DISPATCH_FLOATING_TYPES(p.acc_dtype, "compact_bilinear_product_backward_cuda", [&] {
+    auto a = spectral_args<scalar_t>(p, spectra);
+    a.grad = reinterpret_cast<const c10::complex<scalar_t>*>(G.data_ptr());
+    for (int k = 0; k < a.K; ++k) a.grad_spec[k] = reinterpret_cast<c10::complex<scalar_t>*>(Q[k].data_ptr());
+    product_kernel<scalar_t, true><<<blocks_for(batch * p.F), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a, batch);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+template <typename T, typename In>
+__global__ void sketch_backward_kernel(const T* __restrict__ gcs, const int64_t* __restrict__ h, const T* __restrict__ s,
+                                       int64_t B, int64_t C, int64_t Lk, int64_t d, In* __restrict__ gx) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= B * C * Lk) return;
+  const int64_t l = i % Lk, c = (i / Lk) % C, b = i / (Lk * C);
+  gx[i] = static_cast<In>(s[c] * gcs[(b * Lk + l) * d + h[c]]);
+}
+
+void sketch_backward_cuda(const Problem& p, int k, const at::Tensor& grad_cs, at::Tensor& grad_x) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_x.scalar_type(), "compact_bilinear_sketch_bwd_cuda",
+                                  [&] {
+    using T = fused::acc_t<scalar_t>;
+    const int64_t n = grad_x.numel();
+    if (n == 0) return;
+    sketch_backward_kernel<T, scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        grad_cs.data_ptr<T>(), p.hash[k].data_ptr<int64_t>(), p.sign[k].data_ptr<T>(), grad_x.size(0), grad_x.size(1),
+        grad_x.size(2), p.d, grad_x.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+const FftKernels kCudaKernels{sketch_cuda, product_cuda, product_backward_cuda, sketch_backward_cuda};
+
+// ---------------------------------------------------------------------------------------------
+// Fused kernel.
+
+struct BlockGroup {
+  template <class F>
+  __device__ __forceinline__ void for_each(int64_t n, F&& f) const {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) f(i);
+  }
+  __device__ __forceinline__ void sync() const { __syncthreads(); }
+};
+
+template <typename T, typename In, fused::Phase Ph>
+__global__ void __launch_bounds__(512) fused_kernel(const fused::Args<T, In> a, int64_t ny) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  auto* z = reinterpret_cast<fused::cplx<T>*>(smem_raw);
+  const int64_t i = blockIdx.x;
+  fused::run_phase(BlockGroup{}, a, Ph, z, i / ny, i % ny);
+}
+
+// Threads per block: a radix-4 pass has d/4 butterflies; two per thread keeps the block busy
+// without idle threads at small d.
+int fused_threads(int64_t d) { return static_cast<int>(std::min<int64_t>(512, std::max<int64_t>(32, d / 8))); }
+
+template <typename T, typename In, fused::Phase Ph>
+void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) {
+  auto kernel = fused_kernel<T, In, Ph>;
+  if (smem > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<groups, fused_threads(a.d), smem, at::cuda::getCurrentCUDAStream()>>>(a, ny);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+struct DeviceLaunch {
+  template <typename T, typename In>
+  void operator()(fused::Phase ph, int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) const {
+    if (groups == 0) return;
+    switch (ph) {
+      case fused::Phase::VectorSpectra: launch_phase<T, In, fused::Phase::VectorSpectra>(groups, ny, smem, a); break;
+      case fused::Phase::Forward: launch_phase<T, In, fused::Phase::Forward>(groups, ny, smem, a); break;
+      case fused::Phase::ForwardFinish: launch_phase<T, In, fused::Phase::ForwardFinish>(groups, ny, smem, a); break;
+      case fused::Phase::Backward: launch_phase<T, In, fused::Phase::Backward>(groups, ny, smem, a); break;
+      case fused::Phase::BackwardFinish: launch_phase<T, In, fused::Phase::BackwardFinish>(groups, ny, smem, a); break;
+    }
+  }
+};
+
+int64_t whole_batch(const Problem& p) { return std::max<int64_t>(p.B, 1); }
+
+Backend cuda_backend() {
+  return Backend{&kCudaKernels, whole_batch,
+                 static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin),
+                 /*prefer_fused=*/true};
+}
+
+at::Tensor forward_cuda(const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& hash_indices,
+                        const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool,
+                        c10::string_view algorithm) {
+  TORCH_CHECK_VALUE(!inputs.empty(), "compact_bilinear: inputs must hold at least one tensor, got none");
+  const c10::cuda::CUDAGuard guard(inputs[0].device());
+  return op_forward(inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm, cuda_backend(), DeviceLaunch{});
+}
+
+std::vector<at::Tensor> backward_cuda(const at::Tensor& grad_out, const std::vector<at::Tensor>& inputs,
+                                      const std::vector<at::Tensor>& hash_indices,
+                                      const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool,
+                                      c10::string_view algorithm) {
+  TORCH_CHECK_VALUE(!inputs.empty(), "compact_bilinear: inputs must hold at least one tensor, got none");
+  const c10::cuda::CUDAGuard guard(inputs[0].device());
+  return op_backward(grad_out, inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm, cuda_backend(),
+                     DeviceLaunch{});
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(compact_bilinear, CUDA, m) {
+  m.impl("forward", &forward_cuda);
+  m.impl("backward", &backward_cuda);
+}
+
+}  // namespace compact_bilinear
