@@ -51,8 +51,10 @@ $PY -c "import compact_bilinear as cb; print('compact_bilinear', cb.__version__,
 
 step "CUDA tests"
 # shellcheck disable=SC2086
-timeout 120 $PY -m pytest ${GPU_CHECK_TEST_ARGS:-tests -q -x -k cuda} 2>&1 | tail -30
-rc=${PIPESTATUS[0]}
+# The whole log goes to $OUT (a crash's faulthandler trace names the test); the tail to the terminal.
+timeout 150 $PY -m pytest ${GPU_CHECK_TEST_ARGS:-tests -v -x -k cuda} >"$OUT/tests.txt" 2>&1
+rc=$?
+tail -30 "$OUT/tests.txt"
 if [ "$rc" != 0 ] && [ "$rc" != 5 ]; then echo "TESTS FAILED (rc=$rc)"; status=1; fi
 
 step "benchmark: gpu-canonical"

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <list>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -20,6 +21,69 @@ std::string shape_str(at::IntArrayRef s) {
 
 bool is_real_number_dtype(at::ScalarType t) {
   return (at::isFloatingType(t) || at::isIntegralType(t, /*includeBool=*/false));
+}
+
+// The inverse hash of one input, validated. Building it costs a sort, a search and, on CUDA, a
+// device sync for the range check, so tables are cached per hash/sign tensor object: an entry
+// is reused only while both tensor objects are alive and their version counters are unchanged
+// (any in-place write through the tensor bumps them). Writes through `.data` bypass the version
+// counter; replace the tensor instead.
+struct HashTables {
+  at::Tensor hash, sign, perm, sorted_hash, ptr, sorted_sign;
+};
+
+struct HashCacheEntry {
+  c10::weak_intrusive_ptr<c10::TensorImpl> h, s;
+  int64_t hv, sv, d;
+  at::ScalarType acc;
+  HashTables t;
+};
+
+HashTables build_hash_tables(const at::Tensor& h_in, const at::Tensor& s_in, int64_t k, int64_t d,
+                             at::ScalarType acc) {
+  HashTables t;
+  t.hash = h_in.to(at::kLong).contiguous();
+  if (t.hash.numel()) {
+    auto b = at::stack({t.hash.min(), t.hash.max()}).cpu();
+    const int64_t lo = b[0].item<int64_t>(), hi = b[1].item<int64_t>();
+    TORCH_CHECK_VALUE(lo >= 0 && hi < d, "compact_bilinear: hash_indices[", k, "] must lie in [0, output_dim) = [0, ",
+                      d, "), found values in [", lo, ", ", hi, "]");
+  }
+  t.sign = s_in.to(acc).contiguous();
+  // Stable, so each bucket sums its channels in channel order.
+  auto sorted = at::sort(t.hash, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  t.sorted_hash = std::get<0>(sorted).contiguous();
+  t.perm = std::get<1>(sorted).contiguous();
+  t.ptr = at::searchsorted(t.sorted_hash, at::arange(d + 1, t.hash.options())).contiguous();
+  t.sorted_sign = t.sign.index_select(0, t.perm).contiguous();
+  return t;
+}
+
+HashTables hash_tables(const at::Tensor& h, const at::Tensor& s, int64_t k, int64_t d, at::ScalarType acc) {
+  if (h.is_inference() || s.is_inference()) return build_hash_tables(h, s, k, d, acc);
+  static std::mutex mu;
+  static std::list<HashCacheEntry> cache;  // most recently used first
+  constexpr size_t kCapacity = 64;
+  auto* hi = h.unsafeGetTensorImpl();
+  auto* si = s.unsafeGetTensorImpl();
+  const int64_t hv = hi->version_counter().current_version(), sv = si->version_counter().current_version();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto it = cache.begin(); it != cache.end(); ++it) {
+      auto hl = it->h.lock();
+      auto sl = it->s.lock();
+      if (hl.get() == hi && sl.get() == si && it->hv == hv && it->sv == sv && it->d == d && it->acc == acc) {
+        cache.splice(cache.begin(), cache, it);
+        return cache.front().t;
+      }
+    }
+  }
+  HashTables t = build_hash_tables(h, s, k, d, acc);
+  std::lock_guard<std::mutex> lock(mu);
+  cache.push_front(HashCacheEntry{c10::weak_intrusive_ptr<c10::TensorImpl>(h.getIntrusivePtr()),
+                                  c10::weak_intrusive_ptr<c10::TensorImpl>(s.getIntrusivePtr()), hv, sv, d, acc, t});
+  if (cache.size() > kCapacity) cache.pop_back();
+  return t;
 }
 
 }  // namespace
@@ -95,36 +159,17 @@ Problem make_problem(const std::vector<at::Tensor>& inputs, const std::vector<at
   p.out_shape = {p.B, p.d};
   if (p.out_map) p.out_shape.insert(p.out_shape.end(), spatial.begin(), spatial.end());
 
-  // Hash range: one reduction over all inputs, one host read (a device sync on CUDA).
-  std::vector<at::Tensor> bounds;
-  for (int64_t k = 0; k < p.K; ++k) {
-    auto h = hash_indices[k].to(at::kLong);
-    p.hash.push_back(h.contiguous());
-    if (h.numel()) bounds.push_back(at::stack({h.min(), h.max()}));
-  }
-  if (!bounds.empty()) {
-    auto b = at::stack(bounds).cpu();
-    auto acc = b.accessor<int64_t, 2>();
-    for (int64_t k = 0, j = 0; k < p.K; ++k) {
-      if (!hash_indices[k].numel()) continue;
-      TORCH_CHECK_VALUE(acc[j][0] >= 0 && acc[j][1] < p.d, "compact_bilinear: hash_indices[", k,
-                        "] must lie in [0, output_dim) = [0, ", p.d, "), found values in [", acc[j][0], ", ",
-                        acc[j][1], "]");
-      ++j;
-    }
-  }
-
-  auto buckets = at::arange(p.d + 1, at::TensorOptions().dtype(at::kLong).device(device));
   for (int64_t k = 0; k < p.K; ++k) {
     const auto& x = inputs[k];
     p.is_map[k] = x.dim() > 2 || !have_map;
     p.x.push_back(x.reshape({p.B, x.size(1), x.dim() > 2 ? p.L : 1}));
-    p.sign.push_back(hash_signs[k].to(p.acc_dtype).contiguous());
-    // Inverse hash: channels sorted by bucket (stable, so each bucket sums in channel order).
-    auto sorted = at::sort(p.hash[k], /*stable=*/true, /*dim=*/0, /*descending=*/false);
-    p.perm.push_back(std::get<1>(sorted).contiguous());
-    p.ptr.push_back(at::searchsorted(std::get<0>(sorted), buckets).contiguous());
-    p.sorted_sign.push_back(p.sign[k].index_select(0, p.perm[k]).contiguous());
+    auto hi = hash_tables(hash_indices[k], hash_signs[k], k, p.d, p.acc_dtype);
+    p.hash.push_back(hi.hash);
+    p.sign.push_back(hi.sign);
+    p.perm.push_back(hi.perm);
+    p.sorted_hash.push_back(hi.sorted_hash);
+    p.ptr.push_back(hi.ptr);
+    p.sorted_sign.push_back(hi.sorted_sign);
   }
   return p;
 }

@@ -54,7 +54,7 @@ struct Args {
   const In* x[kMaxInputs] = {};
   int64_t C[kMaxInputs] = {}, stride_b[kMaxInputs] = {}, stride_c[kMaxInputs] = {}, stride_l[kMaxInputs] = {};
   const int64_t* perm[kMaxInputs] = {};
-  const int64_t* ptr[kMaxInputs] = {};
+  const int64_t* sorted_hash[kMaxInputs] = {};
   const T* sorted_sign[kMaxInputs] = {};
   const int64_t* hash[kMaxInputs] = {};
   const T* sign[kMaxInputs] = {};
@@ -72,9 +72,18 @@ struct Args {
 // Radix-4 passes (two radix-2 stages per pass, four points in registers per virtual thread),
 // plus one radix-2 pass when log2n is odd.
 
+CB_HD int ilog2(int64_t n) {
+  int r = 0;
+  while ((int64_t{1} << r) < n) ++r;
+  return r;
+}
+
+// Index math is 32-bit shifts and masks (n <= 2^14): 64-bit division would cost more than the
+// butterfly itself on the GPU.
 template <typename T, class G>
-CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n, int log2n, const cplx<T>* tw) {
-  int64_t H = n / 2;
+CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw) {
+  const int n = static_cast<int>(n64);
+  int lH = log2n - 1;  // log2 of the larger span of the pass
   if (log2n & 1) {
     g.for_each(n / 2, [&](int64_t k) {
       const cplx<T> a = z[k], b = z[k + n / 2];
@@ -82,13 +91,13 @@ CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n, int log2n, const c
       z[k + n / 2] = (a - b) * tw[k];
     });
     g.sync();
-    H = n / 4;
+    lH = log2n - 2;
   }
-  for (; H >= 2; H /= 4) {
-    const int64_t h = H / 2, su = n / (4 * h), sv = n / (2 * h);
-    g.for_each(n / 4, [&](int64_t t) {
-      const int64_t k = t % h, base = (t / h) * 4 * h + k;
-      const cplx<T> u = tw[k * su], v = tw[k * sv];
+  for (; lH >= 1; lH -= 2) {
+    const int lh = lH - 1, h = 1 << lh, lsu = log2n - lh - 2, lsv = log2n - lh - 1;
+    g.for_each(n / 4, [&](int64_t t64) {
+      const int t = static_cast<int>(t64), k = t & (h - 1), base = ((t >> lh) << (lh + 2)) + k;
+      const cplx<T> u = tw[k << lsu], v = tw[k << lsv];
       const cplx<T> a0 = z[base], a1 = z[base + h], a2 = z[base + 2 * h], a3 = z[base + 3 * h];
       const cplx<T> c0 = a0 + a2, c2 = (a0 - a2) * u, c1 = a1 + a3, c3 = mul_neg_i((a1 - a3) * u);
       z[base] = c0 + c1;
@@ -102,12 +111,13 @@ CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n, int log2n, const c
 
 // Unnormalised inverse transform (conjugate twiddles): bit-reversed input, natural output.
 template <typename T, class G>
-CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n, int log2n, const cplx<T>* tw) {
-  for (int64_t h = 1; 4 * h <= n; h *= 4) {
-    const int64_t su = n / (4 * h), sv = n / (2 * h);
-    g.for_each(n / 4, [&](int64_t t) {
-      const int64_t k = t % h, base = (t / h) * 4 * h + k;
-      const cplx<T> u = conj(tw[k * su]), v = conj(tw[k * sv]);
+CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw) {
+  const int n = static_cast<int>(n64);
+  for (int lh = 0; lh + 2 <= log2n; lh += 2) {
+    const int h = 1 << lh, lsu = log2n - lh - 2, lsv = log2n - lh - 1;
+    g.for_each(n / 4, [&](int64_t t64) {
+      const int t = static_cast<int>(t64), k = t & (h - 1), base = ((t >> lh) << (lh + 2)) + k;
+      const cplx<T> u = conj(tw[k << lsu]), v = conj(tw[k << lsv]);
       const cplx<T> a0 = z[base], a1 = z[base + h] * v, a2 = z[base + 2 * h], a3 = z[base + 3 * h] * v;
       const cplx<T> c0 = a0 + a1, c1 = a0 - a1, c2 = (a2 + a3) * u, c3 = mul_pos_i((a2 - a3) * u);
       z[base] = c0 + c2;
@@ -148,17 +158,26 @@ CB_HD void split(cplx<T> zf, cplx<T> zmf, cplx<T>& A, cplx<T>& B) {
 // Phases.
 
 // Z = sketch(input ka) + i sketch(input kb) for sample b, location l (kb < 0: imaginary part 0).
+// The sketch walks the channels sorted by bucket: the first channel of each bucket sums its
+// (short, on average C/d long) run in channel order, so the work is O(C) rather than O(d) and the
+// result does not depend on the schedule.
 template <typename T, typename In, class G>
 CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, int kb, int64_t b, int64_t l) {
-  auto base = [&](int k) {
-    return a.x[k] + b * a.stride_b[k] + (a.is_map[k] ? l * a.stride_l[k] : 0);
-  };
-  const In* xa = base(ka);
-  const In* xb = kb >= 0 ? base(kb) : nullptr;
-  g.for_each(a.d, [&](int64_t j) {
-    const T re = sketch_at<T, In>(xa, a.stride_c[ka], a.perm[ka], a.ptr[ka], a.sorted_sign[ka], j);
-    const T im = kb >= 0 ? sketch_at<T, In>(xb, a.stride_c[kb], a.perm[kb], a.ptr[kb], a.sorted_sign[kb], j) : T(0);
-    z[j] = cplx<T>(re, im);
+  g.for_each(a.d, [&](int64_t j) { z[j] = cplx<T>(0, 0); });
+  g.sync();
+  T* zr = reinterpret_cast<T*>(z);
+  const int64_t Ca = a.C[ka], Cb = kb >= 0 ? a.C[kb] : 0;
+  g.for_each(Ca + Cb, [&](int64_t e) {
+    const int k = e < Ca ? ka : kb;
+    const int64_t q = e < Ca ? e : e - Ca;
+    const int64_t* hs = a.sorted_hash[k];
+    const int64_t j = hs[q];
+    if (q > 0 && hs[q - 1] == j) return;
+    const In* x = a.x[k] + b * a.stride_b[k] + (a.is_map[k] ? l * a.stride_l[k] : 0);
+    const int64_t C = a.C[k], sc = a.stride_c[k];
+    T acc = 0;
+    for (int64_t r = q; r < C && hs[r] == j; ++r) acc += a.sorted_sign[k][r] * static_cast<T>(x[a.perm[k][r] * sc]);
+    zr[2 * j + (e < Ca ? 0 : 1)] = acc;
   });
   g.sync();
 }

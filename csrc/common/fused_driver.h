@@ -39,7 +39,7 @@ Args<T, In> make_args(const Problem& p, const FusedPlan& plan) {
   a.L = p.L;
   a.d = p.d;
   a.F = p.F;
-  while ((int64_t{1} << a.log2d) < p.d) ++a.log2d;
+  a.log2d = ilog2(p.d);
   a.out_map = p.out_map;
   a.rows_per_chunk = plan.rows_per_chunk;
   a.nchunks = plan.nchunks;
@@ -58,7 +58,7 @@ Args<T, In> make_args(const Problem& p, const FusedPlan& plan) {
     a.stride_c[k] = x.stride(1);
     a.stride_l[k] = x.stride(2);
     a.perm[k] = p.perm[k].data_ptr<int64_t>();
-    a.ptr[k] = p.ptr[k].data_ptr<int64_t>();
+    a.sorted_hash[k] = p.sorted_hash[k].data_ptr<int64_t>();
     a.sorted_sign[k] = p.sorted_sign[k].data_ptr<T>();
     a.hash[k] = p.hash[k].data_ptr<int64_t>();
     a.sign[k] = p.sign[k].data_ptr<T>();

@@ -369,3 +369,20 @@ def test_double_backward_is_a_clear_error():
     g = torch.autograd.grad(out.square().sum(), xs, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward .* is not supported"):
         torch.autograd.grad(g[0].sum(), xs)
+
+
+def test_in_place_hash_change_is_seen(device):
+    """Hash tables are cached per tensor; an in-place write must invalidate the cache."""
+    layer = cb.STCB((6, 5), 16, seed=1).to(device)
+    x, v = torch.randn(2, 6, 2, 2, device=device), torch.randn(2, 5, device=device)
+    before = layer(x, v)
+    with torch.no_grad():
+        layer.hash_indices_0[0] = (layer.hash_indices_0[0] + 3) % 16
+    after = layer(x, v)
+    expect = explicit_outer_product_sketch([x, v], layer.hash_indices, layer.hash_signs, 16).float()
+    torch.testing.assert_close(after, expect)
+    assert not torch.allclose(before, after)
+    with torch.no_grad():
+        layer.hash_indices_1[2] = 16
+    with pytest.raises(ValueError, match=r"hash_indices\[1\] must lie in"):
+        layer(x, v)

@@ -34,7 +34,8 @@ def test_torchrun_two_cpu_processes(tmp_path):
            "-m", "pyramid", "train", "--data", str(tmp_path / "frames"), "--splits", str(splits),
            "--split", "1", "--backbone", "tiny", "--variant", "D", "--epochs", "2",
            "--batch-size", "2", "--crop-size", "32", "--scale-size", "48", "--workers", "0",
-           "--val-clips", "1", "--device", "cpu", "--no-progress", "--lr", "0.01", "--out", str(out)]
+           "--val-clips", "1", "--segments", "2", "--device", "cpu", "--no-progress", "--lr", "0.01",
+           "--out", str(out)]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
