@@ -33,7 +33,7 @@ def extension():
     # the nvidia/* wheels rather than under CUDA_HOME.
     nvidia = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
     include_dirs += sorted(glob.glob(os.path.join(nvidia, "*", "include")))
-    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    sources += sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
     nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
     return CUDAExtension(
         "compact_bilinear._C",

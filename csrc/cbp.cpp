@@ -174,6 +174,18 @@ Problem make_problem(const std::vector<at::Tensor>& inputs, const std::vector<at
   return p;
 }
 
+void check_grad_out(const Problem& p, const at::Tensor& grad_out) {
+  TORCH_CHECK_VALUE(grad_out.sizes().vec() == p.out_shape, "compact_bilinear: grad_out must have the output's shape ",
+                    shape_str(p.out_shape), ", got ", shape_str(grad_out.sizes()));
+  TORCH_CHECK_VALUE(grad_out.device() == p.x[0].device(), "compact_bilinear: grad_out must be on ", p.x[0].device(),
+                    ", got ", grad_out.device());
+}
+
+std::vector<at::Tensor> shape_like_inputs(std::vector<at::Tensor> grads, const std::vector<at::Tensor>& inputs) {
+  for (size_t k = 0; k < grads.size(); ++k) grads[k] = grads[k].view(inputs[k].sizes());
+  return grads;
+}
+
 at::Tensor empty_output(const Problem& p) {
   return at::empty(p.out_shape, p.x[0].options().dtype(p.in_dtype));
 }

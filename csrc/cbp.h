@@ -34,6 +34,11 @@ struct Problem {
 Problem make_problem(const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& hash_indices,
                      const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool);
 
+// Checks grad_out against the problem (shape and device) for the backward op.
+void check_grad_out(const Problem& p, const at::Tensor& grad_out);
+// Views each input gradient (B, C_k, L_k) as its input's shape.
+std::vector<at::Tensor> shape_like_inputs(std::vector<at::Tensor> grads, const std::vector<at::Tensor>& inputs);
+
 // Per-device building blocks of the FFT (composite) path. Spectra are complex (rows, F) tensors.
 struct FftKernels {
   // cs (B*L_k, d) <- gather count sketch of input k.

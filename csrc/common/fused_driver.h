@@ -151,12 +151,11 @@ inline bool use_fused(const Problem& p, const std::string& algorithm, bool backw
   return why.empty() && (algorithm == "fused" || be.prefer_fused);
 }
 
+// The two algorithms for a validated problem. Validation (make_problem) happens in the callers,
+// in host C++ translation units, so argument errors never unwind through nvcc-compiled frames.
 template <class Launch>
-at::Tensor op_forward(const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& hash_indices,
-                      const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool,
-                      c10::string_view algorithm, const Backend& be, Launch&& launch) {
-  const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
-  if (!use_fused(p, std::string(algorithm), false, be)) return fft_forward(p, *be.fft, be.fft_chunk(p));
+at::Tensor run_forward(const Problem& p, bool fused, const Backend& be, Launch&& launch) {
+  if (!fused) return fft_forward(p, *be.fft, be.fft_chunk(p));
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.in_dtype, "compact_bilinear_fused_forward", [&] {
     out = fused::forward<fused::acc_t<scalar_t>, scalar_t>(p, launch);
@@ -165,24 +164,16 @@ at::Tensor op_forward(const std::vector<at::Tensor>& inputs, const std::vector<a
 }
 
 template <class Launch>
-std::vector<at::Tensor> op_backward(const at::Tensor& grad_out, const std::vector<at::Tensor>& inputs,
-                                    const std::vector<at::Tensor>& hash_indices,
-                                    const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool,
-                                    c10::string_view algorithm, const Backend& be, Launch&& launch) {
-  const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
-  TORCH_CHECK_VALUE(grad_out.sizes().vec() == p.out_shape, "compact_bilinear: grad_out must have the output's shape ",
-                    c10::IntArrayRef(p.out_shape), ", got ", grad_out.sizes());
-  TORCH_CHECK_VALUE(grad_out.device() == p.x[0].device(), "compact_bilinear: grad_out must be on ", p.x[0].device(),
-                    ", got ", grad_out.device());
+std::vector<at::Tensor> run_backward(const Problem& p, const at::Tensor& grad_out, bool fused, const Backend& be,
+                                     Launch&& launch) {
   std::vector<at::Tensor> grads;
-  if (!use_fused(p, std::string(algorithm), true, be)) {
+  if (!fused) {
     grads = fft_backward(p, grad_out, *be.fft, be.fft_chunk(p));
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.in_dtype, "compact_bilinear_fused_backward", [&] {
       grads = fused::backward<fused::acc_t<scalar_t>, scalar_t>(p, grad_out, launch);
     });
   }
-  for (int64_t k = 0; k < p.K; ++k) grads[k] = grads[k].view(inputs[k].sizes());
   return grads;
 }
 

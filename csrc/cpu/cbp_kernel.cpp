@@ -124,15 +124,18 @@ const Backend kCpuBackend{&kCpuKernels, cpu_chunk, kHostSharedMemoryLimit, /*pre
 at::Tensor forward_cpu(const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& hash_indices,
                        const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool,
                        c10::string_view algorithm) {
-  return op_forward(inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm, kCpuBackend, HostLaunch{});
+  const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
+  return run_forward(p, use_fused(p, std::string(algorithm), false, kCpuBackend), kCpuBackend, HostLaunch{});
 }
 
 std::vector<at::Tensor> backward_cpu(const at::Tensor& grad_out, const std::vector<at::Tensor>& inputs,
                                      const std::vector<at::Tensor>& hash_indices,
                                      const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool,
                                      c10::string_view algorithm) {
-  return op_backward(grad_out, inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm, kCpuBackend,
-                     HostLaunch{});
+  const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
+  check_grad_out(p, grad_out);
+  const bool fused = use_fused(p, std::string(algorithm), true, kCpuBackend);
+  return shape_like_inputs(run_backward(p, grad_out, fused, kCpuBackend, HostLaunch{}), inputs);
 }
 
 }  // namespace

@@ -4,7 +4,6 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
-#include <torch/library.h>
 
 #include "cbp.h"
 #include "common/fused_driver.h"
@@ -155,35 +154,18 @@ struct DeviceLaunch {
 
 int64_t whole_batch(const Problem& p) { return std::max<int64_t>(p.B, 1); }
 
+}  // namespace
+
 Backend cuda_backend() {
   return Backend{&kCudaKernels, whole_batch,
                  static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin),
                  /*prefer_fused=*/true};
 }
 
-at::Tensor forward_cuda(const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& hash_indices,
-                        const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool,
-                        c10::string_view algorithm) {
-  TORCH_CHECK_VALUE(!inputs.empty(), "compact_bilinear: inputs must hold at least one tensor, got none");
-  const c10::cuda::CUDAGuard guard(inputs[0].device());
-  return op_forward(inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm, cuda_backend(), DeviceLaunch{});
-}
+at::Tensor cuda_forward(const Problem& p, bool fused) { return run_forward(p, fused, cuda_backend(), DeviceLaunch{}); }
 
-std::vector<at::Tensor> backward_cuda(const at::Tensor& grad_out, const std::vector<at::Tensor>& inputs,
-                                      const std::vector<at::Tensor>& hash_indices,
-                                      const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool,
-                                      c10::string_view algorithm) {
-  TORCH_CHECK_VALUE(!inputs.empty(), "compact_bilinear: inputs must hold at least one tensor, got none");
-  const c10::cuda::CUDAGuard guard(inputs[0].device());
-  return op_backward(grad_out, inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm, cuda_backend(),
-                     DeviceLaunch{});
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(compact_bilinear, CUDA, m) {
-  m.impl("forward", &forward_cuda);
-  m.impl("backward", &backward_cuda);
+std::vector<at::Tensor> cuda_backward(const Problem& p, const at::Tensor& grad_out, bool fused) {
+  return run_backward(p, grad_out, fused, cuda_backend(), DeviceLaunch{});
 }
 
 }  // namespace compact_bilinear

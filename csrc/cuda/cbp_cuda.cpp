@@ -1,0 +1,39 @@
+// CUDA op registration. Arguments are validated here, in a host C++ translation unit, before any
+// nvcc-compiled code runs, so a bad argument raises its Python exception from ordinary frames.
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "cuda/cbp_cuda.h"
+
+namespace compact_bilinear {
+namespace {
+
+at::Tensor forward_cuda(const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& hash_indices,
+                        const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool,
+                        c10::string_view algorithm) {
+  TORCH_CHECK_VALUE(!inputs.empty(), "compact_bilinear: inputs must hold at least one tensor, got none");
+  const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
+  const c10::cuda::CUDAGuard guard(p.x[0].device());
+  return cuda_forward(p, use_fused(p, std::string(algorithm), false, cuda_backend()));
+}
+
+std::vector<at::Tensor> backward_cuda(const at::Tensor& grad_out, const std::vector<at::Tensor>& inputs,
+                                      const std::vector<at::Tensor>& hash_indices,
+                                      const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool,
+                                      c10::string_view algorithm) {
+  TORCH_CHECK_VALUE(!inputs.empty(), "compact_bilinear: inputs must hold at least one tensor, got none");
+  const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
+  check_grad_out(p, grad_out);
+  const c10::cuda::CUDAGuard guard(p.x[0].device());
+  const bool fused = use_fused(p, std::string(algorithm), true, cuda_backend());
+  return shape_like_inputs(cuda_backward(p, grad_out, fused), inputs);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(compact_bilinear, CUDA, m) {
+  m.impl("forward", &forward_cuda);
+  m.impl("backward", &backward_cuda);
+}
+
+}  // namespace compact_bilinear
