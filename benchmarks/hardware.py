@@ -212,18 +212,71 @@ def roofline(case: Case, peaks: dict) -> dict:
     return out
 
 
+
+def _proc_stat_cpu() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    return sum(vals[:8]) - idle, sum(vals[:8])
+
+
+def _pid_cpu(pid) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime (all threads)
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class CpuContention:
+    """Share of the machine's CPU time used by *other* processes (everything busy minus this
+    process and its memory worker) between start() and stop(): CPU timings mean little when
+    it is high. Linux only; None elsewhere."""
+
+    def __init__(self):
+        self.t0 = None
+
+    def start(self, own_pids=()):
+        try:
+            self.t0 = (_proc_stat_cpu(), sum(_pid_cpu(p) for p in ("self", *own_pids)))
+        except OSError:
+            self.t0 = None
+        return self
+
+    def stop(self, own_pids=(), own_start=0) -> float | None:
+        if self.t0 is None:
+            return None
+        try:
+            (b1, t1), own1 = _proc_stat_cpu(), sum(_pid_cpu(p) for p in ("self", *own_pids))
+        except OSError:
+            return None
+        (b0, t0), own0 = self.t0
+        total = t1 - t0
+        if total <= 0:
+            return None
+        return max(0.0, ((b1 - b0) - (own1 - own0 - own_start)) / total)
+
+
+def idle_check(seconds: float = 0.5) -> float | None:
+    """Share of the CPUs busy with other processes over a short sample, before we start."""
+    import time
+
+    c = CpuContention().start()
+    time.sleep(seconds)
+    return c.stop()
+
+
+def busy_warning(share: float | None) -> str:
+    if share is not None and share > 0.15:
+        return (f"WARNING: other processes used {share:.0%} of the CPUs "
+                f"({os.cpu_count()} cores) while measuring: CPU timings are unreliable; "
+                f"rerun on an idle machine")
+    return ""
+
+
 def load_average() -> list | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
-
-
-def busy_warning() -> str:
-    """A warning line when other processes compete for the CPUs (timings then mean little)."""
-    la = load_average()
-    n = os.cpu_count() or 1
-    if la and la[0] > 0.5 * n:
-        return (f"WARNING: the machine is busy (load average {la[0]:.1f} on {n} cores): "
-                f"timings are unreliable; rerun on an idle machine")
-    return ""

@@ -13,7 +13,6 @@ Each one is a function ``fn(inputs) -> Tensor`` built for a case, its hashes and
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -104,8 +103,8 @@ def build_naive(case: Case, idx, signs, device, mode="fwd+bwd", limit_bytes: Opt
     if need > 0.8 * avail:
         raise WontFit(f"out of memory: needs ~{need / 1e9:.1f} GB, {avail / 1e9:.1f} GB free")
     if limit_bytes is not None and need > limit_bytes:
-        raise WontFit(f"skipped: needs ~{need / 1e9:.1f} GB > --naive-limit "
-                      f"{limit_bytes / 1e9:.1f} GB")
+        raise WontFit(f"skipped: needs ~{need / 1e9:.1f} GB > --naive-limit-gb "
+                      f"{limit_bytes / 1e9:.1f}")
 
     def fn(xs):
         return naive_pooling(xs, idx, signs, case.d, case.sum_pool)
@@ -233,7 +232,3 @@ def is_oom(exc: BaseException) -> bool:
         return True
     msg = str(exc).lower()
     return "out of memory" in msg or "can't allocate memory" in msg or "defaultcpuallocator" in msg
-
-
-def prod(xs):
-    return math.prod(xs)

@@ -32,7 +32,7 @@ from typing import Callable, Optional
 import torch
 
 from .cases import Case, make_grad_output, make_hashes, make_inputs, rotation_sets
-from .impls import IMPLS, LOW_PRECISION, NotApplicable, WontFit, is_oom
+from .impls import IMPLS, NotApplicable, WontFit, is_oom
 
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
@@ -52,7 +52,7 @@ class Result:
     case: Case
     impl: str
     device: str = "cpu"
-    status: str = "ok"  # ok | mismatch | n/a | oom | error
+    status: str = "ok"  # ok | mismatch | n/a | oom | skipped | error
     note: str = ""
     rel_err: Optional[float] = None
     grad_rel_err: Optional[float] = None
@@ -104,24 +104,20 @@ def time_calls(call: Callable[[int], None], n_sets: int, device, cfg: TimingConf
                before: Optional[Callable[[int], None]] = None, flush=None) -> dict:
     """Time ``call(i)`` (i = input set), median of repeats after warm-up."""
     cuda = torch.device(device).type == "cuda"
-    for i in range(cfg.warmup):
-        if before:
-            before(i % n_sets)
-        call(i % n_sets)
-    sync(device)
-    # size the number of repeats from the fastest of a few calls (one slow call on a busy
-    # machine must not cut the repeats to the minimum)
-    est = float("inf")
-    for i in range(3):
+    # warm-up, then size the number of repeats from the fastest of up to three further calls
+    # (one slow call on a busy machine must not cut the repeats to the minimum); a call slower
+    # than the whole budget ends this early
+    seen = []
+    for i in range(cfg.warmup + 3):
         if before:
             before(i % n_sets)
         t0 = time.perf_counter()
         call(i % n_sets)
         sync(device)
-        est = min(est, time.perf_counter() - t0)
-        if est > cfg.target_s:
+        seen.append(time.perf_counter() - t0)
+        if i + 1 >= cfg.warmup and seen[-1] > cfg.target_s:
             break
-    est = max(est, 1e-6)
+    est = max(min(seen[cfg.warmup:] or seen), 1e-6)
     reps = int(min(cfg.max_reps, max(cfg.min_reps, cfg.target_s / est)))
     times = []
     if cuda:
@@ -210,7 +206,8 @@ def measure(case: Case, impl_names, device, cfg: TimingConfig, *, modes=("fwd", 
             res.status, res.note = "n/a", str(e)
             continue
         except WontFit as e:
-            res.status, res.note = "oom", str(e)
+            res.status = "skipped" if str(e).startswith("skipped") else "oom"
+            res.note = str(e)
             continue
         except Exception as e:
             res.status, res.note = "error", f"{type(e).__name__}: {e}"
@@ -274,8 +271,7 @@ def measure(case: Case, impl_names, device, cfg: TimingConfig, *, modes=("fwd", 
                         res.mem_fwd = val
                     else:
                         res.mem_fwdbwd = val
-                    if note:
-                        res.mem_note = note
+                    res.mem_note = note or "peak RSS growth in a spawn worker"
         except Exception as e:
             res.mem_note = f"{type(e).__name__}: {e}"
             _free(device)

@@ -35,9 +35,14 @@ def fmt_err(e: Optional[float]) -> str:
     return "-" if e is None else f"{e:.1e}"
 
 
+#: which statistic tables, plots and targets use: "median_s" (default) or "min_s" (--stat min,
+#: steadier on a machine shared with other work)
+STAT = "median_s"
+
+
 def median(r: Result, mode: str) -> Optional[float]:
     t = r.fwd if mode == "fwd" else r.fwdbwd
-    return t["median_s"] if t else None
+    return t[STAT] if t else None
 
 
 def speedup(r: Result, ref: Optional[Result], mode: str) -> Optional[float]:
@@ -57,8 +62,8 @@ def _group(results: Iterable[Result]):
 
 
 def _cells(r: Result, ref: Optional[Result], gpu: bool) -> list[str]:
-    if r.status in ("n/a", "oom") and r.fwd is None:
-        msg = "OUT OF MEMORY" if r.status == "oom" else "n/a"
+    if r.status in ("n/a", "oom", "skipped") and r.fwd is None:
+        msg = {"oom": "OUT OF MEMORY", "skipped": "skipped"}.get(r.status, "n/a")
         return [msg, r.note]
     row = [fmt_time(median(r, "fwd")), fmt_time(median(r, "fwd+bwd")),
            fmt_bytes(r.mem_fwd), fmt_bytes(r.mem_fwdbwd), fmt_err(r.rel_err),
@@ -82,7 +87,8 @@ HEAD = ["fwd", "fwd+bwd", "mem fwd", "mem f+b", "rel err", "grad err", "vs compo
 
 
 def text_table(results: list[Result], gpu: bool, title: str = "") -> str:
-    """Plain-text table grouped by case. Times are medians; mem is peak extra memory;
+    """Plain-text table grouped by case. Times are medians (or minima, --stat min); mem is
+    peak extra memory;
     'vs composite' is the composite reference's time divided by this one (fwd / fwd+bwd)."""
     head = ["impl"] + HEAD + (["fwd floor", "fwd/floor"] if gpu else [])
     lines = [title] if title else []
@@ -90,16 +96,19 @@ def text_table(results: list[Result], gpu: bool, title: str = "") -> str:
         ref = next((r for r in rs if r.impl == "reference"), None)
         rows = [[r.impl] + _cells(r, ref, gpu) for r in sorted(
             rs, key=lambda r: IMPL_ORDER.index(r.impl) if r.impl in IMPL_ORDER else 99)]
-        normal = [x for x in rows if not (len(x) <= 3 and x[1] in ("n/a", "OUT OF MEMORY"))]
+        normal = [x for x in rows if not (len(x) <= 3 and x[1] in ("n/a", "OUT OF MEMORY", "skipped"))]
         widths = [max([len(h)] + [len(x[i]) for x in normal if len(x) > i])
                   for i, h in enumerate(head)]
         lines.append("")
+        busy = max((r.extra.get("cpu_busy_by_others") or 0.0) for r in rs)
         lines.append(f"{case.label}   [in {fmt_bytes(case.input_bytes())}, out "
                      f"{fmt_bytes(case.output_bytes())}, outer product "
-                     f"{case.outer_elems() / 1e6:.1f}M elements]")
+                     f"{case.outer_elems() / 1e6:.1f}M elements]" + (
+                         f"   ** other processes used {busy:.0%} of the CPUs: timings "
+                         f"unreliable **" if busy > 0.15 else ""))
         lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(head, widths)))
         for x in rows:
-            if len(x) <= 3 and x[1] in ("n/a", "OUT OF MEMORY"):
+            if len(x) <= 3 and x[1] in ("n/a", "OUT OF MEMORY", "skipped"):
                 lines.append("  " + x[0].ljust(widths[0]) + "  " + x[1] + (
                     f" ({x[2]})" if len(x) > 2 and x[2] else ""))
                 continue
@@ -119,8 +128,9 @@ def markdown_table(results: list[Result], gpu: bool) -> str:
         ref = next((r for r in rs if r.impl == "reference"), None)
         for r in sorted(rs, key=lambda r: IMPL_ORDER.index(r.impl)
                         if r.impl in IMPL_ORDER else 99):
-            if r.status in ("n/a", "oom") and r.fwd is None:
-                msg = "out of memory" if r.status == "oom" else "n/a"
+            if r.status in ("n/a", "oom", "skipped") and r.fwd is None:
+                msg = {"oom": "out of memory", "skipped": "skipped (memory limit)"}.get(
+                    r.status, "n/a")
                 cells = [case.label, r.impl, msg, msg, "-", "-", "-"] + (["-", "-"] if gpu else [])
             else:
                 sp = [speedup(r, ref, m) for m in ("fwd", "fwd+bwd")]
@@ -135,6 +145,8 @@ def markdown_table(results: list[Result], gpu: bool) -> str:
                     cells += [fmt_time(f), "-" if not (f and t) else f"{t / f:.1f}x"]
                 if r.status != "ok":
                     cells[1] += f" ({r.status})"
+            if (r.extra.get("cpu_busy_by_others") or 0.0) > 0.15:
+                cells[0] += " (busy machine)"
             out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 

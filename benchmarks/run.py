@@ -33,7 +33,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Compact bilinear pooling: time, peak memory and error of the naive outer "
-                    "product, the composite torch.fft path and the library, side by side.")
+                    "product, the composite torch.fft path and the library, side by side.",
+        epilog=__doc__.split("\n", 2)[2] + "\nMethod and outputs: docs/benchmarks.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=PRESETS, default="default")
     p.add_argument("--quick", action="store_true", help="same as --preset quick")
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default=None,
@@ -46,19 +48,27 @@ def parse_args(argv=None):
                    help="JSON path (default: <results-dir>/results.json)")
     p.add_argument("--results-dir", type=Path, default=None,
                    help="folder for results.json, table.txt, table.md and the PNG plots "
-                        "(default: benchmarks/results/<preset>-<device>-<UTC time>, or the "
-                        "folder of --out)")
+                        "(default: benchmarks/results/latest/<preset>-<devices>/, git-ignored "
+                        "and overwritten by the next such run; or the folder of --out)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-memory", action="store_true", help="skip the CPU memory worker")
     p.add_argument("--naive-limit-gb", type=float, default=None,
-                   help="skip the naive method above this estimated peak (default: CPU 6 GB, "
+                   help="skip the naive method above this estimated peak (default: CPU 2.5 GB, "
                         "CUDA none; it is always reported as out of memory when it cannot fit)")
     p.add_argument("--target-s", type=float, default=None,
                    help="seconds of timed work per measurement (repeats adapt to it)")
     p.add_argument("--min-reps", type=int, default=None)
+    p.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="statistic shown in tables, plots and targets (the JSON has both)")
     p.add_argument("--flush-l2", action="store_true",
                    help="CUDA: also overwrite a buffer of twice the L2 before every timed call")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                   help="CPU: before each case wait up to S seconds for other processes to "
+                        "leave the CPUs idle (for shared machines)")
+    p.add_argument("--retry-busy", type=int, default=0, metavar="N",
+                   help="CPU: measure a case again (up to N times) when other processes used "
+                        "more than 15%% of the CPUs while it ran")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.quick:
@@ -173,19 +183,53 @@ def run_cases(cases, device, impl_names, cfg, args, progress: Progress, *,
     if args.naive_limit_gb is not None:
         naive_limit = int(args.naive_limit_gb * 1e9)
     elif torch.device(device).type == "cpu":
-        naive_limit = int(6e9)
+        naive_limit = int(2.5e9)  # keeps `make bench` to a few minutes; the row says so
+    cpu = torch.device(device).type == "cpu"
+
+    def own():
+        return [mem_worker.proc.pid] if (mem_worker is not None and mem_worker.proc is not None
+                                         and mem_worker.proc.is_alive()) else []
+
     for case in cases:
-        progress.case(case.label, device)
         names = [i.name for i in impls_for(impl_names, device)]
-        rs = measure(case, names, device, cfg, modes=modes, naive_limit=naive_limit,
-                     mem_worker=mem_worker, do_time=do_time, progress=progress.impl)
-        progress.case_done()
+        for attempt in range(1 + (args.retry_busy if cpu else 0)):
+            if cpu and args.wait_idle:
+                wait_for_idle(args.wait_idle, progress)
+            progress.case(case.label, device)
+            contention = H.CpuContention().start(own())
+            rs = measure(case, names, device, cfg, modes=modes, naive_limit=naive_limit,
+                         mem_worker=mem_worker, do_time=do_time, progress=progress.impl)
+            progress.case_done()
+            share = contention.stop(own()) if cpu else None
+            if share is not None and share > BUSY and attempt < args.retry_busy:
+                progress.write(f"{case.label}: other processes used {share:.0%} of the CPUs; "
+                               f"measuring it again")
+                continue
+            break
+        for r in rs:
+            r.extra["cpu_busy_by_others"] = share
         if peaks is not None:
             fl = H.roofline(case, peaks)
             for r in rs:
                 r.floor = fl
         results += rs
     return results
+
+
+BUSY = 0.15  # share of the CPUs used by other processes above which CPU timings are flagged
+
+
+def wait_for_idle(limit_s: float, progress) -> None:
+    t0 = time.time()
+    told = False
+    while time.time() - t0 < limit_s:
+        share = H.idle_check(1.0)
+        if share is None or share < 0.10:
+            return
+        if not told:
+            progress.write(f"waiting up to {limit_s:.0f} s for the CPUs to be idle "
+                           f"(others use {share:.0%})")
+            told = True
 
 
 def resolve_devices(args, preset: str) -> list[str]:
@@ -208,6 +252,7 @@ def resolve_devices(args, preset: str) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     preset = args.preset
+    R.STAT = f"{args.stat}_s"
     if args.threads:
         torch.set_num_threads(args.threads)
     err = check_library()
@@ -221,9 +266,10 @@ def main(argv=None) -> int:
         print("--preset gpu-canonical needs a CUDA device", file=sys.stderr)
         return 2
 
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    # default: benchmarks/results/latest/<preset>-<devices>/ (git-ignored, overwritten by the
+    # next run of the same preset); pass --results-dir or --out to keep a run
     outdir = args.results_dir or (args.out.parent if args.out else
-                                  RESULTS / f"{preset}-{'-'.join(devices)}-{stamp}")
+                                  RESULTS / "latest" / f"{preset}-{'-'.join(devices)}")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     json_path = args.out or outdir / "results.json"
@@ -238,9 +284,10 @@ def main(argv=None) -> int:
             "versions": H.versions(), "machine": H.machine(devices),
             "argv": sys.argv[1:] if argv is None else list(argv)}
     meta["load_average_start"] = H.load_average()
-    warn = H.busy_warning()
+    meta["cpu_busy_before_start"] = H.idle_check()
+    warn = H.busy_warning(meta["cpu_busy_before_start"])
     if warn:
-        print(warn, file=sys.stderr)
+        print(warn.replace("while measuring", "just before starting"), file=sys.stderr)
     t_start = time.time()
     checks = self_check()
     bad = {k: v for k, v in checks.items() if not v < 1e-10}
@@ -278,6 +325,9 @@ def main(argv=None) -> int:
             total = sum(len(cs) * len(impls_for(ns, device)) for cs, ns, _, _ in plan)
             progress = Progress(total, not args.no_progress)
             results = []
+            own = lambda: [mem_worker.proc.pid] if (  # noqa: E731
+                mem_worker is not None and mem_worker.proc is not None) else []
+            contention = H.CpuContention().start(own())
             try:
                 for cs, ns, modes, do_time in plan:
                     results += run_cases(cs, device, ns, cfg, args, progress, modes=modes,
@@ -288,13 +338,16 @@ def main(argv=None) -> int:
             all_results += results
             hw = H.hardware_line(device)
             title = (f"== {preset} on {device}: {hw} | torch {torch.__version__} | "
-                     f"commit {str(meta['commit'])[:12]} | {meta['date']} ==")
+                     f"commit {str(meta['commit'])[:12]} | {meta['date']} | "
+                     f"{args.stat} times ==")
             if peaks:
                 title += (f"\n   roofline: {peaks['table_entry'] or 'unknown card'} "
                           f"{peaks['bandwidth'] / 1e12:.2f} TB/s "
                           f"(measured copy {peaks['measured_copy_bandwidth'] / 1e12:.2f} TB/s), "
                           f"fp32 {(peaks['fp32_flops'] or 0) / 1e12:.0f} TFLOP/s")
-            warn = H.busy_warning() if not cuda else ""
+            share = contention.stop(own())
+            meta.setdefault("cpu_busy_by_others", {})[device] = share
+            warn = H.busy_warning(share) if not cuda else ""
             if warn:
                 title += "\n   " + warn
             table = R.text_table(results, cuda, title)
@@ -304,7 +357,7 @@ def main(argv=None) -> int:
             extra["tables"][device] = md
             (outdir / f"table_{device}.md").write_text(
                 f"{preset} on {hw}, torch {torch.__version__}, commit "
-                f"{str(meta['commit'])[:12]}, {meta['date']}\n\n{md}\n")
+                f"{str(meta['commit'])[:12]}, {meta['date']}, {args.stat} times\n\n{md}\n")
             if preset == "cpu-targets":
                 targets += cpu_targets(results)
             if preset == "gpu-canonical":

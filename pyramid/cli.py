@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="synthetic end-to-end run: synth, extract, train variants, table")
     d.add_argument("--out", default="demo_out", help="work folder (default demo_out)")
     d.add_argument("--variants", default="A,D", help="comma-separated (default A,D; A,B,C,D for all)")
-    d.add_argument("--epochs", type=int, default=12, help="per variant (default 12)")
+    d.add_argument("--epochs", type=int, default=16, help="per variant (default 16)")
     d.add_argument("--classes", type=int, default=8)
     d.add_argument("--videos-per-class", type=int, default=12)
     d.add_argument("--workers", type=int, default=2)
@@ -214,7 +214,7 @@ PAPER_ABLATION = {"A": ("two-stream baseline", 91.7), "B": ("+ two-stream STCB f
                   "C": ("+ multi-snippet fusion", 93.6), "D": ("+ attention (full pyramid)", 94.6)}
 
 
-def run_demo(out="demo_out", variants=("A", "D"), epochs=12, classes=8, videos_per_class=12,
+def run_demo(out="demo_out", variants=("A", "D"), epochs=16, classes=8, videos_per_class=12,
              workers=2, seed=0, device=None, progress=True) -> dict:
     """Synthetic end-to-end run: generate the data set, extract frames and Farneback flow,
     train each variant with the ``tiny`` backbone, evaluate it (3 clips x 10 crops) and print a

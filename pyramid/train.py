@@ -351,6 +351,11 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> Dict:
             log.info("resumed from %s at epoch %d", last, start_epoch)
         else:
             log.warning("--resume: no %s yet, starting from scratch", last)
+        # Every rank must restart from the same epoch, or the collectives below would hang.
+        starts = dist_utils.all_gather_objects(start_epoch)
+        if len(set(starts)) != 1:
+            raise ValueError(f"--resume: ranks found checkpoints at different epochs {starts}; "
+                             f"out={cfg.out!s} must be on a filesystem every node shares")
 
     ddp_model = model
     if info.distributed:
@@ -394,8 +399,10 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> Dict:
                "train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1),
                "train_videos": int(seen), "time_s": round(time.time() - t0, 2),
                "val_loss": None, "val_top1": None, "val_top5": None}
+        labels = []
         if val_recs and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
             scores, labels, _ = predict(model, val_ds, info, progress=cfg.progress, desc="val")
+        if val_recs and len(labels):
             row["val_loss"] = float(F.cross_entropy(torch.from_numpy(scores), torch.from_numpy(labels)))
             row["val_top1"] = topk_accuracy(scores, labels, 1)
             row["val_top5"] = topk_accuracy(scores, labels, 5)

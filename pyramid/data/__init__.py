@@ -15,4 +15,13 @@ from .readers import (MissingVideoWarning, VideoRecord, load_file_list_records, 
 from .sampling import snippet_indices, eval_clips, train_clip
 from .video import VideoReadError, read_video, write_video
 
-__all__ = [n for n in dir() if not n.startswith("_")]
+__all__ = [
+    "FLOW_BOUND", "FLOW_SCALES", "RGB_SCALES", "ExtractOptions", "ExtractSummary",
+    "MissingVideoWarning", "PyramidClips", "VideoReadError", "VideoRecord", "center_crop",
+    "compute_flow", "crop_resize", "decode_flow", "encode_flow", "eval_clips", "extract_tree",
+    "extract_video", "fixed_offsets", "flip_flow_codes", "load_file_list_records",
+    "load_split_records", "load_stack", "multiscale_crop_params", "read_class_index",
+    "read_file_list", "read_hmdb51_split", "read_split", "read_ucf101_split", "read_video",
+    "scan_videos", "snippet_indices", "ten_crops", "to_network", "train_clip", "write_file_list",
+    "write_video",
+]

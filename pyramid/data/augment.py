@@ -30,9 +30,9 @@ FLOW_SCALES = (1.0, 0.875, 0.75)
 def fixed_offsets(image_w: int, image_h: int, crop_w: int, crop_h: int) -> List[Tuple[int, int]]:
     """The 13 fixed crop offsets ``(x, y)`` of TSN's ``more_fix_crop``.
 
-    Order: centre-less corners first as in TSN: upper-left, upper-right, lower-left,
-    lower-right, centre, then centre-left, centre-right, lower-centre, upper-centre, and the
-    four quarter points.
+    Order as in TSN: upper-left, upper-right, lower-left, lower-right, centre, then
+    centre-left, centre-right, lower-centre, upper-centre, and the four quarter points.
+    The offsets snap to quarters of the slack ``image - crop``, so all 13 fit in the image.
     """
     ws, hs = (image_w - crop_w) // 4, (image_h - crop_h) // 4
     return [(0, 0), (4 * ws, 0), (0, 4 * hs), (4 * ws, 4 * hs), (2 * ws, 2 * hs),

@@ -1,7 +1,7 @@
 """PyTorch dataset over rawframes: one RGB frame plus T flow snippets per sample."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 
 from .flow import FLOW_BOUND, FLOW_METHODS, encode_flow, make_flow_estimator
 from .readers import FLOW_X_TMPL, FLOW_Y_TMPL, RGB_TMPL, report_skip, scan_videos, strip_ext
-from .video import VideoReadError, read_video
+from .video import read_video
 
 log = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
@@ -48,7 +47,7 @@ class ExtractOptions:
     jpeg_quality: int = 95
 
 
-def extract_video(video_path, out_dir, opts: ExtractOptions = ExtractOptions()) -> int:
+def extract_video(video_path, out_dir, opts: Optional[ExtractOptions] = None) -> int:
     """Extract one video's frames and flow into ``out_dir`` (created atomically).
 
     Returns:
@@ -59,6 +58,7 @@ def extract_video(video_path, out_dir, opts: ExtractOptions = ExtractOptions()) 
     """
     import cv2
 
+    opts = opts or ExtractOptions()
     if opts.flow not in FLOW_METHODS + ("none",):
         raise ValueError(f"flow must be one of {FLOW_METHODS + ('none',)}, got {opts.flow!r}")
     out_dir = Path(out_dir)
@@ -101,7 +101,7 @@ def _extract_job(job):
     try:
         n = extract_video(video_path, out_dir, opts)
         return rel, n, None, time.time() - t0
-    except (VideoReadError, OSError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - one video's failure (cv2.error, ...) must not end the run
         return rel, 0, f"{type(exc).__name__}: {exc}", time.time() - t0
 
 
@@ -114,14 +114,14 @@ class ExtractSummary:
     failed: List[Tuple[str, str]]
 
 
-def extract_tree(video_root, frames_root, opts: ExtractOptions = ExtractOptions(), workers: int = 1,
+def extract_tree(video_root, frames_root, opts: Optional[ExtractOptions] = None, workers: int = 1,
                  videos: Optional[Sequence[str]] = None, progress: bool = True) -> ExtractSummary:
     """Extract every video under ``video_root`` into ``frames_root`` (same ``Class/`` folders).
 
     Args:
         video_root: folder with ``Class/video.ext`` files (UCF101 / HMDB51 layout).
         frames_root: output root; ``Class/video/`` folders (extension dropped).
-        opts: see :class:`ExtractOptions`.
+        opts: see :class:`ExtractOptions` (default: TV-L1, short side 256).
         workers: number of worker processes (default 1 = in-process).
         videos: relative paths to extract (default: every video found under ``video_root``).
         progress: show a tqdm progress bar.
@@ -131,6 +131,7 @@ def extract_tree(video_root, frames_root, opts: ExtractOptions = ExtractOptions(
     """
     from tqdm import tqdm
 
+    opts = opts or ExtractOptions()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     video_root, frames_root = Path(video_root), Path(frames_root)

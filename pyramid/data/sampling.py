@@ -12,7 +12,7 @@ length") and fixed for testing (default 5: our assumption, the slides do not giv
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Tuple
 
 import numpy as np
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -89,7 +89,9 @@ def render_video(cls: int, group: int, clip: int, opts: SynthOptions) -> np.ndar
     """Frames ``uint8 [frames, height, width, 3]`` of one video (deterministic in its args)."""
     pair, member, kind = cls // 2, cls % 2, (cls // 2) % 2
     pair_rng = np.random.default_rng([opts.seed, 1000 + pair])  # shared by both classes of a pair
-    vid_rng = np.random.default_rng([opts.seed, cls, group, clip])
+    # Per-video randomness (positions, speeds, phases, noise) is shared by the two classes of a
+    # pair for the same (group, clip): such two videos differ only in the class-defining motion.
+    vid_rng = np.random.default_rng([opts.seed, pair, group, clip])
     H, W, N = opts.height, opts.width, opts.frames
     bg_base = pair_rng.uniform(60, 200, 3)
     obj_color = pair_rng.uniform(0, 255, 3)
@@ -130,13 +132,15 @@ def render_video(cls: int, group: int, clip: int, opts: SynthOptions) -> np.ndar
             off = (gx + f) % W
             img = tex[gy:gy + H, off:off + W].copy()
             sx = x_start + 0.6 * speed * f
-            _blob(img, sx, y0, 4, 2.2, obj_color)
+            _blob(img, sx, y0, 5, 2.5, obj_color)
             a = 2 * math.pi * f / period + phase
+            # The arm is a few pixels across: small next to the frame, but enough for a 1/8
+            # resolution feature map to register its motion.
             if member == 0:   # crawl: the arm circles
-                ax, ay = sx + 4 * math.cos(a), y0 + 4 * math.sin(a)
+                ax, ay = sx + 5 * math.cos(a), y0 + 5 * math.sin(a)
             else:             # breast stroke: the arm sweeps horizontally
-                ax, ay = sx + 4 * math.cos(a), y0 - 1.0
-            _blob(img, ax, ay, 1.8, 1.8, 255 - obj_color)
+                ax, ay = sx + 5 * math.cos(a), y0 - 1.0
+            _blob(img, ax, ay, 2.5, 2.5, 255 - obj_color)
             frames[f] = np.clip(img + vid_rng.normal(0, 2.0, img.shape), 0, 255)
     return frames
 
@@ -148,7 +152,7 @@ def split_groups(num_groups: int, split: int) -> List[int]:
     return [((split - 1) % num_groups) + 1]
 
 
-def generate(out_dir, opts: SynthOptions = SynthOptions(), progress: bool = True) -> Tuple[Path, Path]:
+def generate(out_dir, opts: Optional[SynthOptions] = None, progress: bool = True) -> Tuple[Path, Path]:
     """Write the synthetic dataset; returns ``(video_root, splits_dir)``.
 
     Raises:
@@ -156,6 +160,7 @@ def generate(out_dir, opts: SynthOptions = SynthOptions(), progress: bool = True
     """
     from tqdm import tqdm
 
+    opts = opts or SynthOptions()
     if opts.classes < 2 or opts.videos_per_class < 2:
         raise ValueError(f"classes and videos_per_class must be >= 2, got {opts.classes}, "
                          f"{opts.videos_per_class}")
