@@ -1,7 +1,7 @@
 """Video data for the spatiotemporal pyramid: readers, frame/flow extraction, sampling,
 augmentation and a synthetic dataset generator.
 
-See ``docs/pyramid_data.md`` and ``reference/paper-notes.md`` for the conventions (UCF101 /
+See the README (Training the Spatiotemporal Pyramid) and ``reference/paper-notes.md`` for the conventions (UCF101 /
 HMDB51 splits, mmaction2 rawframes, TSN flow encoding, crop scales).
 """
 from .augment import (FLOW_SCALES, RGB_SCALES, center_crop, crop_resize, fixed_offsets,
