@@ -24,7 +24,7 @@ def want_cuda() -> bool:
 
 def extension():
     sources = ["csrc/cbp.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-fvisibility=hidden"]
+    cxx = ["-O3"]
     include_dirs = [os.path.join(here, "csrc")]
     if not want_cuda():
         return CppExtension("compact_bilinear._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})

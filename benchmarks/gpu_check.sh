@@ -20,6 +20,8 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 exec > >(tee -a "$OUT/log.txt") 2>&1
 cd "$(dirname "$0")/.."
+# The extension is built in place: scripts run from other folders must find the package here.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 step() { echo; echo "=== [$(date -u +%H:%M:%S), ${SECONDS}s] $*"; }
 left() { echo $((BUDGET - SECONDS)); }
@@ -49,13 +51,38 @@ tail -3 "$OUT/build.txt"
 $PY -c "import compact_bilinear as cb; print('compact_bilinear', cb.__version__, 'imported')" \
     || { echo "IMPORT FAILED"; exit 1; }
 
+step "exceptions raised by the extension, each case in its own process"
+cat > /tmp/cb_raise.py <<'PYEOF'
+import sys, torch, compact_bilinear as cb
+from compact_bilinear.reference import random_hashes
+dev = sys.argv[1]
+hs, ss = random_hashes((4, 6), 16, device=dev)
+x, v = torch.randn(2, 4, device=dev), torch.randn(2, 6, device=dev)
+try:
+    cb.compact_bilinear_pooling([x, v], [hs[0], hs[1][:-1]], ss, 16)
+except ValueError as e:
+    print(dev, "ValueError raised cleanly:", str(e)[:100])
+PYEOF
+for dev in cpu cuda; do timeout 60 $PY /tmp/cb_raise.py $dev; echo "exit status $? on $dev"; done
+if command -v gdb >/dev/null; then
+    timeout 90 gdb -q -batch -ex run -ex bt --args $PY /tmp/cb_raise.py cuda >"$OUT/gdb.txt" 2>&1
+    grep -E "^#|signal" "$OUT/gdb.txt" | head -25
+else
+    echo "no gdb on this machine"
+fi
+
 step "CUDA tests"
 # shellcheck disable=SC2086
 # The whole log goes to $OUT (a crash's faulthandler trace names the test); the tail to the terminal.
-timeout 150 $PY -m pytest ${GPU_CHECK_TEST_ARGS:-tests -v -x -k cuda} >"$OUT/tests.txt" 2>&1
+# Bad-argument tests run last and on their own, so a crash there cannot hide the others.
+timeout 150 $PY -m pytest ${GPU_CHECK_TEST_ARGS:-tests -v -k "cuda and not bad and not in_place"} >"$OUT/tests.txt" 2>&1
 rc=$?
+timeout 60 $PY -m pytest tests -v -k "cuda and (bad or in_place)" >>"$OUT/tests.txt" 2>&1 || rc=$?
 tail -30 "$OUT/tests.txt"
 if [ "$rc" != 0 ] && [ "$rc" != 5 ]; then echo "TESTS FAILED (rc=$rc)"; status=1; fi
+
+step "per-kernel device time (torch.profiler)"
+timeout 90 $PY benchmarks/profile_kernels.py 2>&1 | tee "$OUT/profile.txt" | grep -v Warning
 
 step "benchmark: gpu-canonical"
 timeout 180 $PY -m benchmarks --preset gpu-canonical --no-progress \
