@@ -27,8 +27,10 @@ def _forward_fake(inputs, hash_indices, hash_signs, output_dim, sum_pool, algori
                 f"{inputs[0].device}; all tensors must be on one device"
             )
     maps = [x for x in inputs if x.dim() > 2]
-    spatial = tuple(maps[0].shape[2:]) if maps and not sum_pool else ()
-    return inputs[0].new_empty((inputs[0].shape[0], output_dim, *spatial))
+    if not maps or sum_pool:
+        return inputs[0].new_empty((inputs[0].shape[0], output_dim))
+    # Same layout as the kernels: location-major rows, returned as a (B, d, *S) view.
+    return inputs[0].new_empty((inputs[0].shape[0], *maps[0].shape[2:], output_dim)).movedim(-1, 1)
 
 
 @torch.library.register_fake("compact_bilinear::backward")

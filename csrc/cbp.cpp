@@ -186,8 +186,21 @@ std::vector<at::Tensor> shape_like_inputs(std::vector<at::Tensor> grads, const s
   return grads;
 }
 
+// Maps are stored location-major, (B, *S, d), and returned as the (B, d, *S) view of that
+// buffer (torch.channels_last for 2-D maps): every kernel then writes whole d-length rows,
+// contiguous, instead of scattering each row with a stride of L elements.
 at::Tensor empty_output(const Problem& p) {
-  return at::empty(p.out_shape, p.x[0].options().dtype(p.in_dtype));
+  const auto opt = p.x[0].options().dtype(p.in_dtype);
+  if (!p.out_map) return at::empty(p.out_shape, opt);
+  std::vector<int64_t> rows_shape(p.out_shape.begin(), p.out_shape.end());
+  rows_shape.erase(rows_shape.begin() + 1);
+  rows_shape.push_back(p.d);
+  return at::empty(rows_shape, opt).movedim(-1, 1);
+}
+
+// (B * Lout, d) row view of an output-shaped tensor, copying only if its layout requires it.
+static at::Tensor as_rows(const Problem& p, const at::Tensor& t) {
+  return t.movedim(1, -1).reshape({p.out_rows(), p.d});
 }
 
 std::vector<at::Tensor> empty_input_grads(const Problem& p) {
@@ -200,7 +213,7 @@ at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk) 
   auto out = empty_output(p);
   if (out.numel() == 0) return out;
   const int64_t Lout = p.out_map ? p.L : 1;
-  auto out3 = out.view({p.B, p.d, Lout});
+  auto rows = as_rows(p, out);  // a view of out
   const auto copt = p.x[0].options().dtype(p.acc_dtype);
   for (int64_t b0 = 0; b0 < p.B; b0 += chunk) {
     const int64_t bc = std::min(chunk, p.B - b0);
@@ -213,8 +226,11 @@ at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk) 
     auto P = at::empty({bc * Lout, p.F}, spectra[0].options());
     kern.product(p, bc, spectra, P);
     spectra.clear();
-    auto rows = at::fft_irfft(P, p.d, -1);
-    out3.narrow(0, b0, bc).copy_(rows.view({bc, Lout, p.d}).transpose(1, 2));
+    auto dst = rows.narrow(0, b0 * Lout, bc * Lout);
+    if (p.in_dtype == p.acc_dtype)
+      at::fft_irfft_out(dst, P, p.d, -1);
+    else
+      dst.copy_(at::fft_irfft(P, p.d, -1));
   }
   return out;
 }
@@ -227,10 +243,10 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
     return grads;
   }
   const int64_t Lout = p.out_map ? p.L : 1;
-  auto g3 = grad_out.reshape({p.B, p.d, Lout});
+  const auto g_rows = as_rows(p, grad_out);
   for (int64_t b0 = 0; b0 < p.B; b0 += chunk) {
     const int64_t bc = std::min(chunk, p.B - b0);
-    auto grows = g3.narrow(0, b0, bc).transpose(1, 2).to(p.acc_dtype).reshape({bc * Lout, p.d});
+    auto grows = g_rows.narrow(0, b0 * Lout, bc * Lout).to(p.acc_dtype).contiguous();
     auto G = at::fft_rfft(grows, std::nullopt, -1);
     std::vector<at::Tensor> spectra, Q;
     for (int k = 0; k < p.K; ++k) {

@@ -61,7 +61,7 @@ struct Args {
   const cplx<T>* tw = nullptr;   // exp(-2 pi i j / d), j < d/2
   cplx<T>* vspec = nullptr;      // vector spectra [nvec][B][F] (when maps are present)
   cplx<T>* partial = nullptr;    // per-chunk spectra: forward [B][nchunks][F]; backward [nvec][B][nchunks][F]
-  In* out = nullptr;             // (B, d, L) or (B, d)
+  In* out = nullptr;             // (B, L, d) rows (returned as a (B, d, *S) view) or (B, d)
   const In* grad = nullptr;      // gradient of out, same layout
   int64_t grad_stride_b = 0, grad_stride_j = 0, grad_stride_l = 0;
   In* grad_x[kMaxInputs] = {};   // (B, C_k, L_k) contiguous
@@ -257,8 +257,8 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
     if (!acc) {
       fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
       const T scale = T(1) / static_cast<T>(a.d);
-      In* out = a.out + b * a.d * a.L + l;
-      g.for_each(a.d, [&](int64_t j) { out[j * a.L] = static_cast<In>(z[j].real() * scale); });
+      In* out = a.out + (b * a.L + l) * a.d;  // location-major output: one contiguous row
+      g.for_each(a.d, [&](int64_t j) { out[j] = static_cast<In>(z[j].real() * scale); });
       g.sync();
     }
   }

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "cbp.h"
@@ -34,19 +35,23 @@ SpectralArgs<T> spectral_args(const Problem& p, const std::vector<at::Tensor>& s
   return a;
 }
 
+// Scatter in bucket order (channels sorted by hash): O(C + d) per row and, being sequential within
+// a row, summed in a fixed order.
 void sketch_cpu(const Problem& p, int k, const at::Tensor& x, at::Tensor& cs) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "compact_bilinear_sketch_cpu", [&] {
     using T = fused::acc_t<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    const int64_t Lk = x.size(2), sb = x.stride(0), sc = x.stride(1), sl = x.stride(2), d = p.d;
+    const int64_t Lk = x.size(2), sb = x.stride(0), sc = x.stride(1), sl = x.stride(2), d = p.d, C = x.size(1);
     const int64_t* perm = p.perm[k].data_ptr<int64_t>();
-    const int64_t* ptr = p.ptr[k].data_ptr<int64_t>();
+    const int64_t* bucket = p.sorted_hash[k].data_ptr<int64_t>();
     const T* sgn = p.sorted_sign[k].data_ptr<T>();
     T* out = cs.data_ptr<T>();
     at::parallel_for(0, x.size(0) * Lk, 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* row = xp + (r / Lk) * sb + (r % Lk) * sl;
-        for (int64_t j = 0; j < d; ++j) out[r * d + j] = sketch_at<T, scalar_t>(row, sc, perm, ptr, sgn, j);
+        T* o = out + r * d;
+        std::fill(o, o + d, T(0));
+        for (int64_t q = 0; q < C; ++q) o[bucket[q]] += sgn[q] * static_cast<T>(row[perm[q] * sc]);
       }
     });
   });
