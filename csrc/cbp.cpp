@@ -198,10 +198,7 @@ at::Tensor empty_output(const Problem& p) {
   return at::empty(rows_shape, opt).movedim(-1, 1);
 }
 
-// (B * Lout, d) row view of an output-shaped tensor, copying only if its layout requires it.
-static at::Tensor as_rows(const Problem& p, const at::Tensor& t) {
-  return t.movedim(1, -1).reshape({p.out_rows(), p.d});
-}
+
 
 std::vector<at::Tensor> empty_input_grads(const Problem& p) {
   std::vector<at::Tensor> g;
@@ -209,14 +206,21 @@ std::vector<at::Tensor> empty_input_grads(const Problem& p) {
   return g;
 }
 
+// Runs fn(first sample, samples) over chunks of the batch in order. Each chunk's ATen ops use
+// the intra-op thread pool themselves. (Running chunks in parallel, each single-threaded, was
+// measured slower on 2 cores with ATen's MKL FFT: 8.7 vs 6.7 ms forward at R = 392, d = 4096.)
+template <class F>
+static void for_each_chunk(const Problem& p, int64_t chunk, const F& fn) {
+  for (int64_t b0 = 0; b0 < p.B; b0 += chunk) fn(b0, std::min(chunk, p.B - b0));
+}
+
 at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk) {
   auto out = empty_output(p);
   if (out.numel() == 0) return out;
   const int64_t Lout = p.out_map ? p.L : 1;
-  auto rows = as_rows(p, out);  // a view of out
+  auto rows = out.movedim(1, -1).reshape({p.out_rows(), p.d});  // a view: out is location-major
   const auto copt = p.x[0].options().dtype(p.acc_dtype);
-  for (int64_t b0 = 0; b0 < p.B; b0 += chunk) {
-    const int64_t bc = std::min(chunk, p.B - b0);
+  for_each_chunk(p, chunk, [&](int64_t b0, int64_t bc) {
     std::vector<at::Tensor> spectra;
     for (int k = 0; k < p.K; ++k) {
       auto cs = at::empty({bc * (p.is_map[k] ? p.L : 1), p.d}, copt);
@@ -231,7 +235,7 @@ at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk) 
       at::fft_irfft_out(dst, P, p.d, -1);
     else
       dst.copy_(at::fft_irfft(P, p.d, -1));
-  }
+  });
   return out;
 }
 
@@ -243,10 +247,9 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
     return grads;
   }
   const int64_t Lout = p.out_map ? p.L : 1;
-  const auto g_rows = as_rows(p, grad_out);
-  for (int64_t b0 = 0; b0 < p.B; b0 += chunk) {
-    const int64_t bc = std::min(chunk, p.B - b0);
-    auto grows = g_rows.narrow(0, b0 * Lout, bc * Lout).to(p.acc_dtype).contiguous();
+  for_each_chunk(p, chunk, [&](int64_t b0, int64_t bc) {
+    // Per chunk, so an expanded or differently laid out gradient is materialised a chunk at a time.
+    auto grows = grad_out.narrow(0, b0, bc).movedim(1, -1).reshape({bc * Lout, p.d}).to(p.acc_dtype).contiguous();
     auto G = at::fft_rfft(grows, std::nullopt, -1);
     std::vector<at::Tensor> spectra, Q;
     for (int k = 0; k < p.K; ++k) {
@@ -263,7 +266,7 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
       auto gx = grads[k].narrow(0, b0, bc);
       kern.sketch_backward(p, k, gcs, gx);
     }
-  }
+  });
   return grads;
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/macros.h"
+#include "common/spectral.h"
 
 namespace compact_bilinear {
 
@@ -51,6 +52,21 @@ struct FftKernels {
   // grad_x (B, C_k, L_k) <- sign[i] * grad_cs[row, hash[i]].
   void (*sketch_backward)(const Problem&, int k, const at::Tensor& grad_cs, at::Tensor& grad_x);
 };
+
+// Pointers of the FFT path's spectral product for one chunk of samples.
+template <typename T>
+SpectralArgs<T> spectral_args(const Problem& p, const std::vector<at::Tensor>& spectra) {
+  SpectralArgs<T> a;
+  a.K = static_cast<int>(p.K);
+  a.L = p.L;
+  a.F = p.F;
+  a.out_map = p.out_map;
+  for (int k = 0; k < a.K; ++k) {
+    a.is_map[k] = p.is_map[k];
+    a.spec[k] = reinterpret_cast<const c10::complex<T>*>(spectra[k].data_ptr());
+  }
+  return a;
+}
 
 // The composite path, written once: sketch, rfft, product, irfft, processed `chunk` samples at a
 // time so intermediates stay small (CPU: cache-sized chunks; CUDA: the whole batch).

@@ -49,7 +49,6 @@ struct Args {
   int64_t rows_per_chunk = 1, nchunks = 1;
   int nmap = 0, nvec = 0;
   int map_ids[kMaxInputs] = {}, vec_ids[kMaxInputs] = {};  // inputs by kind, in input order
-  int vec_slot[kMaxInputs] = {};                            // input k -> its index among vectors
   bool is_map[kMaxInputs] = {};
   const In* x[kMaxInputs] = {};
   int64_t C[kMaxInputs] = {}, stride_b[kMaxInputs] = {}, stride_c[kMaxInputs] = {}, stride_l[kMaxInputs] = {};

@@ -48,7 +48,6 @@ Args<T, In> make_args(const Problem& p, const FusedPlan& plan) {
     if (p.is_map[k]) {
       a.map_ids[a.nmap++] = k;
     } else {
-      a.vec_slot[k] = a.nvec;
       a.vec_ids[a.nvec++] = k;
     }
     const auto& x = p.x[k];

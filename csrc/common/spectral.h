@@ -1,7 +1,7 @@
 #pragma once
-// Per-frequency math of the K-way spectral product, shared by the CPU and CUDA FFT paths.
-// One call handles one (sample b, bin f) pair and loops over the sample's locations, so vector
-// spectra are read once per sample and pooled sums run in a fixed order (deterministic).
+// The K-way spectral product of the FFT path, shared by the CPU and CUDA kernels. One call
+// handles one sample and a range of bins and loops over the sample's locations in order, so
+// pooled sums and vector gradients are summed in a fixed order (deterministic).
 #include <c10/util/complex.h>
 
 #include "common/macros.h"
@@ -26,57 +26,99 @@ struct SpectralArgs {
   C* grad_spec[kMaxInputs] = {};      // backward: Q_k (rows_k, F)
 };
 
+// Row pointer of input k's spectrum at sample b, location l.
 template <typename T>
-CB_HD c10::complex<T> spec_at(const SpectralArgs<T>& a, int k, int64_t b, int64_t l, int64_t f) {
-  return a.spec[k][((a.is_map[k] ? b * a.L + l : b)) * a.F + f];
+CB_HD const c10::complex<T>* spec_row(const SpectralArgs<T>& a, int k, int64_t b, int64_t l) {
+  return a.spec[k] + (a.is_map[k] ? b * a.L + l : b) * a.F;
 }
 
-template <typename T>
-CB_HD void spectral_product_at(const SpectralArgs<T>& a, int64_t b, int64_t f) {
+// P[b, l, f] = prod_k F_k[b, l, f] for bins [f0, f1) (or its sum over l when pooling). The CPU
+// calls it once per sample with every bin (contiguous inner loops); the GPU once per (b, f).
+template <int K, typename T>
+CB_HD void spectral_product_k(const SpectralArgs<T>& a, int64_t b, int64_t f0, int64_t f1) {
   using C = c10::complex<T>;
-  C vec(1, 0);
-  for (int k = 0; k < a.K; ++k)
-    if (!a.is_map[k]) vec *= spec_at(a, k, b, 0, f);
-  C acc(0, 0);
+  C* out = a.out + (a.out_map ? b * a.L : b) * a.F;
+  if (!a.out_map)
+    for (int64_t f = f0; f < f1; ++f) out[f] = C(0, 0);
   for (int64_t l = 0; l < a.L; ++l) {
-    C prod = vec;
-    for (int k = 0; k < a.K; ++k)
-      if (a.is_map[k]) prod *= spec_at(a, k, b, l, f);
-    if (a.out_map)
-      a.out[(b * a.L + l) * a.F + f] = prod;
-    else
-      acc += prod;
+    const C* rows[K];
+    for (int k = 0; k < K; ++k) rows[k] = spec_row(a, k, b, l);
+    C* dst = a.out_map ? out + l * a.F : out;
+    for (int64_t f = f0; f < f1; ++f) {
+      C prod = rows[0][f];
+      for (int k = 1; k < K; ++k) prod *= rows[k][f];
+      if (a.out_map)
+        dst[f] = prod;
+      else
+        dst[f] += prod;
+    }
   }
-  if (!a.out_map) a.out[b * a.F + f] = acc;
 }
 
 // Q_k = G * conj(prod_{m != k} F_m): the spectrum of the circular cross-correlation of the output
-// gradient with the other inputs' sketches, i.e. the adjoint of the circular convolution.
-template <typename T>
-CB_HD void spectral_product_backward_at(const SpectralArgs<T>& a, int64_t b, int64_t f) {
+// gradient with the other inputs' sketches, i.e. the adjoint of the circular convolution. Vector
+// inputs sum Q_k over the sample's locations. Same calling convention as spectral_product.
+template <int K, typename T>
+CB_HD void spectral_product_backward_k(const SpectralArgs<T>& a, int64_t b, int64_t f0, int64_t f1) {
   using C = c10::complex<T>;
-  C vacc[kMaxInputs];
-  for (int k = 0; k < a.K; ++k) vacc[k] = C(0, 0);
+  for (int k = 0; k < K; ++k)
+    if (!a.is_map[k])
+      for (int64_t f = f0; f < f1; ++f) a.grad_spec[k][b * a.F + f] = C(0, 0);
   for (int64_t l = 0; l < a.L; ++l) {
-    C v[kMaxInputs], prefix[kMaxInputs + 1];
-    prefix[0] = C(1, 0);
-    for (int k = 0; k < a.K; ++k) {
-      v[k] = spec_at(a, k, b, l, f);
-      prefix[k + 1] = prefix[k] * v[k];
+    const C* rows[K];
+    C* dst[K];
+    for (int k = 0; k < K; ++k) {
+      rows[k] = spec_row(a, k, b, l);
+      dst[k] = a.grad_spec[k] + (a.is_map[k] ? b * a.L + l : b) * a.F;
     }
-    const C g = a.grad[(a.out_map ? b * a.L + l : b) * a.F + f];
-    C suffix(1, 0);
-    for (int k = a.K - 1; k >= 0; --k) {
-      const C q = g * conj(prefix[k] * suffix);
-      suffix *= v[k];
-      if (a.is_map[k])
-        a.grad_spec[k][(b * a.L + l) * a.F + f] = q;
-      else
-        vacc[k] += q;
+    const C* g = a.grad + (a.out_map ? b * a.L + l : b) * a.F;
+    for (int64_t f = f0; f < f1; ++f) {
+      C v[K], prefix[K + 1];
+      prefix[0] = C(1, 0);
+      for (int k = 0; k < K; ++k) {
+        v[k] = rows[k][f];
+        prefix[k + 1] = prefix[k] * v[k];
+      }
+      C suffix(1, 0);
+      for (int k = K - 1; k >= 0; --k) {
+        const C q = g[f] * conj(prefix[k] * suffix);
+        suffix *= v[k];
+        if (a.is_map[k])
+          dst[k][f] = q;
+        else
+          dst[k][f] += q;
+      }
     }
   }
-  for (int k = 0; k < a.K; ++k)
-    if (!a.is_map[k]) a.grad_spec[k][b * a.F + f] = vacc[k];
+}
+
+// The input count is a template argument so the per-bin loops over inputs unroll and the
+// per-input values stay in registers (measured on the CPU: the backward product of a 7x7 map
+// with a vector went from about 6 ms to about 1 ms at B = 8, d = 4096).
+#define CB_DISPATCH_K(K_, CALL) \
+  switch (K_) {                 \
+    case 1: CALL(1); break;     \
+    case 2: CALL(2); break;     \
+    case 3: CALL(3); break;     \
+    case 4: CALL(4); break;     \
+    case 5: CALL(5); break;     \
+    case 6: CALL(6); break;     \
+    case 7: CALL(7); break;     \
+    default: CALL(8); break;    \
+  }
+
+template <typename T>
+CB_HD void spectral_product(const SpectralArgs<T>& a, int64_t b, int64_t f0, int64_t f1) {
+#define CB_CALL(N) spectral_product_k<N>(a, b, f0, f1)
+  CB_DISPATCH_K(a.K, CB_CALL)
+#undef CB_CALL
+}
+
+template <typename T>
+CB_HD void spectral_product_backward(const SpectralArgs<T>& a, int64_t b, int64_t f0, int64_t f1) {
+#define CB_CALL(N) spectral_product_backward_k<N>(a, b, f0, f1)
+  CB_DISPATCH_K(a.K, CB_CALL)
+#undef CB_CALL
 }
 
 // Count sketch as a gather over the inverse hash: cs[j] = sum_{i: h[i] = j} s[i] x[i].

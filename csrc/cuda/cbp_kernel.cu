@@ -38,28 +38,16 @@ void sketch_cuda(const Problem& p, int k, const at::Tensor& x, at::Tensor& cs) {
   });
 }
 
-template <typename T>
-SpectralArgs<T> spectral_args(const Problem& p, const std::vector<at::Tensor>& spectra) {
-  SpectralArgs<T> a;
-  a.K = static_cast<int>(p.K);
-  a.L = p.L;
-  a.F = p.F;
-  a.out_map = p.out_map;
-  for (int k = 0; k < a.K; ++k) {
-    a.is_map[k] = p.is_map[k];
-    a.spec[k] = reinterpret_cast<const c10::complex<T>*>(spectra[k].data_ptr());
-  }
-  return a;
-}
 
 template <typename T, bool Backward>
 __global__ void product_kernel(SpectralArgs<T> a, int64_t batch) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= batch * a.F) return;
+  const int64_t b = i / a.F, f = i % a.F;
   if (Backward)
-    spectral_product_backward_at(a, i / a.F, i % a.F);
+    spectral_product_backward(a, b, f, f + 1);
   else
-    spectral_product_at(a, i / a.F, i % a.F);
+    spectral_product(a, b, f, f + 1);
 }
 
 void product_cuda(const Problem& p, int64_t batch, const std::vector<at::Tensor>& spectra, at::Tensor& P) {
