@@ -37,7 +37,7 @@ def now_utc() -> str:
 def git_commit(repo: Path = REPO) -> Optional[str]:
     """HEAD's commit, read from the .git directory (no git binary needed). The environment
     variable COMPACT_BILINEAR_COMMIT wins (for copies of the tree without .git)."""
-    env = os.environ.get("COMPACT_BILINEAR_COMMIT")
+    env = " ".join(os.environ.get("COMPACT_BILINEAR_COMMIT", "").split())
     if env:
         return env
     git = repo / ".git"

@@ -28,7 +28,12 @@ class NotApplicable(Exception):
 
 
 class WontFit(Exception):
-    """The implementation would need more memory than the machine has (reported as OOM)."""
+    """The implementation would need more memory than the machine has (reported as OOM), or
+    more than the run's limit for it (``skipped=True``, reported as skipped)."""
+
+    def __init__(self, msg: str, skipped: bool = False):
+        super().__init__(msg)
+        self.skipped = skipped
 
 
 @dataclass
@@ -101,10 +106,10 @@ def build_naive(case: Case, idx, signs, device, mode="fwd+bwd", limit_bytes: Opt
     need = naive_bytes(case, mode)
     avail = _available_bytes(device)
     if need > 0.8 * avail:
-        raise WontFit(f"out of memory: needs ~{need / 1e9:.1f} GB, {avail / 1e9:.1f} GB free")
+        raise WontFit(f"needs ~{need / 1e9:.1f} GB, {avail / 1e9:.1f} GB free")
     if limit_bytes is not None and need > limit_bytes:
-        raise WontFit(f"skipped: needs ~{need / 1e9:.1f} GB > --naive-limit-gb "
-                      f"{limit_bytes / 1e9:.1f}")
+        raise WontFit(f"needs ~{need / 1e9:.1f} GB > --naive-limit-gb "
+                      f"{limit_bytes / 1e9:.1f}", skipped=True)
 
     def fn(xs):
         return naive_pooling(xs, idx, signs, case.d, case.sum_pool)
@@ -160,6 +165,35 @@ def cupy_available() -> bool:
         return False
 
 
+_CUPY_ALLOCATOR = None
+
+
+def _cupy_use_torch_allocator(cp):
+    """Route CuPy's device allocations (arrays and cuFFT work areas) through PyTorch's caching
+    allocator, so torch.cuda.max_memory_allocated sees them (CuPy's own pool is invisible to
+    it) and neither library holds memory the other cannot reuse."""
+    global _CUPY_ALLOCATOR
+    if _CUPY_ALLOCATOR is not None:
+        return
+
+    def malloc(size, device_id):
+        return torch.cuda.caching_allocator_alloc(size, device_id,
+                                                  torch.cuda.current_stream(device_id))
+
+    def free(ptr, device_id):
+        torch.cuda.caching_allocator_delete(ptr)
+
+    try:
+        _CUPY_ALLOCATOR = cp.cuda.memory.PythonFunctionAllocator(malloc, free)
+        cp.cuda.set_allocator(_CUPY_ALLOCATOR.malloc)
+    except Exception:  # older CuPy: its own pool stays, and its memory is not measured
+        _CUPY_ALLOCATOR = None
+
+
+def cupy_memory_visible() -> bool:
+    return _CUPY_ALLOCATOR is not None
+
+
 def build_cupy(case: Case, idx, signs, device, **_):
     if torch.device(device).type != "cuda":
         raise NotApplicable("CuPy runs on CUDA only")
@@ -169,6 +203,7 @@ def build_cupy(case: Case, idx, signs, device, **_):
     except Exception as e:  # pragma: no cover - depends on the machine
         raise NotApplicable(f"CuPy not importable: {e}")
 
+    _cupy_use_torch_allocator(cp)
     d = case.d
     idx_cp = [cp.from_dlpack(h.contiguous()) for h in idx]
     signs_cp = [cp.from_dlpack(s.float().contiguous()) for s in signs]

@@ -123,6 +123,7 @@ def time_calls(call: Callable[[int], None], n_sets: int, device, cfg: TimingConf
     if cuda:
         ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
               for _ in range(reps)]
+        host = []
         for r in range(reps):
             i = (r + 1) % n_sets
             if before:
@@ -130,10 +131,17 @@ def time_calls(call: Callable[[int], None], n_sets: int, device, cfg: TimingConf
             if flush is not None:
                 flush.zero_()
             ev[r][0].record()
+            t0 = time.perf_counter()
             call(i)
+            host.append(time.perf_counter() - t0)
             ev[r][1].record()
         torch.cuda.synchronize(device)
         times = [a.elapsed_time(b) * 1e-3 for a, b in ev]
+        out = _summ(times)
+        # host time to issue one call: when it is close to the GPU time, the call is bound by
+        # launch / Python overhead (or a hidden device sync), not by the GPU
+        out["host_median_s"] = statistics.median(host)
+        return out
     else:
         for r in range(reps):
             i = (r + 1) % n_sets
@@ -145,7 +153,10 @@ def time_calls(call: Callable[[int], None], n_sets: int, device, cfg: TimingConf
     return _summ(times)
 
 
-def _cuda_peak_extra(run: Callable[[], object], device) -> int:
+def _cuda_peak_extra(run: Callable[[], object], device, xs=()) -> int:
+    # drop gradients left by earlier calls *before* the baseline, so the new ones count
+    for x in xs:
+        x.grad = None
     torch.cuda.synchronize(device)
     gc.collect()
     base = torch.cuda.memory_allocated(device)
@@ -206,7 +217,7 @@ def measure(case: Case, impl_names, device, cfg: TimingConfig, *, modes=("fwd", 
             res.status, res.note = "n/a", str(e)
             continue
         except WontFit as e:
-            res.status = "skipped" if str(e).startswith("skipped") else "oom"
+            res.status = "skipped" if e.skipped else "oom"
             res.note = str(e)
             continue
         except Exception as e:
@@ -260,8 +271,14 @@ def measure(case: Case, impl_names, device, cfg: TimingConfig, *, modes=("fwd", 
                 if "fwd" in modes:
                     res.mem_fwd = _cuda_peak_extra(fwd_runner(fn, sets[0]), device)
                 if "fwd+bwd" in modes and impl.backward:
-                    res.mem_fwdbwd = _cuda_peak_extra(fwdbwd_runner(fn, gsets[0], g), device)
+                    res.mem_fwdbwd = _cuda_peak_extra(fwdbwd_runner(fn, gsets[0], g), device,
+                                                      gsets[0])
                 res.mem_note = "torch.cuda.max_memory_allocated"
+                if name == "cupy":
+                    from .impls import cupy_memory_visible
+                    if not cupy_memory_visible():
+                        res.mem_fwd = res.mem_fwdbwd = None
+                        res.mem_note = "CuPy's own memory pool: not measured"
             elif mem_worker is not None:
                 for mode in modes:
                     if mode == "fwd+bwd" and not impl.backward:

@@ -76,6 +76,7 @@ def _cells(r: Result, ref: Optional[Result], gpu: bool) -> list[str]:
         t = median(r, "fwd")
         row.append(fmt_time(f))
         row.append("-" if (f is None or t is None) else f"{t / f:.1f}x")
+        row.append(fmt_time((r.fwd or {}).get("host_median_s")))
     if r.status not in ("ok",):
         row.append(f"[{r.status.upper()}] {r.note}")
     elif r.note:
@@ -88,9 +89,9 @@ HEAD = ["fwd", "fwd+bwd", "mem fwd", "mem f+b", "rel err", "grad err", "vs compo
 
 def text_table(results: list[Result], gpu: bool, title: str = "") -> str:
     """Plain-text table grouped by case. Times are medians (or minima, --stat min); mem is
-    peak extra memory;
+    peak extra memory; on a GPU 'host fwd' is the CPU time to issue one forward call;
     'vs composite' is the composite reference's time divided by this one (fwd / fwd+bwd)."""
-    head = ["impl"] + HEAD + (["fwd floor", "fwd/floor"] if gpu else [])
+    head = ["impl"] + HEAD + (["fwd floor", "fwd/floor", "host fwd"] if gpu else [])
     lines = [title] if title else []
     for case, rs in _group(results).items():
         ref = next((r for r in rs if r.impl == "reference"), None)

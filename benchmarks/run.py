@@ -327,7 +327,7 @@ def main(argv=None) -> int:
             results = []
             own = lambda: [mem_worker.proc.pid] if (  # noqa: E731
                 mem_worker is not None and mem_worker.proc is not None) else []
-            contention = H.CpuContention().start(own())
+            contention = H.CpuContention().start(own())  # whole run, waits included: JSON only
             try:
                 for cs, ns, modes, do_time in plan:
                     results += run_cases(cs, device, ns, cfg, args, progress, modes=modes,
@@ -347,7 +347,14 @@ def main(argv=None) -> int:
                           f"fp32 {(peaks['fp32_flops'] or 0) / 1e12:.0f} TFLOP/s")
             share = contention.stop(own())
             meta.setdefault("cpu_busy_by_others", {})[device] = share
-            warn = H.busy_warning(share) if not cuda else ""
+            warn = ""
+            if not cuda:
+                busy = [r.case.label for r in results
+                        if (r.extra.get("cpu_busy_by_others") or 0.0) > BUSY]
+                if busy:
+                    warn = (f"WARNING: other processes used over {BUSY:.0%} of the CPUs during "
+                            f"{len(set(busy))} case(s), flagged below: their timings are "
+                            f"unreliable; rerun on an idle machine (or with --retry-busy N)")
             if warn:
                 title += "\n   " + warn
             table = R.text_table(results, cuda, title)

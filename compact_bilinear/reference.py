@@ -45,9 +45,22 @@ def random_hashes(
     return indices, signs
 
 
-def _channels_last(x: Tensor) -> Tensor:
-    # (B, C, *S) -> (B, *S, C); a vector (B, C) becomes (B, 1, ..., 1, C) later by broadcasting.
+def _spatial(inputs: Sequence[Tensor]) -> torch.Size:
+    return next((x.shape[2:] for x in inputs if x.dim() > 2), torch.Size())
+
+
+def _location_major(x: Tensor, spatial: torch.Size) -> Tensor:
+    """(B, C, *S) -> (B, *S, C); a vector (B, C) -> (B, 1, ..., 1, C), which broadcasts."""
+    if x.dim() == 2:
+        return x.reshape(x.shape[0], *([1] * len(spatial)), x.shape[1])
     return x.movedim(1, -1)
+
+
+def _channels_first(out: Tensor, spatial: torch.Size, sum_pool: bool) -> Tensor:
+    """(B, *S, d) -> (B, d, *S), or (B, d) after summing over S."""
+    if len(spatial) and sum_pool:
+        out = out.sum(dim=tuple(range(1, 1 + len(spatial))))
+    return out.movedim(-1, 1) if out.dim() > 2 else out
 
 
 def compact_bilinear_pooling_reference(
@@ -62,24 +75,19 @@ def compact_bilinear_pooling_reference(
     Inputs ``Tensor[B, C_k]`` or ``Tensor[B, C_k, *S]``; returns ``Tensor[B, d, *S]`` or
     ``Tensor[B, d]`` (``sum_pool`` or all inputs vectors), in the inputs' dtype.
     """
-    spatial = next((x.shape[2:] for x in inputs if x.dim() > 2), torch.Size())
+    spatial = _spatial(inputs)
     spectra = []
     for x, h, s in zip(inputs, hash_indices, hash_signs):
-        xl = _channels_last(x)
-        # Vectors get singleton spatial dims so their spectrum is computed once per sample and
+        # Vectors keep singleton spatial dims, so their spectrum is computed once per sample and
         # broadcast over locations, as a careful user would write it.
-        if x.dim() == 2:
-            xl = xl.reshape(xl.shape[0], *([1] * len(spatial)), xl.shape[-1])
+        xl = _location_major(x, spatial)
         cs = xl.new_zeros(*xl.shape[:-1], output_dim)
         cs = cs.index_add(-1, h, xl * s.to(xl.dtype))
         spectra.append(torch.fft.rfft(cs, dim=-1))
     prod = spectra[0]
     for f in spectra[1:]:
         prod = prod * f
-    out = torch.fft.irfft(prod, n=output_dim, dim=-1)  # (B, *S, d)
-    if len(spatial) and sum_pool:
-        out = out.sum(dim=tuple(range(1, 1 + len(spatial))))
-    return out.movedim(-1, 1) if out.dim() > 2 else out
+    return _channels_first(torch.fft.irfft(prod, n=output_dim, dim=-1), spatial, sum_pool)
 
 
 def explicit_outer_product_sketch(
@@ -94,13 +102,11 @@ def explicit_outer_product_sketch(
     Memory is ``rows x prod(C_k)``; meant for small sizes (tests, the naive benchmark column).
     Returns float64 ``Tensor[B, d, *S]`` or ``Tensor[B, d]``.
     """
-    spatial = next((x.shape[2:] for x in inputs if x.dim() > 2), torch.Size())
+    spatial = _spatial(inputs)
     batch = inputs[0].shape[0]
     rows = []
     for x in inputs:
-        xl = _channels_last(x.double())
-        if x.dim() == 2:
-            xl = xl.reshape(batch, *([1] * len(spatial)), xl.shape[-1])
+        xl = _location_major(x.double(), spatial)
         rows.append(xl.expand(batch, *spatial, xl.shape[-1]).reshape(-1, xl.shape[-1]))
     outer = rows[0]
     comb_h = hash_indices[0].long()
@@ -110,7 +116,4 @@ def explicit_outer_product_sketch(
         comb_h = (comb_h.unsqueeze(-1) + h.long().unsqueeze(0)).reshape(-1) % output_dim
         comb_s = (comb_s.unsqueeze(-1) * s.double().unsqueeze(0)).reshape(-1)
     out = outer.new_zeros(outer.shape[0], output_dim).index_add_(1, comb_h, outer * comb_s)
-    out = out.reshape(batch, *spatial, output_dim)
-    if len(spatial) and sum_pool:
-        out = out.sum(dim=tuple(range(1, 1 + len(spatial))))
-    return out.movedim(-1, 1) if out.dim() > 2 else out
+    return _channels_first(out.reshape(batch, *spatial, output_dim), spatial, sum_pool)

@@ -71,6 +71,17 @@ at::ScalarType complex_of() {
   return std::is_same<T, double>::value ? at::kComplexDouble : at::kComplexFloat;
 }
 
+// Spectra of the vector inputs (present only beside maps), once per sample: [nvec][B][F].
+template <typename T, typename In, class Launch>
+at::Tensor vector_spectra(const Problem& p, Args<T, In>& a, Launch&& launch) {
+  if (!a.nvec) return {};
+  auto vspec = at::empty({a.nvec, p.B, p.F}, p.x[0].options().dtype(complex_of<T>()));
+  a.vspec = reinterpret_cast<cplx<T>*>(vspec.data_ptr());
+  const int64_t pairs = (a.nvec + 1) / 2;
+  launch(Phase::VectorSpectra, p.B * pairs, pairs, p.d * static_cast<int64_t>(sizeof(cplx<T>)), a);
+  return vspec;
+}
+
 template <typename T, typename In, class Launch>
 at::Tensor forward(const Problem& p, Launch&& launch) {
   auto out = empty_output(p);
@@ -80,13 +91,8 @@ at::Tensor forward(const Problem& p, Launch&& launch) {
   a.out = out.data_ptr<In>();
   const int64_t zbytes = p.d * static_cast<int64_t>(sizeof(cplx<T>));
   const auto copt = out.options().dtype(complex_of<T>());
-  at::Tensor vspec, partial;
-  if (a.nvec) {
-    vspec = at::empty({a.nvec, p.B, p.F}, copt);
-    a.vspec = reinterpret_cast<cplx<T>*>(vspec.data_ptr());
-    const int64_t pairs = (a.nvec + 1) / 2;
-    launch(Phase::VectorSpectra, p.B * pairs, pairs, zbytes, a);
-  }
+  const at::Tensor vspec = vector_spectra(p, a, launch);
+  at::Tensor partial;
   if (!a.out_map) {
     partial = at::empty({p.B, plan.nchunks, p.F}, copt);
     a.partial = reinterpret_cast<cplx<T>*>(partial.data_ptr());
@@ -113,12 +119,9 @@ std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, L
   for (int k = 0; k < a.K; ++k) a.grad_x[k] = grads[k].data_ptr<In>();
   const int64_t zbytes = p.d * static_cast<int64_t>(sizeof(cplx<T>));
   const auto copt = g3.options().dtype(complex_of<T>());
-  at::Tensor vspec, partial;
+  const at::Tensor vspec = vector_spectra(p, a, launch);
+  at::Tensor partial;
   if (a.nvec) {
-    vspec = at::empty({a.nvec, p.B, p.F}, copt);
-    a.vspec = reinterpret_cast<cplx<T>*>(vspec.data_ptr());
-    const int64_t pairs = (a.nvec + 1) / 2;
-    launch(Phase::VectorSpectra, p.B * pairs, pairs, zbytes, a);
     partial = at::empty({a.nvec, p.B, plan.nchunks, p.F}, copt);
     a.partial = reinterpret_cast<cplx<T>*>(partial.data_ptr());
   }
