@@ -26,8 +26,12 @@ def extension():
     sources = ["csrc/cbp.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3"]
     include_dirs = [os.path.join(here, "csrc")]
+    # Headers count for setuptools' up-to-date check, so a header-only change rebuilds.
+    depends = sorted(glob.glob("csrc/**/*.h", recursive=True))
     if not want_cuda():
-        return CppExtension("compact_bilinear._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+        return CppExtension(
+            "compact_bilinear._C", sources, include_dirs=include_dirs, depends=depends, extra_compile_args={"cxx": cxx}
+        )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     # ATen's CUDA headers include cuSPARSE/cuBLAS/cuFFT headers; pip-installed torch ships them in
     # the nvidia/* wheels rather than under CUDA_HOME.
@@ -39,6 +43,7 @@ def extension():
         "compact_bilinear._C",
         sources,
         include_dirs=include_dirs,
+        depends=depends,
         extra_compile_args={"cxx": cxx + ["-DCOMPACT_BILINEAR_WITH_CUDA"], "nvcc": nvcc},
     )
 

@@ -73,7 +73,7 @@ at::ScalarType complex_of() {
 
 // Spectra of the vector inputs (present only beside maps), once per sample: [nvec][B][F].
 template <typename T, typename In, class Launch>
-at::Tensor vector_spectra(const Problem& p, Args<T, In>& a, Launch&& launch) {
+at::Tensor launch_vector_spectra(const Problem& p, Args<T, In>& a, Launch&& launch) {
   if (!a.nvec) return {};
   auto vspec = at::empty({a.nvec, p.B, p.F}, p.x[0].options().dtype(complex_of<T>()));
   a.vspec = reinterpret_cast<cplx<T>*>(vspec.data_ptr());
@@ -91,7 +91,7 @@ at::Tensor forward(const Problem& p, Launch&& launch) {
   a.out = out.data_ptr<In>();
   const int64_t zbytes = p.d * static_cast<int64_t>(sizeof(cplx<T>));
   const auto copt = out.options().dtype(complex_of<T>());
-  const at::Tensor vspec = vector_spectra(p, a, launch);
+  const at::Tensor vspec = launch_vector_spectra(p, a, launch);
   at::Tensor partial;
   if (!a.out_map) {
     partial = at::empty({p.B, plan.nchunks, p.F}, copt);
@@ -119,7 +119,7 @@ std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, L
   for (int k = 0; k < a.K; ++k) a.grad_x[k] = grads[k].data_ptr<In>();
   const int64_t zbytes = p.d * static_cast<int64_t>(sizeof(cplx<T>));
   const auto copt = g3.options().dtype(complex_of<T>());
-  const at::Tensor vspec = vector_spectra(p, a, launch);
+  const at::Tensor vspec = launch_vector_spectra(p, a, launch);
   at::Tensor partial;
   if (a.nvec) {
     partial = at::empty({a.nvec, p.B, plan.nchunks, p.F}, copt);
