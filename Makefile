@@ -1,5 +1,6 @@
 # make test: create .venv if missing, install torch and the tools, build the package (CUDA kernels
-# too when nvcc is found), run the tests. make demo / make bench: see README.
+# too when nvcc is found), run the tests. make demo: the STCB demo, the pyramid demo (a few
+# minutes), a short benchmark. make bench: the CPU benchmark grid (results in benchmarks/results/latest).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -32,10 +33,10 @@ test: build
 demo: build
 	$(PY) examples/stcb_demo.py
 	$(PY) -m pyramid demo --out results/demo
-	$(PY) -m benchmarks --quick --out results/bench-quick
+	$(PY) -m benchmarks --quick --device cpu
 
 bench: build
-	$(PY) -m benchmarks --out results/bench
+	$(PY) -m benchmarks --device cpu
 
 clean:
 	rm -rf build *.egg-info compact_bilinear/*.so $(VENV)/.built

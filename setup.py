@@ -26,11 +26,21 @@ def extension():
     sources = ["csrc/cbp.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3"]
     include_dirs = [os.path.join(here, "csrc")]
+    # An explicit .eh_frame_hdr (binary-search unwind table). On the lent H100 machine (gcc in
+    # /opt/gcc) the first C++ exception from this library segfaulted; a known cause of exactly
+    # that is libgcc's unwinder falling back to a linear FDE search for a library without one.
+    # Unconfirmed there; benchmarks/gpu_check.sh prints whether the table is present.
+    link = ["-Wl,--eh-frame-hdr"]
     # Headers count for setuptools' up-to-date check, so a header-only change rebuilds.
     depends = sorted(glob.glob("csrc/**/*.h", recursive=True))
     if not want_cuda():
         return CppExtension(
-            "compact_bilinear._C", sources, include_dirs=include_dirs, depends=depends, extra_compile_args={"cxx": cxx}
+            "compact_bilinear._C",
+            sources,
+            include_dirs=include_dirs,
+            depends=depends,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
         )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     # ATen's CUDA headers include cuSPARSE/cuBLAS/cuFFT headers; pip-installed torch ships them in
@@ -45,6 +55,7 @@ def extension():
         include_dirs=include_dirs,
         depends=depends,
         extra_compile_args={"cxx": cxx + ["-DCOMPACT_BILINEAR_WITH_CUDA"], "nvcc": nvcc},
+        extra_link_args=link,
     )
 
 

@@ -51,6 +51,9 @@ tail -3 "$OUT/build.txt"
 $PY -c "import compact_bilinear as cb; print('compact_bilinear', cb.__version__, 'imported')" \
     || { echo "IMPORT FAILED"; exit 1; }
 
+step "unwind table of the built library (GNU_EH_FRAME expected)"
+readelf -lW compact_bilinear/_C*.so 2>/dev/null | grep -E "GNU_EH_FRAME|eh_frame" || echo "readelf missing or no unwind table"
+
 step "exceptions raised by the extension, each case in its own process"
 cat > /tmp/cb_raise.py <<'PYEOF'
 import sys, torch, compact_bilinear as cb
