@@ -32,7 +32,7 @@ test: build
 
 demo: build
 	$(PY) examples/stcb_demo.py
-	$(PY) -m pyramid demo --out results/demo
+	$(PY) -m pyramid demo --variants A,B,C,D --out results/demo
 	$(PY) -m benchmarks --quick --device cpu
 
 bench: build

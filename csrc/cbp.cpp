@@ -42,14 +42,15 @@ struct HashCacheEntry {
 HashTables build_hash_tables(const at::Tensor& h_in, const at::Tensor& s_in, int64_t k, int64_t d,
                              at::ScalarType acc) {
   HashTables t;
-  t.hash = h_in.to(at::kLong).contiguous();
+  // Copies, so the cache never holds the caller's tensors alive (its weak references expire).
+  t.hash = h_in.to(at::kLong, /*non_blocking=*/false, /*copy=*/true).contiguous();
   if (t.hash.numel()) {
     auto b = at::stack({t.hash.min(), t.hash.max()}).cpu();
     const int64_t lo = b[0].item<int64_t>(), hi = b[1].item<int64_t>();
     TORCH_CHECK_VALUE(lo >= 0 && hi < d, "compact_bilinear: hash_indices[", k, "] must lie in [0, output_dim) = [0, ",
                       d, "), found values in [", lo, ", ", hi, "]");
   }
-  t.sign = s_in.to(acc).contiguous();
+  t.sign = s_in.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
   // Stable, so each bucket sums its channels in channel order.
   auto sorted = at::sort(t.hash, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   t.sorted_hash = std::get<0>(sorted).contiguous();
