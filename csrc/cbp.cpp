@@ -23,13 +23,13 @@ bool is_real_number_dtype(at::ScalarType t) {
   return (at::isFloatingType(t) || at::isIntegralType(t, /*includeBool=*/false));
 }
 
-// The inverse hash of one input, validated. Building it costs a sort, a search and, on CUDA, a
+// The inverse hash of one input, validated. Building it costs a sort and, on CUDA, a
 // device sync for the range check, so tables are cached per hash/sign tensor object: an entry
 // is reused only while both tensor objects are alive and their version counters are unchanged
 // (any in-place write through the tensor bumps them). Writes through `.data` bypass the version
 // counter; replace the tensor instead.
 struct HashTables {
-  at::Tensor hash, sign, perm, sorted_hash, ptr, sorted_sign;
+  at::Tensor hash, sign, perm, sorted_hash, sorted_sign;
 };
 
 struct HashCacheEntry {
@@ -55,7 +55,6 @@ HashTables build_hash_tables(const at::Tensor& h_in, const at::Tensor& s_in, int
   auto sorted = at::sort(t.hash, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   t.sorted_hash = std::get<0>(sorted).contiguous();
   t.perm = std::get<1>(sorted).contiguous();
-  t.ptr = at::searchsorted(t.sorted_hash, at::arange(d + 1, t.hash.options())).contiguous();
   t.sorted_sign = t.sign.index_select(0, t.perm).contiguous();
   return t;
 }
@@ -169,7 +168,6 @@ Problem make_problem(const std::vector<at::Tensor>& inputs, const std::vector<at
     p.sign.push_back(hi.sign);
     p.perm.push_back(hi.perm);
     p.sorted_hash.push_back(hi.sorted_hash);
-    p.ptr.push_back(hi.ptr);
     p.sorted_sign.push_back(hi.sorted_sign);
   }
   return p;

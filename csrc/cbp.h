@@ -21,12 +21,10 @@ struct Problem {
   std::array<bool, kMaxInputs> is_map{};    // rows of input k are B*L (map) or B (vector)
   std::vector<at::Tensor> x;                // (B, C_k, L_k) views of the inputs
   std::vector<at::Tensor> hash, sign;       // int64 [C_k] and compute-dtype [C_k]
-  // Inverse hash: channels sorted by bucket (perm), their buckets and signs in that order, and
-  // CSR offsets (bucket j holds positions ptr[j] .. ptr[j+1]).
-  std::vector<at::Tensor> perm, sorted_hash, ptr, sorted_sign;
+  // Inverse hash: channels sorted by bucket (perm), their buckets and signs in that order.
+  std::vector<at::Tensor> perm, sorted_hash, sorted_sign;
   at::ScalarType in_dtype = at::kFloat, acc_dtype = at::kFloat;
 
-  int64_t rows(int k) const { return is_map[k] ? B * L : B; }
   int64_t out_rows() const { return out_map ? B * L : B; }
 };
 

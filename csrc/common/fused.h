@@ -157,9 +157,6 @@ CB_HD void split(cplx<T> zf, cplx<T> zmf, cplx<T>& A, cplx<T>& B) {
 // Phases.
 
 // Z = sketch(input ka) + i sketch(input kb) for sample b, location l (kb < 0: imaginary part 0).
-// The sketch walks the channels sorted by bucket: the first channel of each bucket sums its
-// (short, on average C/d long) run in channel order, so the work is O(C) rather than O(d) and the
-// result does not depend on the schedule.
 template <typename T, typename In, class G>
 CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, int kb, int64_t b, int64_t l) {
   g.for_each(a.d, [&](int64_t j) { z[j] = cplx<T>(0, 0); });
@@ -168,15 +165,11 @@ CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, i
   const int64_t Ca = a.C[ka], Cb = kb >= 0 ? a.C[kb] : 0;
   g.for_each(Ca + Cb, [&](int64_t e) {
     const int k = e < Ca ? ka : kb;
-    const int64_t q = e < Ca ? e : e - Ca;
-    const int64_t* hs = a.sorted_hash[k];
-    const int64_t j = hs[q];
-    if (q > 0 && hs[q - 1] == j) return;
     const In* x = a.x[k] + b * a.stride_b[k] + (a.is_map[k] ? l * a.stride_l[k] : 0);
-    const int64_t C = a.C[k], sc = a.stride_c[k];
-    T acc = 0;
-    for (int64_t r = q; r < C && hs[r] == j; ++r) acc += a.sorted_sign[k][r] * static_cast<T>(x[a.perm[k][r] * sc]);
-    zr[2 * j + (e < Ca ? 0 : 1)] = acc;
+    int64_t j;
+    T sum;
+    if (bucket_sum(x, a.stride_c[k], a.perm[k], a.sorted_hash[k], a.sorted_sign[k], a.C[k], e < Ca ? e : e - Ca, j, sum))
+      zr[2 * j + (e < Ca ? 0 : 1)] = sum;
   });
   g.sync();
 }

@@ -121,13 +121,21 @@ CB_HD void spectral_product_backward(const SpectralArgs<T>& a, int64_t b, int64_
 #undef CB_CALL
 }
 
-// Count sketch as a gather over the inverse hash: cs[j] = sum_{i: h[i] = j} s[i] x[i].
+// The count sketch cs[j] = sum_{i: h[i] = j} s[i] x[i], as a gather over the channels sorted by
+// bucket (perm, with their buckets and signs in that order). Position q that starts its bucket's
+// run sums the run in channel order and returns true with (bucket, sum); other positions return
+// false. Work is O(C) per row, no atomics, and the order of every sum is fixed, so all callers
+// (CPU loop, CUDA FFT path, fused kernel) produce identical sketches. Unset buckets are zero.
 template <typename T, typename In>
-CB_HD T sketch_at(const In* x, int64_t stride_c, const int64_t* perm, const int64_t* ptr, const T* sorted_sign,
-                  int64_t j) {
+CB_HD bool bucket_sum(const In* x, int64_t stride_c, const int64_t* perm, const int64_t* sorted_hash,
+                      const T* sorted_sign, int64_t C, int64_t q, int64_t& bucket, T& sum) {
+  const int64_t j = sorted_hash[q];
+  if (q > 0 && sorted_hash[q - 1] == j) return false;
   T acc = 0;
-  for (int64_t q = ptr[j]; q < ptr[j + 1]; ++q) acc += sorted_sign[q] * static_cast<T>(x[perm[q] * stride_c]);
-  return acc;
+  for (int64_t r = q; r < C && sorted_hash[r] == j; ++r) acc += sorted_sign[r] * static_cast<T>(x[perm[r] * stride_c]);
+  bucket = j;
+  sum = acc;
+  return true;
 }
 
 }  // namespace compact_bilinear

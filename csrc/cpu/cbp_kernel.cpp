@@ -21,15 +21,13 @@ int64_t cpu_chunk(const Problem& p) {
   return std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(bytes_per_sample, 1));
 }
 
-// Scatter in bucket order (channels sorted by hash): O(C + d) per row and, being sequential within
-// a row, summed in a fixed order.
 void sketch_cpu(const Problem& p, int k, const at::Tensor& x, at::Tensor& cs) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "compact_bilinear_sketch_cpu", [&] {
     using T = fused::acc_t<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const int64_t Lk = x.size(2), sb = x.stride(0), sc = x.stride(1), sl = x.stride(2), d = p.d, C = x.size(1);
     const int64_t* perm = p.perm[k].data_ptr<int64_t>();
-    const int64_t* bucket = p.sorted_hash[k].data_ptr<int64_t>();
+    const int64_t* sorted_hash = p.sorted_hash[k].data_ptr<int64_t>();
     const T* sgn = p.sorted_sign[k].data_ptr<T>();
     T* out = cs.data_ptr<T>();
     at::parallel_for(0, x.size(0) * Lk, 1, [&](int64_t r0, int64_t r1) {
@@ -37,7 +35,10 @@ void sketch_cpu(const Problem& p, int k, const at::Tensor& x, at::Tensor& cs) {
         const scalar_t* row = xp + (r / Lk) * sb + (r % Lk) * sl;
         T* o = out + r * d;
         std::fill(o, o + d, T(0));
-        for (int64_t q = 0; q < C; ++q) o[bucket[q]] += sgn[q] * static_cast<T>(row[perm[q] * sc]);
+        int64_t j;
+        T sum;
+        for (int64_t q = 0; q < C; ++q)
+          if (bucket_sum(row, sc, perm, sorted_hash, sgn, C, q, j, sum)) o[j] = sum;
       }
     });
   });

@@ -16,28 +16,31 @@ constexpr int kThreads = 256;
 
 int64_t blocks_for(int64_t n) { return (n + kThreads - 1) / kThreads; }
 
+// One thread per (row, sorted channel position); cs is zeroed first.
 template <typename T, typename In>
-__global__ void sketch_kernel(const In* __restrict__ x, int64_t rows, int64_t Lk, int64_t sb, int64_t sc, int64_t sl,
-                              const int64_t* __restrict__ perm, const int64_t* __restrict__ ptr,
+__global__ void sketch_kernel(const In* __restrict__ x, int64_t rows, int64_t C, int64_t Lk, int64_t sb, int64_t sc,
+                              int64_t sl, const int64_t* __restrict__ perm, const int64_t* __restrict__ sorted_hash,
                               const T* __restrict__ sgn, int64_t d, T* __restrict__ out) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= rows * d) return;
-  const int64_t r = i / d, j = i % d;
-  out[i] = sketch_at<T, In>(x + (r / Lk) * sb + (r % Lk) * sl, sc, perm, ptr, sgn, j);
+  if (i >= rows * C) return;
+  const int64_t r = i / C;
+  int64_t j;
+  T sum;
+  if (bucket_sum(x + (r / Lk) * sb + (r % Lk) * sl, sc, perm, sorted_hash, sgn, C, i % C, j, sum)) out[r * d + j] = sum;
 }
 
 void sketch_cuda(const Problem& p, int k, const at::Tensor& x, at::Tensor& cs) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "compact_bilinear_sketch_cuda", [&] {
     using T = fused::acc_t<scalar_t>;
-    const int64_t rows = x.size(0) * x.size(2);
-    if (rows * p.d == 0) return;
-    sketch_kernel<T, scalar_t><<<blocks_for(rows * p.d), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        x.data_ptr<scalar_t>(), rows, x.size(2), x.stride(0), x.stride(1), x.stride(2), p.perm[k].data_ptr<int64_t>(),
-        p.ptr[k].data_ptr<int64_t>(), p.sorted_sign[k].data_ptr<T>(), p.d, cs.data_ptr<T>());
+    const int64_t rows = x.size(0) * x.size(2), C = x.size(1);
+    cs.zero_();
+    if (rows * C == 0) return;
+    sketch_kernel<T, scalar_t><<<blocks_for(rows * C), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        x.data_ptr<scalar_t>(), rows, C, x.size(2), x.stride(0), x.stride(1), x.stride(2), p.perm[k].data_ptr<int64_t>(),
+        p.sorted_hash[k].data_ptr<int64_t>(), p.sorted_sign[k].data_ptr<T>(), p.d, cs.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
-
 
 template <typename T, bool Backward>
 __global__ void product_kernel(SpectralArgs<T> a, int64_t batch) {
