@@ -6,6 +6,7 @@ TORCH_CUDA_ARCH_LIST is respected; the default covers A100 (8.0) and H100/H200 (
 """
 import glob
 import os
+import sys
 
 import torch
 from setuptools import find_packages, setup
@@ -31,6 +32,12 @@ def extension():
     # that is libgcc's unwinder falling back to a linear FDE search for a library without one.
     # Unconfirmed there; benchmarks/gpu_check.sh prints whether the table is present.
     link = ["-Wl,--eh-frame-hdr"]
+    # at::parallel_for is an inline template whose OpenMP body only exists in units compiled with
+    # OpenMP; without these flags every CPU kernel of this library ran on one thread. At run time
+    # the OpenMP runtime torch already loaded (same soname) serves this library too.
+    if torch._C.has_openmp and sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     # Headers count for setuptools' up-to-date check, so a header-only change rebuilds.
     depends = sorted(glob.glob("csrc/**/*.h", recursive=True))
     if not want_cuda():

@@ -112,7 +112,7 @@ def explicit_outer_product_sketch(
     comb_h = hash_indices[0].long()
     comb_s = hash_signs[0].double()
     for r, h, s in zip(rows[1:], hash_indices[1:], hash_signs[1:]):
-        outer = (outer.unsqueeze(-1) * r.unsqueeze(1)).reshape(r.shape[0], -1)
+        outer = (outer.unsqueeze(-1) * r.unsqueeze(1)).reshape(r.shape[0], outer.shape[1] * r.shape[1])
         comb_h = (comb_h.unsqueeze(-1) + h.long().unsqueeze(0)).reshape(-1) % output_dim
         comb_s = (comb_s.unsqueeze(-1) * s.double().unsqueeze(0)).reshape(-1)
     out = outer.new_zeros(outer.shape[0], output_dim).index_add_(1, comb_h, outer * comb_s)

@@ -1,6 +1,7 @@
 // Op schemas, argument validation and the device-independent parts of both algorithms.
 #include "cbp.h"
 
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -215,7 +216,6 @@ static void for_each_chunk(const Problem& p, int64_t chunk, const F& fn) {
 
 at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk) {
   auto out = empty_output(p);
-  if (out.numel() == 0) return out;
   const int64_t Lout = p.out_map ? p.L : 1;
   auto rows = out.movedim(1, -1).reshape({p.out_rows(), p.d});  // a view: out is location-major
   const auto copt = p.x[0].options().dtype(p.acc_dtype);
@@ -223,11 +223,17 @@ at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk) 
     std::vector<at::Tensor> spectra;
     for (int k = 0; k < p.K; ++k) {
       auto cs = at::empty({bc * (p.is_map[k] ? p.L : 1), p.d}, copt);
-      kern.sketch(p, k, p.x[k].narrow(0, b0, bc), cs);
+      {
+        RECORD_FUNCTION("compact_bilinear::sketch", {});
+        kern.sketch(p, k, p.x[k].narrow(0, b0, bc), cs);
+      }
       spectra.push_back(at::fft_rfft(cs, std::nullopt, -1));
     }
     auto P = at::empty({bc * Lout, p.F}, spectra[0].options());
-    kern.product(p, bc, spectra, P);
+    {
+      RECORD_FUNCTION("compact_bilinear::spectral_product", {});
+      kern.product(p, bc, spectra, P);
+    }
     spectra.clear();
     auto dst = rows.narrow(0, b0 * Lout, bc * Lout);
     if (p.in_dtype == p.acc_dtype)
@@ -241,10 +247,6 @@ at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk) 
 std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_out, const FftKernels& kern,
                                      int64_t chunk) {
   auto grads = empty_input_grads(p);
-  if (grad_out.numel() == 0) {
-    for (auto& g : grads) g.zero_();
-    return grads;
-  }
   const int64_t Lout = p.out_map ? p.L : 1;
   for_each_chunk(p, chunk, [&](int64_t b0, int64_t bc) {
     // Per chunk, so an expanded or differently laid out gradient is materialised a chunk at a time.
@@ -254,15 +256,22 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
     for (int k = 0; k < p.K; ++k) {
       const int64_t rows = bc * (p.is_map[k] ? p.L : 1);
       auto cs = at::empty({rows, p.d}, grows.options());
-      kern.sketch(p, k, p.x[k].narrow(0, b0, bc), cs);
+      {
+        RECORD_FUNCTION("compact_bilinear::sketch", {});
+        kern.sketch(p, k, p.x[k].narrow(0, b0, bc), cs);
+      }
       spectra.push_back(at::fft_rfft(cs, std::nullopt, -1));
       Q.push_back(at::empty({rows, p.F}, G.options()));
     }
-    kern.product_backward(p, bc, G, spectra, Q);
+    {
+      RECORD_FUNCTION("compact_bilinear::spectral_product_backward", {});
+      kern.product_backward(p, bc, G, spectra, Q);
+    }
     spectra.clear();
     for (int k = 0; k < p.K; ++k) {
       auto gcs = at::fft_irfft(Q[k], p.d, -1);
       auto gx = grads[k].narrow(0, b0, bc);
+      RECORD_FUNCTION("compact_bilinear::sketch_backward", {});
       kern.sketch_backward(p, k, gcs, gx);
     }
   });
@@ -275,7 +284,7 @@ FusedPlan fused_plan(const Problem& p, bool backward) {
   const int64_t nvec = p.K - nmap, groups = (nmap + 1) / 2;
   // Rows reduced inside one thread group: at most 8 locations, spread evenly, so a pooled 7x7
   // map gives 7 groups of 7 per sample (enough blocks to fill the GPU, few partial spectra).
-  const int64_t balanced = (p.L + (p.L + 7) / 8 - 1) / ((p.L + 7) / 8);
+  const int64_t L = std::max<int64_t>(p.L, 1), balanced = (L + (L + 7) / 8 - 1) / ((L + 7) / 8);
   FusedPlan plan;
   if (!backward) {
     plan.rows_per_chunk = p.out_map ? 1 : balanced;
@@ -285,7 +294,7 @@ FusedPlan fused_plan(const Problem& p, bool backward) {
     const int64_t last = nmap % 2 ? 1 : 2;
     plan.slots = 1 + (nmap - last) + nvec;
   }
-  plan.nchunks = (p.L + plan.rows_per_chunk - 1) / plan.rows_per_chunk;
+  plan.nchunks = (L + plan.rows_per_chunk - 1) / plan.rows_per_chunk;
   const int64_t elem = p.acc_dtype == at::kDouble ? 16 : 8;
   plan.smem_bytes = elem * (p.d + plan.slots * p.F);
   return plan;

@@ -85,7 +85,6 @@ at::Tensor launch_vector_spectra(const Problem& p, Args<T, In>& a, Launch&& laun
 template <typename T, typename In, class Launch>
 at::Tensor forward(const Problem& p, Launch&& launch) {
   auto out = empty_output(p);
-  if (out.numel() == 0) return out;
   const auto plan = fused_plan(p, /*backward=*/false);
   auto a = make_args<T, In>(p, plan);
   a.out = out.data_ptr<In>();
@@ -105,10 +104,6 @@ at::Tensor forward(const Problem& p, Launch&& launch) {
 template <typename T, typename In, class Launch>
 std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, Launch&& launch) {
   auto grads = empty_input_grads(p);
-  if (grad_out.numel() == 0) {
-    for (auto& g : grads) g.zero_();
-    return grads;
-  }
   const auto plan = fused_plan(p, /*backward=*/true);
   auto a = make_args<T, In>(p, plan);
   const auto g3 = grad_out.to(p.in_dtype).reshape({p.B, p.d, p.out_map ? p.L : 1});
@@ -155,8 +150,13 @@ inline bool use_fused(const Problem& p, const std::string& algorithm, bool backw
 
 // The two algorithms for a validated problem. Validation (make_problem) happens in the callers,
 // in host C++ translation units, so argument errors never unwind through nvcc-compiled frames.
+// An empty batch or an empty map (a zero-size spatial dim) leaves nothing to compute: a pooled
+// output sums over no locations and is zero, and so is every gradient.
+inline bool nothing_to_compute(const Problem& p) { return p.B == 0 || p.L == 0; }
+
 template <class Launch>
 at::Tensor run_forward(const Problem& p, bool fused, const Backend& be, Launch&& launch) {
+  if (nothing_to_compute(p)) return empty_output(p).zero_();
   if (!fused) return fft_forward(p, *be.fft, be.fft_chunk(p));
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.in_dtype, "compact_bilinear_fused_forward", [&] {
@@ -169,7 +169,10 @@ template <class Launch>
 std::vector<at::Tensor> run_backward(const Problem& p, const at::Tensor& grad_out, bool fused, const Backend& be,
                                      Launch&& launch) {
   std::vector<at::Tensor> grads;
-  if (!fused) {
+  if (nothing_to_compute(p)) {
+    grads = empty_input_grads(p);
+    for (auto& g : grads) g.zero_();
+  } else if (!fused) {
     grads = fft_backward(p, grad_out, *be.fft, be.fft_chunk(p));
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.in_dtype, "compact_bilinear_fused_backward", [&] {

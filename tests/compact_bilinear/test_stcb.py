@@ -219,7 +219,6 @@ def test_mixed_dtypes_are_promoted(device):
 
 def test_non_contiguous_inputs(device):
     xs, hs, ss, d, _ = make(CASES["k2_maps"], device)
-    nc = [x.transpose(2, 3).contiguous().transpose(2, 3) for x in xs]
     nc = [torch.randn(x.shape[0], x.shape[1] * 2, *x.shape[2:], dtype=x.dtype, device=device)[:, ::2] for x in xs]
     assert not nc[0].is_contiguous()
     for algo in ALGOS:
@@ -236,6 +235,46 @@ def test_empty_batch(device):
         assert out.shape == (0, 16, 3, 3)
         gx, gv = torch.autograd.grad(out.sum(), (x, v))
         assert gx.shape == x.shape and gv.shape == v.shape
+
+
+@pytest.mark.parametrize("sum_pool", [False, True])
+def test_empty_map(sum_pool, device):
+    """A zero-size spatial dim: pooling sums over no locations (zeros); every gradient is zero."""
+    hs, ss = random_hashes((4, 6), 16, device=device)
+    x = torch.randn(2, 4, 0, 3, device=device, requires_grad=True)
+    v = torch.randn(2, 6, device=device, requires_grad=True)
+    for algo in ALGOS:
+        out = cb.compact_bilinear_pooling([x, v], hs, ss, 16, sum_pool=sum_pool, algorithm=algo)
+        ref = explicit_outer_product_sketch([x, v], hs, ss, 16, sum_pool=sum_pool)
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out.double(), ref)
+        gx, gv = torch.autograd.grad((out * 2).sum(), (x, v))
+        assert gx.shape == x.shape and torch.equal(gv, torch.zeros_like(v))
+
+
+@pytest.mark.parametrize("name", ["k2_map_x_vector", "k3_pooled_broadcast", "k2_vectors_odd_d"])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_cpu_thread_count_does_not_change_results(name, algo):
+    """The CPU kernels split rows, bins and channels across threads; every value is still computed
+    by one task in a fixed order, so 1 and 2 threads agree bit for bit. Sizes give several bin
+    and channel blocks per sample."""
+    dims, _, spatial, sum_pool = CASES[name]
+    d = 13 * 81 if algo == "fft" else 1024
+    case = (tuple(100 + 37 * c for c in dims), d, [tuple(2 * e for e in s) for s in spatial], sum_pool)
+    xs, hs, ss, d, sum_pool = make(case, "cpu", dtype=torch.float32, requires_grad=True)
+    w = torch.randn(cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool).shape)
+    results, before = [], torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm=algo)
+            results.append((out, torch.autograd.grad((out * w).sum(), xs)))
+    finally:
+        torch.set_num_threads(before)
+    (out1, g1), (out2, g2) = results
+    assert torch.equal(out1, out2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
+    ref = compact_bilinear_pooling_reference([x.double() for x in xs], hs, ss, d, sum_pool=sum_pool)
+    torch.testing.assert_close(out1.double(), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
 @pytest.mark.parametrize("algo", ALGOS)
