@@ -230,14 +230,16 @@ def find(results, tag=None, impl=None, case=None) -> Optional[Result]:
     return None
 
 
-def target_line(name: str, value: Optional[float], ok: Optional[bool], detail: str) -> dict:
-    return {"target": name, "value": value, "pass": ok, "detail": detail}
+def target_line(name: str, value: Optional[float], ok: Optional[bool], detail: str,
+                info: bool = False) -> dict:
+    """One target; `info` marks a figure that is reported against a target it is not held to."""
+    return {"target": name, "value": value, "pass": ok, "detail": detail, "informational": info}
 
 
 def format_targets(targets: list[dict]) -> str:
     lines = []
     for t in targets:
-        mark = {True: "PASS", False: "FAIL", None: "N/A "}[t["pass"]]
+        mark = "INFO" if t.get("informational") else {True: "PASS", False: "FAIL", None: "N/A "}[t["pass"]]
         lines.append(f"  [{mark}] {t['target']}: {t['detail']}")
     return "\n".join(lines)
 
