@@ -156,7 +156,9 @@ class SpatiotemporalAttention(nn.Module):
         self.stcb_spec = {"input_dims": [map_channels, guide_channels], "output_dim": attention_dim, "seed": seed}
         self.conv1 = nn.Conv2d(attention_dim, hidden, 1)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(hidden, 1, 1)
+        # No bias: the softmax over locations ignores a constant shift of the scores, so a bias
+        # here could never receive a gradient.
+        self.conv2 = nn.Conv2d(hidden, 1, 1, bias=False)
 
     def forward(self, feature_map: Tensor, guide: Tensor) -> Tuple[Tensor, Tensor]:
         """Attend.

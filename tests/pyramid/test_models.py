@@ -331,7 +331,6 @@ def test_attention_pools_with_its_weights():
         torch.testing.assert_close(attended, expected)
         # Constant scores -> uniform weights 1/15 -> the attended vector is the average pool.
         att.conv2.weight.zero_()
-        att.conv2.bias.zero_()
         attended, weights = att(fmap, guide)
     torch.testing.assert_close(weights, torch.full((2, 3, 5), 1 / 15))
     torch.testing.assert_close(attended, fmap.mean(dim=(2, 3)))
