@@ -56,17 +56,27 @@ readelf -lW compact_bilinear/_C*.so 2>/dev/null | grep -E "GNU_EH_FRAME|eh_frame
 
 step "exceptions raised by the extension, each case in its own process"
 cat > /tmp/cb_raise.py <<'PYEOF'
+# cpu: a CPU raise with CUDA untouched; cpu-after-cuda: the same after CUDA is initialised;
+# cuda: the raise on CUDA tensors. A crash prints its native stack (torch's fatal-signal handler).
 import sys, torch, compact_bilinear as cb
 from compact_bilinear.reference import random_hashes
-dev = sys.argv[1]
+torch._C._set_print_stack_traces_on_fatal_signal(True)
+mode = sys.argv[1]
+if mode == "cpu-after-cuda":
+    torch.ones(1, device="cuda").sum().item()
+dev = "cuda" if mode == "cuda" else "cpu"
 hs, ss = random_hashes((4, 6), 16, device=dev)
 x, v = torch.randn(2, 4, device=dev), torch.randn(2, 6, device=dev)
 try:
     cb.compact_bilinear_pooling([x, v], [hs[0], hs[1][:-1]], ss, 16)
 except ValueError as e:
-    print(dev, "ValueError raised cleanly:", str(e)[:100])
+    print(mode, "ValueError raised cleanly:", str(e)[:100])
+try:
+    torch.ones(2, device=dev) + torch.ones(3, device=dev)  # an exception thrown by torch itself
+except RuntimeError:
+    print(mode, "torch's own RuntimeError raised cleanly")
 PYEOF
-for dev in cpu cuda; do timeout 60 $PY /tmp/cb_raise.py $dev; echo "exit status $? on $dev"; done
+for mode in cpu cpu-after-cuda cuda; do timeout 60 $PY /tmp/cb_raise.py $mode 2>&1 | head -40; echo "exit status $? on $mode"; done
 if command -v gdb >/dev/null; then
     timeout 90 gdb -q -batch -ex run -ex bt --args $PY /tmp/cb_raise.py cuda >"$OUT/gdb.txt" 2>&1
     grep -E "^#|signal" "$OUT/gdb.txt" | head -25

@@ -14,8 +14,9 @@
 namespace compact_bilinear {
 namespace {
 
-// Samples per chunk of the FFT path: about 1 MiB of spectrum per input (64 rows at d = 4096),
-// which keeps a chunk's working set in a core's L2 and gives several chunks per thread.
+// Samples per chunk of the FFT path: about 1 MiB of spectrum per input (64 rows at d = 4096), so
+// a chunk's intermediates stay in cache from one stage to the next. Chunks run in turn; each
+// stage spreads its rows, bins or channels over the threads.
 int64_t cpu_chunk(const Problem& p) {
   const int64_t bytes_per_sample = p.L * p.F * (p.acc_dtype == at::kDouble ? 16 : 8);
   return std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(bytes_per_sample, 1));
