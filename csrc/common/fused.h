@@ -3,7 +3,9 @@
 // loop over virtual threads on the host (see DESIGN.md section 5). Every phase is a
 // group.for_each(n, body) followed by group.sync(); on the host the loop runs each body in turn,
 // which is a valid schedule of the same parallel program, so host tests exercise the kernel's
-// indexing and arithmetic.
+// indexing and arithmetic. Bodies capture by value (only the kernel's Args by reference): the
+// host's strict schedules (cpu/cbp_kernel.cpp) run a body at the next sync(), by which time the
+// scope that issued it may have ended.
 //
 // Per row (or per chunk of rows when pooling) everything lives in one d-point complex buffer Z
 // plus a few half-spectrum slots (F = d/2 + 1 complex values each):
@@ -84,7 +86,7 @@ CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n64, int log2n, const
   const int n = static_cast<int>(n64);
   int lH = log2n - 1;  // log2 of the larger span of the pass
   if (log2n & 1) {
-    g.for_each(n / 2, [&](int64_t k) {
+    g.for_each(n / 2, [=](int64_t k) {
       const cplx<T> a = z[k], b = z[k + n / 2];
       z[k] = a + b;
       z[k + n / 2] = (a - b) * tw[k];
@@ -94,7 +96,7 @@ CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n64, int log2n, const
   }
   for (; lH >= 1; lH -= 2) {
     const int lh = lH - 1, h = 1 << lh, lsu = log2n - lh - 2, lsv = log2n - lh - 1;
-    g.for_each(n / 4, [&](int64_t t64) {
+    g.for_each(n / 4, [=](int64_t t64) {
       const int t = static_cast<int>(t64), k = t & (h - 1), base = ((t >> lh) << (lh + 2)) + k;
       const cplx<T> u = tw[k << lsu], v = tw[k << lsv];
       const cplx<T> a0 = z[base], a1 = z[base + h], a2 = z[base + 2 * h], a3 = z[base + 3 * h];
@@ -114,7 +116,7 @@ CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n64, int log2n, const
   const int n = static_cast<int>(n64);
   for (int lh = 0; lh + 2 <= log2n; lh += 2) {
     const int h = 1 << lh, lsu = log2n - lh - 2, lsv = log2n - lh - 1;
-    g.for_each(n / 4, [&](int64_t t64) {
+    g.for_each(n / 4, [=](int64_t t64) {
       const int t = static_cast<int>(t64), k = t & (h - 1), base = ((t >> lh) << (lh + 2)) + k;
       const cplx<T> u = conj(tw[k << lsu]), v = conj(tw[k << lsv]);
       const cplx<T> a0 = z[base], a1 = z[base + h] * v, a2 = z[base + 2 * h], a3 = z[base + 3 * h] * v;
@@ -127,7 +129,7 @@ CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n64, int log2n, const
     g.sync();
   }
   if (log2n & 1) {
-    g.for_each(n / 2, [&](int64_t k) {
+    g.for_each(n / 2, [=](int64_t k) {
       const cplx<T> a = z[k], b = z[k + n / 2] * conj(tw[k]);
       z[k] = a + b;
       z[k + n / 2] = a - b;
@@ -159,11 +161,11 @@ CB_HD void split(cplx<T> zf, cplx<T> zmf, cplx<T>& A, cplx<T>& B) {
 // Z = sketch(input ka) + i sketch(input kb) for sample b, location l (kb < 0: imaginary part 0).
 template <typename T, typename In, class G>
 CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, int kb, int64_t b, int64_t l) {
-  g.for_each(a.d, [&](int64_t j) { z[j] = cplx<T>(0, 0); });
+  g.for_each(a.d, [=, &a](int64_t j) { z[j] = cplx<T>(0, 0); });
   g.sync();
   T* zr = reinterpret_cast<T*>(z);
   const int64_t Ca = a.C[ka], Cb = kb >= 0 ? a.C[kb] : 0;
-  g.for_each(Ca + Cb, [&](int64_t e) {
+  g.for_each(Ca + Cb, [=, &a](int64_t e) {
     const int k = e < Ca ? ka : kb;
     const In* x = a.x[k] + b * a.stride_b[k] + (a.is_map[k] ? l * a.stride_l[k] : 0);
     int64_t j;
@@ -177,7 +179,7 @@ CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, i
 // Z[p(f)] = S[f], Z[q(f)] = conj(S[f]) from a half spectrum given by `half(f)`.
 template <typename T, typename In, class G, class Half>
 CB_HD void fill_hermitian(const G& g, const Args<T, In>& a, cplx<T>* z, Half half) {
-  g.for_each(a.d / 2 + 1, [&](int64_t f) {
+  g.for_each(a.d / 2 + 1, [=, &a](int64_t f) {
     const BinPair pq = bins(f, a.d, a.log2d);
     const cplx<T> s = half(f);
     z[pq.p] = s;
@@ -192,7 +194,7 @@ CB_HD void vector_spectra(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t 
   const int ia = static_cast<int>(2 * pair), ib = ia + 1 < a.nvec ? ia + 1 : -1;
   load_sketches(g, a, z, a.vec_ids[ia], ib >= 0 ? a.vec_ids[ib] : -1, b, 0);
   fft_forward_dif(g, z, a.d, a.log2d, a.tw);
-  g.for_each(a.F, [&](int64_t f) {
+  g.for_each(a.F, [=, &a](int64_t f) {
     const BinPair pq = bins(f, a.d, a.log2d);
     cplx<T> A, B;
     split(z[pq.p], z[pq.q], A, B);
@@ -216,7 +218,7 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
   cplx<T>* P = groups > 1 ? slots : nullptr;
   cplx<T>* acc = a.out_map ? nullptr : slots + (groups > 1 ? a.F : 0);
   if (acc) {
-    g.for_each(a.F, [&](int64_t f) { acc[f] = cplx<T>(0, 0); });
+    g.for_each(a.F, [=, &a](int64_t f) { acc[f] = cplx<T>(0, 0); });
     g.sync();
   }
   const int64_t l0 = c * a.rows_per_chunk, l1 = l0 + a.rows_per_chunk < a.L ? l0 + a.rows_per_chunk : a.L;
@@ -226,7 +228,7 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
       load_sketches(g, a, z, ka, kb, b, l);
       fft_forward_dif(g, z, a.d, a.log2d, a.tw);
       const bool last = gi == groups - 1;
-      g.for_each(a.F, [&](int64_t f) {
+      g.for_each(a.F, [=, &a](int64_t f) {
         const BinPair pq = bins(f, a.d, a.log2d);
         cplx<T> A, B;
         split(z[pq.p], z[pq.q], A, B);
@@ -250,13 +252,13 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
       fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
       const T scale = T(1) / static_cast<T>(a.d);
       In* out = a.out + (b * a.L + l) * a.d;  // location-major output: one contiguous row
-      g.for_each(a.d, [&](int64_t j) { out[j] = static_cast<In>(z[j].real() * scale); });
+      g.for_each(a.d, [=, &a](int64_t j) { out[j] = static_cast<In>(z[j].real() * scale); });
       g.sync();
     }
   }
   if (acc) {
     cplx<T>* dst = a.partial + (b * a.nchunks + c) * a.F;
-    g.for_each(a.F, [&](int64_t f) { dst[f] = acc[f]; });
+    g.for_each(a.F, [=, &a](int64_t f) { dst[f] = acc[f]; });
     g.sync();
   }
 }
@@ -273,7 +275,7 @@ CB_HD void forward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t 
   fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
   const T scale = T(1) / static_cast<T>(a.d);
   In* out = a.out + b * a.d;
-  g.for_each(a.d, [&](int64_t j) { out[j] = static_cast<In>(z[j].real() * scale); });
+  g.for_each(a.d, [=, &a](int64_t j) { out[j] = static_cast<In>(z[j].real() * scale); });
   g.sync();
 }
 
@@ -282,18 +284,15 @@ template <typename T, typename In, class G>
 CB_HD void scatter_grads(const G& g, const Args<T, In>& a, const cplx<T>* z, int ka, int kb, int64_t b,
                          int64_t l) {
   const T scale = T(1) / static_cast<T>(a.d);
-  for (int part = 0; part < 2; ++part) {
-    const int k = part ? kb : ka;
-    if (k < 0) continue;
-    const int64_t Lk = a.is_map[k] ? a.L : 1;
-    In* gx = a.grad_x[k] + b * a.C[k] * Lk + (a.is_map[k] ? l : 0);
-    const int64_t* h = a.hash[k];
-    const T* s = a.sign[k];
-    g.for_each(a.C[k], [&](int64_t i) {
-      const cplx<T> v = z[h[i]];
-      gx[i * Lk] = static_cast<In>(s[i] * (part ? v.imag() : v.real()) * scale);
-    });
-  }
+  const int64_t Ca = a.C[ka], Cb = kb >= 0 ? a.C[kb] : 0;
+  g.for_each(Ca + Cb, [=, &a](int64_t e) {
+    const bool second = e >= Ca;
+    const int k = second ? kb : ka;
+    const int64_t i = second ? e - Ca : e, Lk = a.is_map[k] ? a.L : 1;
+    const cplx<T> v = z[a.hash[k][i]];
+    a.grad_x[k][(b * a.C[k] + i) * Lk + (a.is_map[k] ? l : 0)] =
+        static_cast<In>(a.sign[k][i] * (second ? v.imag() : v.real()) * scale);
+  });
   g.sync();
 }
 
@@ -301,10 +300,10 @@ CB_HD void scatter_grads(const G& g, const Args<T, In>& a, const cplx<T>* z, int
 template <typename T, typename In, class G>
 CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* Gs, int64_t b, int64_t l) {
   const In* src = a.grad + b * a.grad_stride_b + l * a.grad_stride_l;
-  g.for_each(a.d, [&](int64_t j) { z[j] = cplx<T>(static_cast<T>(src[j * a.grad_stride_j]), T(0)); });
+  g.for_each(a.d, [=, &a](int64_t j) { z[j] = cplx<T>(static_cast<T>(src[j * a.grad_stride_j]), T(0)); });
   g.sync();
   fft_forward_dif(g, z, a.d, a.log2d, a.tw);
-  g.for_each(a.F, [&](int64_t f) {
+  g.for_each(a.F, [=, &a](int64_t f) {
     const BinPair pq = bins(f, a.d, a.log2d);
     cplx<T> A, B;
     split(z[pq.p], z[pq.q], A, B);
@@ -324,7 +323,7 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
   cplx<T>* mslot = slots + a.F;                  // maps 0 .. last_first-1
   cplx<T>* vslot = mslot + last_first * a.F;     // vectors
   if (a.nvec) {
-    g.for_each(a.nvec * a.F, [&](int64_t i) { vslot[i] = cplx<T>(0, 0); });
+    g.for_each(a.nvec * a.F, [=, &a](int64_t i) { vslot[i] = cplx<T>(0, 0); });
     g.sync();
   }
   if (!a.out_map) grad_spectrum(g, a, z, Gs, b, 0);
@@ -337,14 +336,14 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
       load_sketches(g, a, z, a.map_ids[ia], ib >= 0 ? a.map_ids[ib] : -1, b, l);
       fft_forward_dif(g, z, a.d, a.log2d, a.tw);
       if (gi == groups - 1) break;
-      g.for_each(a.F, [&](int64_t f) {
+      g.for_each(a.F, [=, &a](int64_t f) {
         const BinPair pq = bins(f, a.d, a.log2d);
         split(z[pq.p], z[pq.q], mslot[ia * a.F + f], mslot[ib * a.F + f]);
       });
       g.sync();
     }
     // Every spectrum at bin f is now in a slot, in z (last pair) or in vspec: form all Q_k.
-    g.for_each(a.F, [&](int64_t f) {
+    g.for_each(a.F, [=, &a](int64_t f) {
       const BinPair pq = bins(f, a.d, a.log2d);
       cplx<T> v[kMaxInputs], prefix[kMaxInputs + 1];
       cplx<T> A, B;
@@ -372,7 +371,7 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
     scatter_grads(g, a, z, ka, kb, b, l);
     for (int gi = 0; gi < groups - 1; ++gi) {
       const int ia = 2 * gi, ib = 2 * gi + 1;
-      g.for_each(a.F, [&](int64_t f) {
+      g.for_each(a.F, [=, &a](int64_t f) {
         const BinPair pq = bins(f, a.d, a.log2d);
         const cplx<T> qa = mslot[ia * a.F + f], qb = mslot[ib * a.F + f];
         z[pq.p] = qa + mul_pos_i(qb);
@@ -384,7 +383,7 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
     }
   }
   if (a.nvec) {
-    g.for_each(a.nvec * a.F, [&](int64_t i) {
+    g.for_each(a.nvec * a.F, [=, &a](int64_t i) {
       const int64_t v = i / a.F, f = i % a.F;
       a.partial[((v * a.B + b) * a.nchunks + c) * a.F + f] = vslot[i];
     });

@@ -5,6 +5,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "cbp.h"
@@ -187,20 +191,60 @@ void sketch_backward_cpu(const Problem& p, int k, const at::Tensor& grad_cs, at:
 const FftKernels kCpuKernels{sketch_cpu, product_cpu, product_backward_cpu, sketch_backward_cpu};
 
 // Host instance of the fused pipeline: each parallel task runs whole thread groups in turn.
+//
+// By default a group runs each for_each's indices in order, as if every for_each ended with a
+// barrier. COMPACT_BILINEAR_HOST_ORDER selects stricter schedules, used by the tests to find a
+// missing barrier (which this default hides): "threads" defers the for_each calls up to the next
+// sync() and then runs them thread by thread over kHostThreads virtual threads (thread t takes
+// indices t, t + kHostThreads, ..., as a CUDA thread does), so each virtual thread finishes its
+// whole segment before the next starts; "threads-reverse" does the same from the last thread
+// down. A kernel that is correct for every interleaving gives bit-identical results under all
+// three; one that reads another thread's value without a barrier in between does not.
+constexpr int64_t kHostThreads = 8;
+
 struct HostGroup {
+  enum class Order { Immediate, Threads, ThreadsReverse } order = Order::Immediate;
+  mutable std::vector<std::pair<int64_t, std::function<void(int64_t)>>> pending;  // up to the next sync
+
   template <class F>
   void for_each(int64_t n, F&& f) const {
-    for (int64_t i = 0; i < n; ++i) f(i);
+    if (order == Order::Immediate) {
+      for (int64_t i = 0; i < n; ++i) f(i);
+    } else {
+      pending.emplace_back(n, std::function<void(int64_t)>(f));  // a copy: bodies capture by value
+    }
   }
-  void sync() const {}
+  void sync() const {
+    for (int64_t s = 0; s < kHostThreads; ++s) {
+      const int64_t t = order == Order::ThreadsReverse ? kHostThreads - 1 - s : s;
+      for (auto& [n, f] : pending)
+        for (int64_t i = t; i < n; i += kHostThreads) f(i);
+    }
+    pending.clear();
+  }
 };
+
+HostGroup::Order host_order() {
+  const char* env = std::getenv("COMPACT_BILINEAR_HOST_ORDER");
+  const std::string order = env ? env : "";
+  if (order == "threads") return HostGroup::Order::Threads;
+  if (order == "threads-reverse") return HostGroup::Order::ThreadsReverse;
+  TORCH_CHECK_VALUE(order.empty() || order == "immediate", "COMPACT_BILINEAR_HOST_ORDER must be 'immediate', ",
+                    "'threads' or 'threads-reverse', got '", order, "'");
+  return HostGroup::Order::Immediate;
+}
 
 struct HostLaunch {
   template <typename T, typename In>
   void operator()(fused::Phase ph, int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) const {
+    const auto order = host_order();
     at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
       std::vector<c10::complex<T>> buf(smem / sizeof(c10::complex<T>));
-      for (int64_t i = g0; i < g1; ++i) fused::run_phase(HostGroup{}, a, ph, buf.data(), i / ny, i % ny);
+      const HostGroup group{order};
+      for (int64_t i = g0; i < g1; ++i) {
+        fused::run_phase(group, a, ph, buf.data(), i / ny, i % ny);
+        group.sync();  // the end of a kernel is a barrier
+      }
     });
   }
 };

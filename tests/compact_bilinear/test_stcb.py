@@ -93,6 +93,33 @@ def test_fused_every_supported_d(d, device):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
 
 
+FUSED_RACE_CASES = [name for name, case in CASES.items() if fused_applies(case[1])]
+
+
+@pytest.mark.parametrize("d", [1, 2, 8, 32, 128, 2048])
+@pytest.mark.parametrize("name", FUSED_RACE_CASES)
+def test_fused_host_instance_has_no_missing_barrier(name, d, monkeypatch):
+    """By default the host instance runs every for_each to completion, as if each ended with a
+    barrier. The 'threads' schedules run each virtual thread's whole segment between two sync()
+    calls before the next thread's, forwards and backwards: results must be bit-identical, or a
+    thread reads (or overwrites) another thread's value with no barrier in between, where the GPU
+    would race. The sizes cover odd and even log2(d) (with and without the radix-2 pass) and
+    one- and many-chunk plans."""
+    dims, _, spatial, sum_pool = CASES[name]
+    xs, hs, ss, d, sum_pool = make((dims, d, [tuple(3 * e for e in s) for s in spatial], sum_pool), "cpu",
+                                   dtype=torch.float32, requires_grad=True)
+
+    def run():
+        out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
+        return [out, *torch.autograd.grad(out.square().sum(), xs)]
+
+    immediate = run()
+    for order in ("threads", "threads-reverse"):
+        monkeypatch.setenv("COMPACT_BILINEAR_HOST_ORDER", order)
+        for a, b in zip(immediate, run()):
+            assert torch.equal(a, b), order
+
+
 @pytest.mark.parametrize("sum_pool", [False, True])
 def test_fused_largest_d_k2_maps(sum_pool, device):
     case = ((3, 4), 16384, [(2, 2), (2, 2)], sum_pool)
