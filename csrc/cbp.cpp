@@ -1,6 +1,8 @@
 // Op schemas, argument validation and the device-independent parts of both algorithms.
 #include "cbp.h"
 
+#include "common/fused.h"
+
 #include <ATen/record_function.h>
 #include <torch/library.h>
 
@@ -296,7 +298,7 @@ FusedPlan fused_plan(const Problem& p, bool backward) {
   }
   plan.nchunks = (L + plan.rows_per_chunk - 1) / plan.rows_per_chunk;
   const int64_t elem = p.acc_dtype == at::kDouble ? 16 : 8;
-  plan.smem_bytes = elem * (p.d + plan.slots * p.F);
+  plan.smem_bytes = elem * (fused::z_size(p.d) + plan.slots * p.F);
   return plan;
 }
 

@@ -18,7 +18,7 @@ enum class Phase { VectorSpectra, Forward, ForwardFinish, Backward, BackwardFini
 // Runs phase `ph` for thread group (bx, by). z: d points; slots follow it.
 template <typename T, typename In, class G>
 CB_HD void run_phase(const G& g, const Args<T, In>& a, Phase ph, cplx<T>* z, int64_t bx, int64_t by) {
-  cplx<T>* slots = z + a.d;
+  cplx<T>* slots = z + z_size(a.d);
   switch (ph) {
     case Phase::VectorSpectra: vector_spectra(g, a, z, bx, by); break;
     case Phase::Forward: forward_chunk(g, a, z, slots, bx, by); break;
@@ -78,7 +78,7 @@ at::Tensor launch_vector_spectra(const Problem& p, Args<T, In>& a, Launch&& laun
   auto vspec = at::empty({a.nvec, p.B, p.F}, p.x[0].options().dtype(complex_of<T>()));
   a.vspec = reinterpret_cast<cplx<T>*>(vspec.data_ptr());
   const int64_t pairs = (a.nvec + 1) / 2;
-  launch(Phase::VectorSpectra, p.B * pairs, pairs, p.d * static_cast<int64_t>(sizeof(cplx<T>)), a);
+  launch(Phase::VectorSpectra, p.B * pairs, pairs, z_size(p.d) * static_cast<int64_t>(sizeof(cplx<T>)), a);
   return vspec;
 }
 
@@ -88,7 +88,7 @@ at::Tensor forward(const Problem& p, Launch&& launch) {
   const auto plan = fused_plan(p, /*backward=*/false);
   auto a = make_args<T, In>(p, plan);
   a.out = out.data_ptr<In>();
-  const int64_t zbytes = p.d * static_cast<int64_t>(sizeof(cplx<T>));
+  const int64_t zbytes = z_size(p.d) * static_cast<int64_t>(sizeof(cplx<T>));
   const auto copt = out.options().dtype(complex_of<T>());
   const at::Tensor vspec = launch_vector_spectra(p, a, launch);
   at::Tensor partial;
@@ -112,7 +112,7 @@ std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, L
   a.grad_stride_j = g3.stride(1);
   a.grad_stride_l = g3.stride(2);
   for (int k = 0; k < a.K; ++k) a.grad_x[k] = grads[k].data_ptr<In>();
-  const int64_t zbytes = p.d * static_cast<int64_t>(sizeof(cplx<T>));
+  const int64_t zbytes = z_size(p.d) * static_cast<int64_t>(sizeof(cplx<T>));
   const auto copt = g3.options().dtype(complex_of<T>());
   const at::Tensor vspec = launch_vector_spectra(p, a, launch);
   at::Tensor partial;

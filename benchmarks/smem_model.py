@@ -1,0 +1,102 @@
+"""Shared-memory bank model of the fused kernel (csrc/common/fused.h), per row of the unpooled
+forward: how many shared-memory wavefronts each phase costs for a given layout of Z.
+
+A warp's access to 8-byte values is served in wavefronts of 32 four-byte banks; a warp touching
+32 consecutive values needs 2, and every extra distinct word that lands in an already used bank
+costs one more. On an H100 an SM serves about one wavefront per clock, so at d = 8192 the
+canonical case (1568 rows on 132 SMs) spends about 6.8 us per 1000 wavefronts per row.
+
+    python -m benchmarks.smem_model [--d 8192]
+
+Layouts compared:
+  before     Z unpadded, half spectra in natural bin order (commit 13112e3 and earlier)
+  now        Z padded with one value per 16, half spectra in slot order (slot t < d/2 holds bin
+             bitrev(2t), which sits at position 2t of the bit-reversed Z)
+  radix-16   "now" plus one radix-16 pass on 16 consecutive values per thread for the last four
+             stages: fewer wavefronts, but ptxas gives the float forward kernel 101 registers
+             instead of 40 (one 512-thread block per SM instead of three), so not used
+"""
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+
+def bitrev(x: int, bits: int) -> int:
+    return int(format(x, f"0{bits}b")[::-1], 2) if bits else 0
+
+
+def wavefronts(indices) -> int:
+    """Wavefronts for one warp instruction reading or writing 8-byte values at `indices`."""
+    banks = defaultdict(set)
+    for i in indices:
+        for word in (2 * i, 2 * i + 1):
+            banks[word % 32].add(word)
+    return max(len(words) for words in banks.values())
+
+
+def cost(items: int, accesses) -> int:
+    """Sum over warps of the wavefronts of each access; accesses(t) lists item t's indices."""
+    total = 0
+    for w0 in range(0, items, 32):
+        per_thread = [accesses(t) for t in range(w0, min(items, w0 + 32))]
+        for k in range(len(per_thread[0])):
+            total += wavefronts([p[k] for p in per_thread])
+    return total
+
+
+def fft(n: int, pos, tail: int = 0) -> int:
+    """One transform: a radix-2 pass when needed, radix-4 passes, an optional radix-2^tail pass
+    on consecutive values (each index read once and written once)."""
+    log2n = n.bit_length() - 1
+    lH, total = log2n - 1, 0
+    if (log2n - tail) & 1:
+        total += cost(n // 2, lambda k: [pos(k), pos(k + n // 2)] * 2)
+        lH = log2n - 2
+    while lH >= 1 + tail:
+        lh = lH - 1
+        h = 1 << lh
+        total += cost(n // 4, lambda t, lh=lh, h=h: [
+            pos(((t >> lh) << (lh + 2)) + (t & (h - 1)) + m * h) for m in range(4)] * 2)
+        lH -= 2
+    if tail:
+        r = 1 << tail
+        total += cost(n // r, lambda t: [pos(r * t + j) for j in range(r)] * 2)
+    return total
+
+
+def forward_row(d: int, layout: str) -> dict:
+    bits = d.bit_length() - 1
+    pos = (lambda i: i) if layout == "before" else (lambda i: i + (i >> 4))
+    if layout == "before":
+        bin_of = lambda t: t  # noqa: E731
+    else:
+        bin_of = lambda t: bitrev(2 * t, bits) if t < d // 2 else d // 2  # noqa: E731
+    tail = 4 if layout == "radix-16" else 0
+    half = d // 2 + 1
+    return {
+        "zero Z": cost(d, lambda j: [pos(j)]),
+        "forward FFT": fft(d, pos, tail),
+        # split + product + Hermitian fill: read Z[p], Z[q], write Z[p], Z[q]
+        "product": cost(half, lambda t: [pos(bitrev(bin_of(t), bits)),
+                                         pos(bitrev((d - bin_of(t)) % d, bits))] * 2),
+        "inverse FFT": fft(d, pos, tail),
+        "output": cost(d, lambda j: [pos(j)]),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.smem_model", description=__doc__.split("\n")[0])
+    ap.add_argument("--d", type=int, default=8192, help="output dimension, a power of two >= 32")
+    args = ap.parse_args(argv)
+    print(f"shared-memory wavefronts per row, unpooled forward, d = {args.d} "
+          "(the sketch scatter and global memory not counted)")
+    for layout in ("before", "now", "radix-16"):
+        parts = forward_row(args.d, layout)
+        detail = ", ".join(f"{k} {v}" for k, v in parts.items())
+        print(f"  {layout:9s} {sum(parts.values()):7d}   ({detail})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
