@@ -250,7 +250,7 @@ def run_demo(out="demo_out", variants=("A", "D"), epochs=16, classes=8, videos_p
                           lr_steps=(max(1, (2 * epochs) // 3),), partial_bn=False,
                           crop_size=56, scale_size=64, val_every=epochs, workers=min(workers, 2),
                           seed=seed, device=device, out=str(run),
-                          resume=(run / "last.pt").is_file(), progress=progress)
+                          progress=progress)  # trained afresh: the demo shows the current code
         train(cfg)
         r = evaluate(EvalConfig(checkpoint=str(run / "last.pt"), data=str(frames),
                                 splits=str(synth / "splits"), split=1, num_clips=3, crops=10,

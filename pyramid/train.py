@@ -344,7 +344,13 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> Dict:
                     raise ValueError(f"--resume: {k}={mkw[k]!r} but the checkpoint in {out} has "
                                      f"{ckpt['model_kwargs'][k]!r}")
             model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
+            try:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            except ValueError as e:
+                raise ValueError(f"--resume: the optimizer state in {last} does not fit this model's "
+                                 f"trainable parameters (saved by another version of the model?): {e}. "
+                                 "Start a new run in another --out folder; its weights can still be "
+                                 "loaded for evaluation") from e
             scheduler.load_state_dict(ckpt["scheduler"])
             start_epoch, best, history = ckpt["epoch"], ckpt["best_top1"], ckpt["history"]
             torch.set_rng_state(ckpt["torch_rng"])

@@ -160,6 +160,12 @@ class SpatiotemporalAttention(nn.Module):
         # here could never receive a gradient.
         self.conv2 = nn.Conv2d(hidden, 1, 1, bias=False)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the score conv lost its bias still hold it. It never changed
+        # the output (the softmax ignores a constant shift), so dropping it loads them exactly.
+        state_dict.pop(prefix + "conv2.bias", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, feature_map: Tensor, guide: Tensor) -> Tuple[Tensor, Tensor]:
         """Attend.
 

@@ -337,6 +337,26 @@ def test_attention_pools_with_its_weights():
 
 
 @needs_stcb
+def test_attention_loads_checkpoints_with_the_old_score_bias():
+    """The score conv once had a bias; it never mattered (softmax over locations), so a
+    checkpoint holding one loads strictly and gives the same weights and output."""
+    torch.manual_seed(0)
+    new = SpatiotemporalAttention(8, 6, attention_dim=32, hidden=4).eval()
+    old = SpatiotemporalAttention(8, 6, attention_dim=32, hidden=4).eval()
+    old.conv2 = nn.Conv2d(4, 1, 1)  # the layer as it was
+    with torch.no_grad():
+        old.conv2.weight.normal_()
+        old.conv2.bias.fill_(0.7)
+    state = old.state_dict()
+    assert "conv2.bias" in state
+    new.load_state_dict(state)  # strict
+    fmap, guide = torch.randn(2, 8, 3, 5), torch.randn(2, 6)
+    with torch.no_grad():
+        for a, b in zip(new(fmap, guide), old(fmap, guide)):
+            torch.testing.assert_close(a, b)
+
+
+@needs_stcb
 def test_level3_output_is_l2_normalised_and_seeds_are_distinct():
     model = tiny_model("D", temporal_fusion="concat").eval()  # 4 STCBs: guidance, attention, fusion
     seeds = [s["seed"] for s in model.stcb_specs]

@@ -91,6 +91,20 @@ def test_resume_refuses_a_different_model(run1, data, tmp_path):
         _train(data, out, 2, "--resume", "--variant", "A")
 
 
+def test_resume_from_an_older_model_version_says_what_to_do(run1, data, tmp_path):
+    """A checkpoint from the version whose attention score conv had a bias: its weights load
+    (the bias is dropped), its optimizer state cannot, and the error says what to do."""
+    out = tmp_path / "old"
+    shutil.copytree(run1, out)
+    ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    ck["model"]["attention.conv2.bias"] = torch.zeros(1)
+    group = ck["optimizer"]["param_groups"][0]
+    group["params"] = group["params"] + [max(group["params"]) + 1]
+    torch.save(ck, out / "last.pt")
+    with pytest.raises(ValueError, match="optimizer state in .* does not fit .* Start a new run"):
+        _train(data, out, 2, "--resume")
+
+
 def test_eval_reports_top1_top5_and_confusion(run1, data, capsys):
     assert main(["eval", "--checkpoint", str(run1 / "last.pt"), "--data", str(data["frames"]),
                  "--splits", str(data["splits"]), "--split", "1", "--clips", "2", "--no-progress"]) == 0
