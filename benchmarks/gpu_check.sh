@@ -103,6 +103,11 @@ timeout 180 $PY -m benchmarks --preset gpu-canonical --no-progress \
     || { echo "gpu-canonical FAILED"; status=1; }
 cp /tmp/gpu_check_canonical/table.txt "$OUT/gpu-canonical.txt" 2>/dev/null || true
 
+step "A/B: fused with single rows (COMPACT_BILINEAR_ROW_PAIRS=0) against the row pairs above"
+COMPACT_BILINEAR_ROW_PAIRS=0 timeout 120 $PY -m benchmarks --preset gpu-canonical --impls fused \
+    --no-progress --no-plots --results-dir /tmp/gpu_check_single_rows \
+    || { echo "single-rows run FAILED"; status=1; }
+
 if [ "$(left)" -gt 90 ]; then
     step "benchmark: default grid on CUDA ($(left)s left)"
     timeout "$(left)" $PY -m benchmarks --device cuda --no-progress \

@@ -66,6 +66,7 @@ def fft(n: int, pos, tail: int = 0) -> int:
 
 
 def forward_row(d: int, layout: str) -> dict:
+    """Wavefronts per output row, by phase."""
     bits = d.bit_length() - 1
     pos = (lambda i: i) if layout == "before" else (lambda i: i + (i >> 4))
     if layout == "before":
@@ -74,15 +75,19 @@ def forward_row(d: int, layout: str) -> dict:
         bin_of = lambda t: bitrev(2 * t, bits) if t < d // 2 else d // 2  # noqa: E731
     tail = 4 if layout == "radix-16" else 0
     half = d // 2 + 1
-    return {
+    share = 2 if layout == "pairs" else 1  # rows per inverse FFT and per read of Z for output
+    parts = {
         "zero Z": cost(d, lambda j: [pos(j)]),
         "forward FFT": fft(d, pos, tail),
         # split + product + Hermitian fill: read Z[p], Z[q], write Z[p], Z[q]
         "product": cost(half, lambda t: [pos(bitrev(bin_of(t), bits)),
                                          pos(bitrev((d - bin_of(t)) % d, bits))] * 2),
-        "inverse FFT": fft(d, pos, tail),
-        "output": cost(d, lambda j: [pos(j)]),
+        "inverse FFT": fft(d, pos, tail) // share,
+        "output": cost(d, lambda j: [pos(j)]) // share,
     }
+    if layout == "pairs":  # the first row writes its product to the slot, the second reads it
+        parts["pair slot"] = cost(half, lambda t: [t]) // share * 2
+    return parts
 
 
 def main(argv=None) -> int:
@@ -91,7 +96,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     print(f"shared-memory wavefronts per row, unpooled forward, d = {args.d} "
           "(the sketch scatter and global memory not counted)")
-    for layout in ("before", "now", "radix-16"):
+    for layout in ("before", "padded", "pairs", "radix-16"):
         parts = forward_row(args.d, layout)
         detail = ", ".join(f"{k} {v}" for k, v in parts.items())
         print(f"  {layout:9s} {sum(parts.values()):7d}   ({detail})")

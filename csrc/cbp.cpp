@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <list>
 #include <map>
 #include <mutex>
@@ -280,32 +281,46 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
   return grads;
 }
 
-FusedPlan fused_plan(const Problem& p, bool backward) {
+FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit) {
   int64_t nmap = 0;
   for (int64_t k = 0; k < p.K; ++k) nmap += p.is_map[k];
   const int64_t nvec = p.K - nmap, groups = (nmap + 1) / 2;
   // Rows reduced inside one thread group: at most 8 locations, spread evenly, so a pooled 7x7
   // map gives 7 groups of 7 per sample (enough blocks to fill the GPU, few partial spectra).
   const int64_t L = std::max<int64_t>(p.L, 1), balanced = (L + (L + 7) / 8 - 1) / ((L + 7) / 8);
+  const int64_t elem = p.acc_dtype == at::kDouble ? 16 : 8;
   FusedPlan plan;
+  const auto size = [&] {
+    plan.nchunks = (L + plan.rows_per_chunk - 1) / plan.rows_per_chunk;
+    plan.smem_bytes = elem * (fused::z_size(p.d) + plan.slots * p.F);
+  };
   if (!backward) {
-    plan.rows_per_chunk = p.out_map ? 1 : balanced;
-    plan.slots = (groups > 1 ? 1 : 0) + (p.out_map ? 0 : 1);
+    // Pooled: an accumulator slot. Unpooled: rows in pairs whose real outputs share one inverse
+    // FFT (the first row's product waits in a slot), where that slot fits; else single rows.
+    // COMPACT_BILINEAR_ROW_PAIRS=0 forces single rows (for A/B timing on a GPU).
+    const char* pairs_env = std::getenv("COMPACT_BILINEAR_ROW_PAIRS");
+    const bool pairs = !(pairs_env != nullptr && std::string(pairs_env) == "0");
+    plan.rows_per_chunk = p.out_map ? 2 : balanced;
+    plan.slots = (groups > 1 ? 1 : 0) + 1;
+    size();
+    if (p.out_map && (plan.smem_bytes > smem_limit || !pairs)) {
+      plan.rows_per_chunk = 1;
+      plan.slots -= 1;
+      size();
+    }
   } else {
     plan.rows_per_chunk = (p.out_map && nvec == 0) ? 1 : balanced;
     const int64_t last = nmap % 2 ? 1 : 2;
     plan.slots = 1 + (nmap - last) + nvec;
+    size();
   }
-  plan.nchunks = (L + plan.rows_per_chunk - 1) / plan.rows_per_chunk;
-  const int64_t elem = p.acc_dtype == at::kDouble ? 16 : 8;
-  plan.smem_bytes = elem * (fused::z_size(p.d) + plan.slots * p.F);
   return plan;
 }
 
 std::string fused_unsupported_reason(const Problem& p, bool backward, int64_t smem_limit) {
   if ((p.d & (p.d - 1)) != 0 || p.d > 16384)
     return "the fused kernel needs output_dim to be a power of two <= 16384, got " + std::to_string(p.d);
-  auto plan = fused_plan(p, backward);
+  auto plan = fused_plan(p, backward, smem_limit);
   if (plan.smem_bytes > smem_limit)
     return std::string("the fused ") + (backward ? "backward" : "forward") + " kernel would need " +
            std::to_string(plan.smem_bytes) + " bytes of shared memory for this call (output_dim " +

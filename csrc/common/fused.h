@@ -19,8 +19,9 @@
 // the radix-4 passes of span 1 and 4 over the banks; half spectra are kept in "slot" order (slot
 // t < d/2 holds bin bitrev(2t), whose position in the bit-reversed Z is 2t), so neighbouring
 // threads touch neighbouring values where natural order put them d/32 apart, all in one bank.
+// Unpooled rows go in pairs whose real outputs share one inverse transform (forward_chunk).
 // benchmarks/smem_model.py counts the wavefronts: per row of the canonical forward (d = 8192)
-// 18.4k against 44.0k unpadded in natural order.
+// 14.3k, against 18.4k for single rows and 44.0k for single rows unpadded in natural order.
 #include <c10/util/complex.h>
 
 #include <cstdint>
@@ -230,18 +231,23 @@ CB_HD cplx<T> vector_product(const Args<T, In>& a, int64_t b, int64_t f) {
   return v;
 }
 
-// Forward for one (sample b, chunk c). Smem: z (d) + [P slot if > 1 map pair] + [acc slot if pooled].
+// Forward for one (sample b, chunk c). Smem: z + [P slot if > 1 map pair] + [acc slot if pooled,
+// or, for unpooled rows in pairs, the first row's product]. A pair's real outputs share one
+// inverse transform: Z = P_first + i P_second gives the first row in Re, the second in Im.
 template <typename T, typename In, class G>
 CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c) {
   const int groups = (a.nmap + 1) / 2;
   cplx<T>* P = groups > 1 ? slots : nullptr;
   cplx<T>* acc = a.out_map ? nullptr : slots + (groups > 1 ? a.F : 0);
+  cplx<T>* first = a.out_map && a.rows_per_chunk == 2 ? slots + (groups > 1 ? a.F : 0) : nullptr;
   if (acc) {
     g.for_each(a.F, [=, &a](int64_t f) { acc[f] = cplx<T>(0, 0); });
     g.sync();
   }
   const int64_t l0 = c * a.rows_per_chunk, l1 = l0 + a.rows_per_chunk < a.L ? l0 + a.rows_per_chunk : a.L;
+  const bool pair = first != nullptr && l1 - l0 == 2;
   for (int64_t l = l0; l < l1; ++l) {
+    const bool hold = pair && l == l0;  // the first row of a pair: keep its product in `first`
     for (int gi = 0; gi < groups; ++gi) {
       const int ka = a.map_ids[2 * gi], kb = 2 * gi + 1 < a.nmap ? a.map_ids[2 * gi + 1] : -1;
       load_sketches(g, a, z, ka, kb, b, l);
@@ -260,18 +266,26 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
         if (a.nvec) prod *= vector_product(a, b, f);
         if (acc) {
           acc[f] += prod;
+        } else if (hold) {
+          first[f] = prod;
         } else {
-          z[pq.p] = prod;
-          if (pq.q != pq.p) z[pq.q] = conj(prod);
+          const cplx<T> w = pair ? first[f] : prod, v = pair ? prod : cplx<T>(0, 0);
+          z[pq.p] = w + mul_pos_i(v);
+          if (pq.q != pq.p) z[pq.q] = conj(w) + mul_pos_i(conj(v));
         }
       });
       g.sync();
     }
-    if (!acc) {
+    if (!acc && !hold) {
       fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
       const T scale = T(1) / static_cast<T>(a.d);
-      In* out = a.out + (b * a.L + l) * a.d;  // location-major output: one contiguous row
-      g.for_each(a.d, [=, &a](int64_t j) { out[j] = static_cast<In>(z[zi(j)].real() * scale); });
+      // Location-major output: whole contiguous rows (the pair's first row from Re, then Im).
+      In* out = a.out + (b * a.L + (pair ? l0 : l)) * a.d;
+      g.for_each(a.d, [=, &a](int64_t j) {
+        const cplx<T> v = z[zi(j)];
+        out[j] = static_cast<In>(v.real() * scale);
+        if (pair) out[a.d + j] = static_cast<In>(v.imag() * scale);
+      });
       g.sync();
     }
   }

@@ -83,9 +83,9 @@ at::Tensor launch_vector_spectra(const Problem& p, Args<T, In>& a, Launch&& laun
 }
 
 template <typename T, typename In, class Launch>
-at::Tensor forward(const Problem& p, Launch&& launch) {
+at::Tensor forward(const Problem& p, int64_t smem_limit, Launch&& launch) {
   auto out = empty_output(p);
-  const auto plan = fused_plan(p, /*backward=*/false);
+  const auto plan = fused_plan(p, /*backward=*/false, smem_limit);
   auto a = make_args<T, In>(p, plan);
   a.out = out.data_ptr<In>();
   const int64_t zbytes = z_size(p.d) * static_cast<int64_t>(sizeof(cplx<T>));
@@ -102,9 +102,10 @@ at::Tensor forward(const Problem& p, Launch&& launch) {
 }
 
 template <typename T, typename In, class Launch>
-std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, Launch&& launch) {
+std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, int64_t smem_limit,
+                                 Launch&& launch) {
   auto grads = empty_input_grads(p);
-  const auto plan = fused_plan(p, /*backward=*/true);
+  const auto plan = fused_plan(p, /*backward=*/true, smem_limit);
   auto a = make_args<T, In>(p, plan);
   const auto g3 = grad_out.to(p.in_dtype).reshape({p.B, p.d, p.out_map ? p.L : 1});
   a.grad = g3.data_ptr<In>();
@@ -160,7 +161,7 @@ at::Tensor run_forward(const Problem& p, bool fused, const Backend& be, Launch&&
   if (!fused) return fft_forward(p, *be.fft, be.fft_chunk(p));
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.in_dtype, "compact_bilinear_fused_forward", [&] {
-    out = fused::forward<fused::acc_t<scalar_t>, scalar_t>(p, launch);
+    out = fused::forward<fused::acc_t<scalar_t>, scalar_t>(p, be.smem_limit, launch);
   });
   return out;
 }
@@ -176,7 +177,7 @@ std::vector<at::Tensor> run_backward(const Problem& p, const at::Tensor& grad_ou
     grads = fft_backward(p, grad_out, *be.fft, be.fft_chunk(p));
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.in_dtype, "compact_bilinear_fused_backward", [&] {
-      grads = fused::backward<fused::acc_t<scalar_t>, scalar_t>(p, grad_out, launch);
+      grads = fused::backward<fused::acc_t<scalar_t>, scalar_t>(p, grad_out, be.smem_limit, launch);
     });
   }
   return grads;

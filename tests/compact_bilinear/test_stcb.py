@@ -134,6 +134,31 @@ def test_fused_largest_d_k2_maps(sum_pool, device):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5 * b.abs().max().item())
 
 
+@pytest.mark.parametrize("name", ["k2_maps", "k2_map_x_vector", "k4_mixed"])
+def test_fused_row_pairs_match_single_rows(name, device, monkeypatch):
+    """Rows in pairs (one inverse FFT for two real rows) against rows one at a time
+    (COMPACT_BILINEAR_ROW_PAIRS=0), both against the definition; odd and even location counts."""
+    xs, hs, ss, d, _ = make(CASES[name], device)
+    ref = explicit_outer_product_sketch(xs, hs, ss, d)
+    paired = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
+    monkeypatch.setenv("COMPACT_BILINEAR_ROW_PAIRS", "0")
+    single = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
+    for out in (paired, single):
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    assert not torch.equal(paired, single)  # really two schedules: they round differently
+
+
+def test_fused_single_rows_where_a_row_pair_does_not_fit(device):
+    """Unpooled rows go in pairs that share one inverse FFT, keeping the first row's product in
+    a spare slot. Three maps at d = 16384 leave no room for that slot, so the forward takes the
+    rows one at a time, and still matches the definition."""
+    case = ((3, 4, 2), 16384, [(2, 2)] * 3, False)
+    xs, hs, ss, d, _ = make(case, device, dtype=torch.float32, batch=1)
+    out = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
+    ref = explicit_outer_product_sketch(xs, hs, ss, d)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-5 * ref.abs().max().item())
+
+
 GRAD_CASES = ["k2_vectors_odd_d", "k2_maps", "k2_map_x_vector", "k3_map_vec_map", "k2_maps_pooled",
               "k3_pooled_broadcast", "k3_pooled_prime_d", "k4_mixed", "k2_video_3d"]
 
