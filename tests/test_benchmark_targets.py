@@ -1,0 +1,41 @@
+"""The benchmark tool's verdict on issue 2's CPU targets: median round of geometric means."""
+import math
+
+from benchmarks import cases as C
+from benchmarks.measure import Result
+from benchmarks.run import cpu_targets
+
+
+def _round(speedups, ref_s=1.0):
+    """Results of one round whose fft fwd+bwd is `speedups[tag]` times faster than the composite."""
+    timed, _ = C.preset_cpu_targets()
+    out = []
+    for case, tag in zip(timed, "abc"):
+        out.append(Result(case=case, impl="reference", fwdbwd={"median_s": ref_s}))
+        out.append(Result(case=case, impl="fft", fwdbwd={"median_s": ref_s / speedups[tag]}))
+    return out
+
+
+def _memory(ref_bytes, lib_bytes):
+    _, (case,) = C.preset_cpu_targets()
+    return [Result(case=case, impl="reference", mem_fwdbwd=ref_bytes), Result(case=case, impl="fft", mem_fwdbwd=lib_bytes)]
+
+
+def test_cpu_targets_take_the_median_round():
+    rounds = [_round({"a": 2.0, "b": 1.0, "c": 4.0}),   # geomean 2.0
+              _round({"a": 1.0, "b": 0.5, "c": 2.0}),   # geomean 1.0
+              _round({"a": 1.5, "b": 1.2, "c": 3.0})]   # geomean 1.73
+    mem = _memory(400e6, 80e6)
+    speed, memory = cpu_targets(rounds, sum(rounds, []) + mem)[:2]
+    assert math.isclose(speed["value"], (1.5 * 1.2 * 3.0) ** (1 / 3))
+    assert speed["pass"] is True and not speed["informational"]
+    assert "2.00x" in speed["detail"] and "1.00x" in speed["detail"]
+    assert math.isclose(memory["value"], 0.2) and memory["pass"] is True
+
+
+def test_cpu_targets_fail_below_the_threshold_and_without_every_case():
+    rounds = [_round({"a": 1.2, "b": 1.2, "c": 1.2})] * 3
+    assert cpu_targets(rounds, sum(rounds, []) + _memory(400e6, 300e6))[0]["pass"] is False
+    assert cpu_targets(rounds, sum(rounds, []) + _memory(400e6, 300e6))[1]["pass"] is False
+    incomplete = [r[:-1] for r in rounds]  # case (c) has no fft result
+    assert cpu_targets(incomplete, sum(incomplete, []))[0]["value"] is None
