@@ -2,7 +2,9 @@
 # Everything a lent GPU is used for, in one call (see GPU.md / docs/benchmarks.md):
 # versions and nvidia-smi, an in-place build of the extension for the card, the CUDA tests,
 # the gpu-canonical preset (issue 3's targets) and, if time is left, the default grid on CUDA.
-# Logs, JSON and plots land in $OUT (at most 8 files come back, so only those are copied).
+# $OUT gets at most 8 files (the device tool returns no more): log.txt (everything printed,
+# tables included), tests.txt, gpu-canonical.json, gpu-canonical-single-rows.json,
+# grid-cuda.json and the grid's two plots (gdb.txt too where gdb exists).
 #
 #   bash benchmarks/gpu_check.sh
 #
@@ -42,12 +44,12 @@ EOF
 (nvcc --version | tail -2) || true
 
 step "build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
-if ! timeout 330 $PY setup.py build_ext --inplace >"$OUT/build.txt" 2>&1; then
-    tail -40 "$OUT/build.txt"
+if ! timeout 330 $PY setup.py build_ext --inplace >/tmp/gpu_check_build.txt 2>&1; then
+    tail -40 /tmp/gpu_check_build.txt
     echo "BUILD FAILED"
     exit 1
 fi
-tail -3 "$OUT/build.txt"
+tail -3 /tmp/gpu_check_build.txt
 $PY -c "import compact_bilinear as cb; print('compact_bilinear', cb.__version__, 'imported')" \
     || { echo "IMPORT FAILED"; exit 1; }
 
@@ -95,17 +97,16 @@ tail -30 "$OUT/tests.txt"
 if [ "$rc" != 0 ] && [ "$rc" != 5 ]; then echo "TESTS FAILED (rc=$rc)"; status=1; fi
 
 step "per-kernel device time (torch.profiler)"
-timeout 90 $PY benchmarks/profile_kernels.py 2>&1 | tee "$OUT/profile.txt" | grep -v Warning
+timeout 90 $PY benchmarks/profile_kernels.py 2>&1 | grep -v Warning
 
 step "benchmark: gpu-canonical"
 timeout 180 $PY -m benchmarks --preset gpu-canonical --no-progress \
     --results-dir /tmp/gpu_check_canonical --out "$OUT/gpu-canonical.json" \
     || { echo "gpu-canonical FAILED"; status=1; }
-cp /tmp/gpu_check_canonical/table.txt "$OUT/gpu-canonical.txt" 2>/dev/null || true
 
 step "A/B: fused with single rows (COMPACT_BILINEAR_ROW_PAIRS=0) against the row pairs above"
 COMPACT_BILINEAR_ROW_PAIRS=0 timeout 120 $PY -m benchmarks --preset gpu-canonical --impls fused \
-    --no-progress --no-plots --results-dir /tmp/gpu_check_single_rows \
+    --no-progress --no-plots --results-dir /tmp/gpu_check_single_rows --out "$OUT/gpu-canonical-single-rows.json" \
     || { echo "single-rows run FAILED"; status=1; }
 
 if [ "$(left)" -gt 90 ]; then
@@ -113,7 +114,6 @@ if [ "$(left)" -gt 90 ]; then
     timeout "$(left)" $PY -m benchmarks --device cuda --no-progress \
         --results-dir /tmp/gpu_check_grid --out "$OUT/grid-cuda.json" \
         || { echo "grid FAILED or timed out"; status=1; }
-    cp /tmp/gpu_check_grid/table.txt "$OUT/grid-cuda.txt" 2>/dev/null || true
     cp /tmp/gpu_check_grid/default_cuda_vs_d.png /tmp/gpu_check_grid/default_cuda_vs_rows.png \
         "$OUT/" 2>/dev/null || true
 else
