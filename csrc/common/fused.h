@@ -7,8 +7,9 @@
 // host's strict schedules (cpu/cbp_kernel.cpp) run a body at the next sync(), by which time the
 // scope that issued it may have ended.
 //
-// Per row (or per chunk of rows when pooling) everything lives in one d-point complex buffer Z
-// plus a few half-spectrum slots (F = d/2 + 1 complex values each):
+// A thread group takes a chunk of one sample's rows (a pair unpooled, up to 8 pooled); per row
+// everything lives in one d-point complex buffer Z plus a few half-spectrum slots (F = d/2 + 1
+// complex values each):
 //   sketch two inputs into Re/Im of Z -> forward FFT (DIF: natural in, bit-reversed out) ->
 //   split the two real spectra and multiply -> Hermitian-filled product back into Z ->
 //   inverse FFT (DIT: bit-reversed in, natural out) -> one write.
