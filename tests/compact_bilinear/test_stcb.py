@@ -120,6 +120,13 @@ def test_fused_host_instance_has_no_missing_barrier(name, d, monkeypatch):
             assert torch.equal(a, b), order
 
 
+def test_host_order_rejects_unknown_schedules(monkeypatch):
+    xs, hs, ss, d, _ = make(CASES["k2_maps"], "cpu")
+    monkeypatch.setenv("COMPACT_BILINEAR_HOST_ORDER", "sideways")
+    with pytest.raises(ValueError, match="COMPACT_BILINEAR_HOST_ORDER must be"):
+        cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
+
+
 @pytest.mark.parametrize("sum_pool", [False, True])
 def test_fused_largest_d_k2_maps(sum_pool, device):
     case = ((3, 4), 16384, [(2, 2), (2, 2)], sum_pool)
