@@ -4,9 +4,10 @@ forward: how many shared-memory wavefronts each phase costs for a given layout o
 A warp's access to 8-byte values is served in wavefronts of 32 four-byte banks; a warp touching
 32 consecutive values needs 2, and every extra distinct word that lands in an already used bank
 costs one more. On an H100 an SM serves about one wavefront per clock, so at d = 8192 the
-canonical case (1568 rows on 132 SMs) spends about 6.8 us per 1000 wavefronts per row.
+canonical case (1568 rows on 132 SMs) spends about 6.8 us per 1000 wavefronts per row. The
+global-memory traffic per row is printed beside it for comparison.
 
-    python -m benchmarks.smem_model [--d 8192]
+    python -m benchmarks.smem_model [--d 8192] [--rows 1568] [--channels 1024]
 
 Layouts compared:
   before     Z unpadded, half spectra in natural bin order (commit 13112e3 and earlier)
@@ -90,16 +91,37 @@ def forward_row(d: int, layout: str) -> dict:
     return parts
 
 
+def global_bytes_per_row(d: int, channels: int, inputs: int, strided: bool) -> dict:
+    """DRAM/L2 traffic of one row of the unpooled forward: each input's channels gathered (a 32-byte
+    sector per value when channels lie L values apart in NCHW, 4 bytes when contiguous) and one
+    d-value output row written."""
+    per_value = 32 if strided else 4
+    return {"input gather (L2 to SM)": inputs * channels * per_value, "output row": 4 * d}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.smem_model", description=__doc__.split("\n")[0])
     ap.add_argument("--d", type=int, default=8192, help="output dimension, a power of two >= 32")
+    ap.add_argument("--rows", type=int, default=1568, help="output rows (B x locations), default 32 x 7 x 7")
+    ap.add_argument("--channels", type=int, default=1024, help="channels per input (two map inputs)")
+    ap.add_argument("--sms", type=int, default=132, help="streaming multiprocessors (H100 SXM: 132)")
+    ap.add_argument("--clock-ghz", type=float, default=1.755, help="SM clock (H100 SXM boost: 1.755)")
+    ap.add_argument("--bandwidth-tbs", type=float, default=3.35, help="DRAM bandwidth (H100 SXM: 3.35)")
     args = ap.parse_args(argv)
-    print(f"shared-memory wavefronts per row, unpooled forward, d = {args.d} "
-          "(the sketch scatter and global memory not counted)")
+    us_per_wavefront_row = args.rows / args.sms / (args.clock_ghz * 1e3)  # one wavefront per clock per SM
+    print(f"shared-memory wavefronts per row, unpooled forward, d = {args.d}; time for {args.rows} rows "
+          f"on {args.sms} SMs at {args.clock_ghz} GHz (the sketch scatter not counted)")
     for layout in ("before", "padded", "pairs", "radix-16"):
         parts = forward_row(args.d, layout)
         detail = ", ".join(f"{k} {v}" for k, v in parts.items())
-        print(f"  {layout:9s} {sum(parts.values()):7d}   ({detail})")
+        total = sum(parts.values())
+        print(f"  {layout:9s} {total:7d}  {total * us_per_wavefront_row:7.1f} us   ({detail})")
+    g = global_bytes_per_row(args.d, args.channels, 2, strided=True)
+    total = sum(g.values())
+    print(f"global traffic per row: {total / 1024:.0f} KiB ("
+          + ", ".join(f"{k} {v / 1024:.0f} KiB" for k, v in g.items())
+          + f"): {total * args.rows / (args.bandwidth_tbs * 1e12) * 1e6:.1f} us at {args.bandwidth_tbs} TB/s "
+          "if it all came from DRAM (the inputs mostly hit L2)")
     return 0
 
 

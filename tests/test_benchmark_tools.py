@@ -1,4 +1,4 @@
-"""The benchmark tool's verdict on issue 2's CPU targets: median round of geometric means."""
+"""The benchmark tools: the verdict on issue 2's CPU targets, and the shared-memory bank model."""
 import math
 
 from benchmarks import cases as C
@@ -39,3 +39,16 @@ def test_cpu_targets_fail_below_the_threshold_and_without_every_case():
     assert cpu_targets(rounds, sum(rounds, []) + _memory(400e6, 300e6))[1]["pass"] is False
     incomplete = [r[:-1] for r in rounds]  # case (c) has no fft result
     assert cpu_targets(incomplete, sum(incomplete, []))[0]["value"] is None
+
+
+def test_smem_model_counts_bank_conflicts():
+    """8-byte values, 32 four-byte banks: 32 consecutive values need 2 wavefronts; values 16 apart
+    (128 bytes) all fall in banks 0 and 1, 32 wavefronts; the padding i + i/16 spreads them out."""
+    from benchmarks.smem_model import forward_row, wavefronts
+
+    assert wavefronts(range(32)) == 2
+    assert wavefronts([16 * t for t in range(32)]) == 32
+    assert wavefronts([16 * t + t for t in range(32)]) == 2
+    # The layouts the kernel has had, at d = 1024: each step strictly fewer wavefronts per row.
+    totals = [sum(forward_row(1024, layout).values()) for layout in ("before", "padded", "pairs")]
+    assert totals[0] > totals[1] > totals[2]
