@@ -20,7 +20,9 @@ namespace {
 
 // Samples per chunk of the FFT path: about 1 MiB of spectrum per input (64 rows at d = 4096), so
 // a chunk's intermediates stay in cache from one stage to the next. Chunks run in turn; each
-// stage spreads its rows, bins or channels over the threads.
+// stage spreads its rows, bins or channels over the threads. Measured fwd+bwd on 2 cores,
+// interleaved, against 1 MiB: 256 KiB 1.54x slower on R = 392 vectors, 4 MiB 1.35x slower, and
+// no chunking 1.27x to 2.52x slower on the three cpu-targets cases.
 int64_t cpu_chunk(const Problem& p) {
   const int64_t bytes_per_sample = p.L * p.F * (p.acc_dtype == at::kDouble ? 16 : 8);
   return std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(bytes_per_sample, 1));
