@@ -5,6 +5,8 @@ gradients are checked with float64 gradcheck. Every test runs on the CPU and, wh
 exists, on CUDA; algorithm="fused" on the CPU runs the host instance of the CUDA kernel.
 """
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -309,6 +311,16 @@ def test_empty_map(sum_pool, device):
         torch.testing.assert_close(out.double(), ref)
         gx, gv = torch.autograd.grad((out * 2).sum(), (x, v))
         assert gx.shape == x.shape and torch.equal(gv, torch.zeros_like(v))
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and torch._C.has_openmp),
+                    reason="the library uses OpenMP where torch does, on Linux")
+def test_cpu_kernels_are_built_with_openmp():
+    """at::parallel_for runs in parallel only in code compiled with OpenMP; built without it,
+    every CPU kernel of the library silently ran on one thread."""
+    from compact_bilinear import _C
+
+    assert b"GOMP_parallel" in Path(_C.__file__).read_bytes()
 
 
 @pytest.mark.parametrize("name", ["k2_map_x_vector", "k3_pooled_broadcast", "k2_vectors_odd_d"])
