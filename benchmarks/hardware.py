@@ -77,15 +77,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def ram_bytes() -> Optional[int]:
+def meminfo_bytes(key: str) -> Optional[int]:
+    """A /proc/meminfo entry ("MemTotal", "MemAvailable", ...) in bytes; None where unknown."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemTotal:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
-        return None
+        pass
     return None
+
+
+def ram_bytes() -> Optional[int]:
+    return meminfo_bytes("MemTotal")
 
 
 def l3_bytes() -> int:

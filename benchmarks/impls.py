@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from .cases import Case
+from .hardware import meminfo_bytes
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -92,14 +93,8 @@ def _available_bytes(device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
+    available = meminfo_bytes("MemAvailable")
+    return available if available is not None else 1 << 62
 
 
 def build_naive(case: Case, idx, signs, device, mode="fwd+bwd", limit_bytes: Optional[int] = None):
