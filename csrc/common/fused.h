@@ -239,8 +239,9 @@ template <typename T, typename In, class G>
 CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c) {
   const int groups = (a.nmap + 1) / 2;
   cplx<T>* P = groups > 1 ? slots : nullptr;
-  cplx<T>* acc = a.out_map ? nullptr : slots + (groups > 1 ? a.F : 0);
-  cplx<T>* first = a.out_map && a.rows_per_chunk == 2 ? slots + (groups > 1 ? a.F : 0) : nullptr;
+  cplx<T>* spare = slots + (groups > 1 ? a.F : 0);  // the plan's second kind of slot, if any
+  cplx<T>* acc = a.out_map ? nullptr : spare;
+  cplx<T>* first = a.out_map && a.rows_per_chunk == 2 ? spare : nullptr;
   if (acc) {
     g.for_each(a.F, [=, &a](int64_t f) { acc[f] = cplx<T>(0, 0); });
     g.sync();
