@@ -16,6 +16,7 @@ Public API::
 Only the STCB variants (B, C, D) need the compiled ``compact_bilinear`` extension; it is
 imported when such a model is built.
 """
+from . import backbones as _backbones
 from .backbones import (
     BACKBONES,
     Backbone,
@@ -44,21 +45,6 @@ __all__ = [
     "SINGLE_STREAM_VARIANTS",
     "TEMPORAL_FUSIONS",
     "ATTENTION_GUIDANCES",
-    "build_backbone",
-    "available_backbones",
-    "BACKBONES",
-    "Backbone",
-    "BackboneOutput",
-    "Normalization",
-    "BNInception",
-    "TinyCNN",
-    "TorchvisionResNet",
-    "TorchvisionVGG",
-    "cross_modality_init",
-    "replace_first_conv",
-    "average_replicate",
-    "first_conv",
-    "batchnorm_layers",
     "load_backbone_checkpoint",
     "read_state_dict",
     "LoadReport",
@@ -66,4 +52,5 @@ __all__ = [
     "SpatiotemporalAttention",
     "model_summary",
     "ModelSummary",
+    *_backbones.__all__,
 ]
