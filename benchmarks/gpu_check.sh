@@ -3,8 +3,8 @@
 # versions and nvidia-smi, an in-place build of the extension for the card, the CUDA tests,
 # the gpu-canonical preset (issue 3's targets) and, if time is left, the default grid on CUDA.
 # $OUT gets at most 8 files (the device tool returns no more): log.txt (everything printed,
-# tables included), tests.txt, gpu-canonical.json, gpu-canonical-single-rows.json,
-# grid-cuda.json and the grid's two plots (gdb.txt too where gdb exists).
+# tables included), tests.txt, gpu-canonical.json, gpu-canonical-single-rows.json, ncu.txt
+# (Nsight Compute on the fused kernel), grid-cuda.json and the grid's two plots.
 #
 #   bash benchmarks/gpu_check.sh
 #
@@ -69,21 +69,27 @@ if mode == "cpu-after-cuda":
 dev = "cuda" if mode == "cuda" else "cpu"
 hs, ss = random_hashes((4, 6), 16, device=dev)
 x, v = torch.randn(2, 4, device=dev), torch.randn(2, 6, device=dev)
-try:
-    cb.compact_bilinear_pooling([x, v], [hs[0], hs[1][:-1]], ss, 16)
-except ValueError as e:
-    print(mode, "ValueError raised cleanly:", str(e)[:100])
+bad = hs[0].clone()
+bad[0] = 99
+for what, hashes in (("hash length", [hs[0], hs[1][:-1]]), ("hash index out of range", [bad, hs[1]])):
+    try:
+        cb.compact_bilinear_pooling([x, v], hashes, ss, 16)
+    except ValueError as e:
+        print(mode, what, "-> ValueError raised cleanly:", str(e)[:100])
 try:
     torch.ones(2, device=dev) + torch.ones(3, device=dev)  # an exception thrown by torch itself
 except RuntimeError:
     print(mode, "torch's own RuntimeError raised cleanly")
 PYEOF
-for mode in cpu cpu-after-cuda cuda; do timeout 60 $PY /tmp/cb_raise.py $mode 2>&1 | head -40; echo "exit status $? on $mode"; done
-if command -v gdb >/dev/null; then
-    timeout 90 gdb -q -batch -ex run -ex bt --args $PY /tmp/cb_raise.py cuda >"$OUT/gdb.txt" 2>&1
-    grep -E "^#|signal" "$OUT/gdb.txt" | head -25
-else
-    echo "no gdb on this machine"
+crashed=0
+for mode in cpu cpu-after-cuda cuda; do
+    timeout 60 $PY /tmp/cb_raise.py $mode 2>&1 | head -40
+    rc=$?; echo "exit status $rc on $mode"; [ "$rc" -ge 128 ] && crashed=1
+done
+# A crash gets a native backtrace (cuda-gdb debugs host code too; plain gdb is often missing).
+GDB=$(command -v gdb || command -v cuda-gdb || true)
+if [ "$crashed" = 1 ] && [ -n "$GDB" ]; then
+    timeout 120 "$GDB" -q -batch -ex run -ex bt --args $PY /tmp/cb_raise.py cuda 2>&1 | grep -E "^#|signal|SIG" | head -40
 fi
 
 step "CUDA tests"
@@ -108,6 +114,20 @@ step "A/B: fused with single rows (COMPACT_BILINEAR_ROW_PAIRS=0) against the row
 COMPACT_BILINEAR_ROW_PAIRS=0 timeout 120 $PY -m benchmarks --preset gpu-canonical --impls fused \
     --no-progress --no-plots --results-dir /tmp/gpu_check_single_rows --out "$OUT/gpu-canonical-single-rows.json" \
     || { echo "single-rows run FAILED"; status=1; }
+
+step "Nsight Compute: the fused kernel's five canonical launches (benchmarks/ncu_cases.py)"
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+if [ -n "$NCU" ]; then
+    # --clock-control none: measure the card as found (never lock its clocks).
+    timeout 150 "$NCU" --clock-control none -k regex:fused_kernel -c 5 \
+        --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+        --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
+        --metrics l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed_op_shared_ld.sum,smsp__inst_executed_op_shared_st.sum,smsp__inst_executed_op_local_ld.sum,smsp__inst_executed_op_local_st.sum \
+        $PY benchmarks/ncu_cases.py >"$OUT/ncu.txt" 2>&1 || echo "ncu exited $?"
+    grep -E "fused_kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Memory Throughput|Compute \(SM\)|wavefronts_mem_shared|bank_conflicts|op_local|rel err|Stall|Warp Cycles Per Issued" "$OUT/ncu.txt" | head -150
+else
+    echo "no ncu on this machine"
+fi
 
 if [ "$(left)" -gt 90 ]; then
     step "benchmark: default grid on CUDA ($(left)s left)"
