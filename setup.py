@@ -27,11 +27,11 @@ def extension():
     sources = ["csrc/cbp.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3"]
     include_dirs = [os.path.join(here, "csrc")]
-    # An explicit .eh_frame_hdr (binary-search unwind table). On the lent H100 machine (gcc in
-    # /opt/gcc) the first C++ exception from this library segfaulted; a known cause of exactly
-    # that is libgcc's unwinder falling back to a linear FDE search for a library without one.
-    # Unconfirmed there; benchmarks/gpu_check.sh prints whether the table is present.
-    link = ["-Wl,--eh-frame-hdr"]
+    # Symbols of static archives stay private to this library. On the lent H100 machine the
+    # default g++ (/opt/gcc) links libstdc++ statically; its exported copy then mixed with the
+    # process's libstdc++.so (our functions bound to our copy, its data to theirs) and the first
+    # error message this library formatted crashed in std::ostream. Hidden, the copy is whole.
+    link = ["-Wl,--exclude-libs,ALL"]
     # at::parallel_for is an inline template whose OpenMP body only exists in units compiled with
     # OpenMP; without these flags every CPU kernel of this library ran on one thread. At run time
     # the OpenMP runtime torch already loaded (same soname) serves this library too.

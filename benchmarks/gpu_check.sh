@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Everything a lent GPU is used for, in one call (see GPU.md / docs/benchmarks.md):
 # versions and nvidia-smi, an in-place build of the extension for the card, the CUDA tests,
-# the gpu-canonical preset (issue 3's targets) and, if time is left, the default grid on CUDA.
+# the gpu-canonical preset (issue 3's targets), the fused kernel's A/B timings and Nsight Compute
+# profile and, if time is left, the default grid on CUDA.
 # $OUT gets at most 8 files (the device tool returns no more): log.txt (everything printed,
-# tables included), tests.txt, gpu-canonical.json, gpu-canonical-single-rows.json, ncu.txt
+# tables included), tests.txt, gpu-canonical.json, ncu.txt
 # (Nsight Compute on the fused kernel), grid-cuda.json and the grid's two plots.
 #
 #   bash benchmarks/gpu_check.sh
@@ -53,8 +54,10 @@ tail -3 /tmp/gpu_check_build.txt
 $PY -c "import compact_bilinear as cb; print('compact_bilinear', cb.__version__, 'imported')" \
     || { echo "IMPORT FAILED"; exit 1; }
 
-step "unwind table of the built library (GNU_EH_FRAME expected)"
-readelf -lW compact_bilinear/_C*.so 2>/dev/null | grep -E "GNU_EH_FRAME|eh_frame" || echo "readelf missing or no unwind table"
+step "toolchain: compiler, the library's dependencies, libstdc++ code inside it"
+$PY -c "import sysconfig as s; print('CXX', s.get_config_var('CXX'), '| LDSHARED', s.get_config_var('LDSHARED'))"
+readelf -d compact_bilinear/_C*.so 2>/dev/null | grep NEEDED
+echo "exported std::ostream/std::locale symbols (0 expected): $(nm -D --defined-only compact_bilinear/_C*.so 2>/dev/null | grep -cE '_ZNSo|_ZNSt6locale')"
 
 step "exceptions raised by the extension, each case in its own process"
 cat > /tmp/cb_raise.py <<'PYEOF'
@@ -91,6 +94,12 @@ GDB=$(command -v gdb || command -v cuda-gdb || true)
 if [ "$crashed" = 1 ] && [ -n "$GDB" ]; then
     timeout 120 "$GDB" -q -batch -ex run -ex bt --args $PY /tmp/cb_raise.py cuda 2>&1 | grep -E "^#|signal|SIG" | head -40
 fi
+if [ "$crashed" = 1 ] && [ -x /usr/bin/g++ ]; then
+    echo "--- the same probe on a CPU-only build by the system compiler (/usr/bin/g++)"
+    rm -rf /tmp/cb_sys && mkdir -p /tmp/cb_sys && cp -r setup.py csrc compact_bilinear pyramid /tmp/cb_sys/
+    (cd /tmp/cb_sys && CC=/usr/bin/gcc CXX=/usr/bin/g++ COMPACT_BILINEAR_CPU_ONLY=1 timeout 120 $PY setup.py build_ext --inplace >/tmp/cb_sys/build.txt 2>&1 \
+        && PYTHONPATH=/tmp/cb_sys timeout 60 $PY /tmp/cb_raise.py cpu 2>&1 | head -5) || tail -5 /tmp/cb_sys/build.txt
+fi
 
 step "CUDA tests"
 # shellcheck disable=SC2086
@@ -110,10 +119,8 @@ timeout 180 $PY -m benchmarks --preset gpu-canonical --no-progress \
     --results-dir /tmp/gpu_check_canonical --out "$OUT/gpu-canonical.json" \
     || { echo "gpu-canonical FAILED"; status=1; }
 
-step "A/B: fused with single rows (COMPACT_BILINEAR_ROW_PAIRS=0) against the row pairs above"
-COMPACT_BILINEAR_ROW_PAIRS=0 timeout 120 $PY -m benchmarks --preset gpu-canonical --impls fused \
-    --no-progress --no-plots --results-dir /tmp/gpu_check_single_rows --out "$OUT/gpu-canonical-single-rows.json" \
-    || { echo "single-rows run FAILED"; status=1; }
+step "A/B: the fused kernel's schedules side by side (benchmarks/fused_ab.py)"
+timeout 120 $PY benchmarks/fused_ab.py || { echo "fused_ab FAILED"; status=1; }
 
 step "Nsight Compute: the fused kernel's five canonical launches (benchmarks/ncu_cases.py)"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)

@@ -298,9 +298,12 @@ FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit) {
     // Pooled: an accumulator slot. Unpooled: rows in pairs whose real outputs share one inverse
     // FFT (the first row's product waits in a slot), where that slot fits; else single rows.
     // COMPACT_BILINEAR_ROW_PAIRS=0 forces single rows (for A/B timing on a GPU).
+    // COMPACT_BILINEAR_POOLED_ROWS=n (1..8) sets the pooled chunk's rows (benchmarks/fused_ab.py).
     const char* pairs_env = std::getenv("COMPACT_BILINEAR_ROW_PAIRS");
     const bool pairs = !(pairs_env != nullptr && std::string(pairs_env) == "0");
-    plan.rows_per_chunk = p.out_map ? 2 : balanced;
+    const char* pooled_env = std::getenv("COMPACT_BILINEAR_POOLED_ROWS");
+    const int64_t pooled_rows = pooled_env ? std::atoll(pooled_env) : 0;
+    plan.rows_per_chunk = p.out_map ? 2 : (pooled_rows >= 1 && pooled_rows <= 8 ? pooled_rows : balanced);
     plan.slots = (groups > 1 ? 1 : 0) + 1;
     size();
     if (p.out_map && (plan.smem_bytes > smem_limit || !pairs)) {
@@ -338,10 +341,18 @@ at::Tensor twiddles(const Problem& p) {
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  // Computed in double on the host, then rounded once, so both instances use identical tables.
-  const int64_t n = std::max<int64_t>(p.d / 2, 1);
-  auto ang = at::arange(n, at::kDouble).mul_(-2.0 * M_PI / static_cast<double>(p.d));
-  auto tw = at::polar(at::ones_like(ang), ang);
+  // The fused FFT's table by sub-transform size (fused.h): tw[m/2 + k] = exp(-2 pi i k / m) for
+  // k < m/2, m = 2 .. d. Computed in double on the host, then rounded once, so both instances use
+  // identical tables.
+  const int64_t n = std::max<int64_t>(p.d, 2);
+  auto tw = at::empty({n}, at::kComplexDouble);
+  auto* w = tw.data_ptr<c10::complex<double>>();
+  w[0] = 1.0;  // unused
+  for (int64_t half = 1; half < n; half *= 2)
+    for (int64_t k = 0; k < half; ++k) {
+      const double angle = -M_PI * static_cast<double>(k) / static_cast<double>(half);
+      w[half + k] = c10::complex<double>(std::cos(angle), std::sin(angle));
+    }
   tw = tw.to(p.acc_dtype == at::kDouble ? at::kComplexDouble : at::kComplexFloat).to(dev);
   cache.emplace(key, tw);
   return tw;

@@ -96,7 +96,10 @@ at::Tensor forward(const Problem& p, int64_t smem_limit, Launch&& launch) {
     partial = at::empty({p.B, plan.nchunks, p.F}, copt);
     a.partial = reinterpret_cast<cplx<T>*>(partial.data_ptr());
   }
-  launch(Phase::Forward, p.B * plan.nchunks, plan.nchunks, plan.smem_bytes, a);
+  // Unpooled chunks count over all B * L rows (forward_chunk), pooled ones over each sample's L.
+  const int64_t chunks = a.out_map ? (p.B * p.L + plan.rows_per_chunk - 1) / plan.rows_per_chunk
+                                   : p.B * plan.nchunks;
+  launch(Phase::Forward, chunks, a.out_map ? chunks : plan.nchunks, plan.smem_bytes, a);
   if (!a.out_map) launch(Phase::ForwardFinish, p.B, 1, zbytes, a);
   return out;
 }

@@ -1,0 +1,73 @@
+"""A/B timings of the fused kernel's schedules at the canonical size, side by side in one process.
+
+    python benchmarks/fused_ab.py
+
+Unpooled forward with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled
+forward at several rows per chunk (COMPACT_BILINEAR_POOLED_ROWS), and forward+backward, each
+beside the fft path. CUDA events, median of many calls, inputs rotated so L2 does not hold them,
+random normal inputs, every variant checked against the fft path before it is timed.
+"""
+import os
+import statistics
+
+import torch
+
+import compact_bilinear as cb
+from compact_bilinear.reference import random_hashes
+
+B, C, D, S = 32, 1024, 8192, (7, 7)
+
+
+def timed(fn, sets, reps=30):
+    for s in sets[:2]:
+        fn(s)
+    times = []
+    for i in range(reps):
+        s = sets[i % len(sets)]
+        t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0.record()
+        fn(s)
+        t1.record()
+        t1.synchronize()
+        times.append(t0.elapsed_time(t1) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    hs, ss = random_hashes((C, C), D, torch.Generator().manual_seed(0), device="cuda")
+    sets = [[torch.randn(B, C, *S, device="cuda", requires_grad=True) for _ in range(2)] for _ in range(6)]
+    grad = torch.randn(B, D, *S, device="cuda")
+
+    def fwd(algo, pool):
+        return lambda xs: cb.compact_bilinear_pooling(xs, hs, ss, D, sum_pool=pool, algorithm=algo)
+
+    def fwd_bwd(algo):
+        return lambda xs: torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs, ss, D, algorithm=algo), xs, grad)
+
+    variants = [
+        ("unpooled fwd", "fft", {}, fwd("fft", False)),
+        ("unpooled fwd", "fused, row pairs", {}, fwd("fused", False)),
+        ("unpooled fwd", "fused, single rows", {"COMPACT_BILINEAR_ROW_PAIRS": "0"}, fwd("fused", False)),
+        ("pooled fwd", "fft", {}, fwd("fft", True)),
+    ] + [("pooled fwd", f"fused, {n} rows per chunk", {"COMPACT_BILINEAR_POOLED_ROWS": n}, fwd("fused", True))
+         for n in ("1", "2", "4", "7", "8")] + [
+        ("unpooled fwd+bwd", "fft", {}, fwd_bwd("fft")),
+        ("unpooled fwd+bwd", "fused", {}, fwd_bwd("fused")),
+    ]
+    print(f"{'case':18s} {'variant':28s} {'median':>10s}  rel err vs fft")
+    for case, name, env, fn in variants:
+        os.environ.update(env)
+        try:
+            got = fn(sets[0])
+            want = (fwd_bwd("fft") if "bwd" in case else fwd("fft", case.startswith("pooled")))(sets[0])
+            got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+            err = max(((a - b).norm() / b.norm()).item() for a, b in zip(got, want))
+            assert err < 1e-5, f"{case} {name}: rel err {err:.1e}"
+            print(f"{case:18s} {name:28s} {timed(fn, sets):8.1f} us  {err:.1e}")
+        finally:
+            for k in env:
+                del os.environ[k]
+
+
+if __name__ == "__main__":
+    main()
