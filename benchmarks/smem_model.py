@@ -10,12 +10,13 @@ global-memory traffic per row is printed beside it for comparison.
     python -m benchmarks.smem_model [--d 8192] [--rows 1568] [--channels 1024]
 
 Layouts compared:
-  before     Z unpadded, half spectra in natural bin order (commit 13112e3 and earlier)
-  now        Z padded with one value per 16, half spectra in slot order (slot t < d/2 holds bin
+  before     Z unpadded, half spectra in natural bin order, radix-4 passes (commit 13112e3 and
+             earlier)
+  padded     Z padded with one value per 16, half spectra in slot order (slot t < d/2 holds bin
              bitrev(2t), which sits at position 2t of the bit-reversed Z)
-  radix-16   "now" plus one radix-16 pass on 16 consecutive values per thread for the last four
-             stages: fewer wavefronts, but ptxas gives the float forward kernel 101 registers
-             instead of 40 (one 512-thread block per SM instead of three), so not used
+  pairs      padded, unpooled rows in pairs sharing one inverse FFT (commit 296268e)
+  radix-8    pairs, with radix-8 passes (5 instead of 7 at d = 8192). A radix-16 closing pass was
+             tried before and not kept: ptxas gave the float forward 101 registers
 """
 from __future__ import annotations
 
@@ -46,23 +47,25 @@ def cost(items: int, accesses) -> int:
     return total
 
 
-def fft(n: int, pos, tail: int = 0) -> int:
-    """One transform: a radix-2 pass when needed, radix-4 passes, an optional radix-2^tail pass
-    on consecutive values (each index read once and written once)."""
-    log2n = n.bit_length() - 1
-    lH, total = log2n - 1, 0
-    if (log2n - tail) & 1:
-        total += cost(n // 2, lambda k: [pos(k), pos(k + n // 2)] * 2)
-        lH = log2n - 2
-    while lH >= 1 + tail:
-        lh = lH - 1
+def schedule(log2n: int, radix8: bool) -> list:
+    """log2 of each pass's radix, largest spans first, as fused.h runs them: radix-4 passes after
+    one radix-2 pass when log2n is odd (until commit ef2c027), or radix-8 passes after one
+    radix-2 or radix-4 pass when log2n is not a multiple of 3."""
+    step = 3 if radix8 else 2
+    rem = log2n % step
+    return ([rem] if rem else []) + [step] * (log2n // step)
+
+
+def fft(n: int, pos, radix8: bool = False) -> int:
+    """One transform, pass by pass: R values per thread at base + m h, each read once and written
+    once."""
+    top, total = n.bit_length() - 1, 0
+    for r in schedule(top, radix8):
+        lh, rr = top - r, 1 << r
         h = 1 << lh
-        total += cost(n // 4, lambda t, lh=lh, h=h: [
-            pos(((t >> lh) << (lh + 2)) + (t & (h - 1)) + m * h) for m in range(4)] * 2)
-        lH -= 2
-    if tail:
-        r = 1 << tail
-        total += cost(n // r, lambda t: [pos(r * t + j) for j in range(r)] * 2)
+        total += cost(n // rr, lambda t, lh=lh, h=h, r=r, rr=rr: [
+            pos(((t >> lh) << (lh + r)) + (t & (h - 1)) + m * h) for m in range(rr)] * 2)
+        top -= r
     return total
 
 
@@ -74,19 +77,19 @@ def forward_row(d: int, layout: str) -> dict:
         bin_of = lambda t: t  # noqa: E731
     else:
         bin_of = lambda t: bitrev(2 * t, bits) if t < d // 2 else d // 2  # noqa: E731
-    tail = 4 if layout == "radix-16" else 0
+    radix8 = layout == "radix-8"
     half = d // 2 + 1
-    share = 2 if layout == "pairs" else 1  # rows per inverse FFT and per read of Z for output
+    share = 2 if layout in ("pairs", "radix-8") else 1  # rows per inverse FFT and per read of Z for output
     parts = {
         "zero Z": cost(d, lambda j: [pos(j)]),
-        "forward FFT": fft(d, pos, tail),
+        "forward FFT": fft(d, pos, radix8),
         # split + product + Hermitian fill: read Z[p], Z[q], write Z[p], Z[q]
         "product": cost(half, lambda t: [pos(bitrev(bin_of(t), bits)),
                                          pos(bitrev((d - bin_of(t)) % d, bits))] * 2),
-        "inverse FFT": fft(d, pos, tail) // share,
+        "inverse FFT": fft(d, pos, radix8) // share,
         "output": cost(d, lambda j: [pos(j)]) // share,
     }
-    if layout == "pairs":  # the first row writes its product to the slot, the second reads it
+    if share == 2:  # the first row writes its product to the slot, the second reads it
         parts["pair slot"] = cost(half, lambda t: [t]) // share * 2
     return parts
 
@@ -111,7 +114,7 @@ def main(argv=None) -> int:
     us_per_wavefront_row = args.rows / args.sms / (args.clock_ghz * 1e3)  # one wavefront per clock per SM
     print(f"shared-memory wavefronts per row, unpooled forward, d = {args.d}; time for {args.rows} rows "
           f"on {args.sms} SMs at {args.clock_ghz} GHz (the sketch scatter not counted)")
-    for layout in ("before", "padded", "pairs", "radix-16"):
+    for layout in ("before", "padded", "pairs", "radix-8"):
         parts = forward_row(args.d, layout)
         detail = ", ".join(f"{k} {v}" for k, v in parts.items())
         total = sum(parts.values())

@@ -323,6 +323,10 @@ FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit) {
 std::string fused_unsupported_reason(const Problem& p, bool backward, int64_t smem_limit) {
   if ((p.d & (p.d - 1)) != 0 || p.d > 16384)
     return "the fused kernel needs output_dim to be a power of two <= 16384, got " + std::to_string(p.d);
+  int64_t channels = 0;
+  for (int64_t k = 0; k < p.K; ++k) channels += p.x[k].size(1);
+  if (channels >= (int64_t{1} << 30))
+    return "the fused kernel indexes channels with 32-bit integers, got " + std::to_string(channels) + " in all";
   auto plan = fused_plan(p, backward, smem_limit);
   if (plan.smem_bytes > smem_limit)
     return std::string("the fused ") + (backward ? "backward" : "forward") + " kernel would need " +

@@ -17,7 +17,7 @@
 //
 // Shared-memory layout, chosen against bank conflicts (8-byte complex values, 32 four-byte banks):
 // Z is padded with one spare value after every 16 (element i lives at i + i/16), which spreads
-// the radix-4 passes of span 1 and 4 over the banks; half spectra are kept in "slot" order (slot
+// the FFT passes of small span over the banks; half spectra are kept in "slot" order (slot
 // t < d/2 holds bin bitrev(2t), whose position in the bit-reversed Z is 2t), so neighbouring
 // threads touch neighbouring values where natural order put them d/32 apart, all in one bank.
 // Unpooled rows go in pairs whose real outputs share one inverse transform (forward_chunk).
@@ -80,12 +80,12 @@ struct Args {
 
 // ---------------------------------------------------------------------------------------------
 // Transforms. z has n = 2^log2n points in the group's buffer; tw is the table for n == d.
-// Radix-4 passes (two radix-2 stages per pass, four points in registers per virtual thread),
-// plus one radix-2 pass when log2n is odd.
+// Radix-8 passes (three radix-2 stages per pass, eight points in registers per virtual thread),
+// after one radix-2 or radix-4 pass when log2n is not a multiple of 3.
 //
 // Twiddles are grouped by the size m of the sub-transform they serve: tw[m/2 + k] =
-// exp(-2 pi i k / m) for k < m/2 and m = 2, 4, ..., n (n values in all). A pass of span h reads
-// tw[2h + k] and tw[h + k] at consecutive k, so a warp's twiddle loads are coalesced. Indexing one
+// exp(-2 pi i k / m) for k < m/2 and m = 2, 4, ..., n (n values in all). A stage of span s reads
+// tw[s + k] at consecutive k, so a warp's twiddle loads are coalesced. Indexing one
 // n-point table at k << s instead put each thread's load in its own 32-byte sector: measured on
 // an H100 (ncu, canonical forward), those loads kept the L1 at 80 % of its throughput.
 
@@ -100,66 +100,110 @@ CB_HD int zi(int i) { return i + (i >> 4); }
 CB_HD int64_t zi(int64_t i) { return i + (i >> 4); }
 CB_HD int64_t z_size(int64_t n) { return n + (n >> 4); }
 
-// Index math is 32-bit shifts and masks (n <= 2^14): 64-bit division would cost more than the
-// butterfly itself on the GPU.
-template <typename T, class G>
-CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw) {
-  const int n = static_cast<int>(n64);
-  int lH = log2n - 1;  // log2 of the larger span of the next radix-4 pass
-  if (log2n & 1) {
-    g.for_each(n / 2, [=](int64_t k64) {
-      const int k = static_cast<int>(k64);
-      const cplx<T> a = z[zi(k)], b = z[zi(k + n / 2)];
-      z[zi(k)] = a + b;
-      z[zi(k + n / 2)] = (a - b) * tw[n / 2 + k];
-    });
-    g.sync();
-    lH = log2n - 2;
-  }
-  for (; lH >= 1; lH -= 2) {
-    const int lh = lH - 1, h = 1 << lh;
-    g.for_each(n / 4, [=](int64_t t64) {
-      const int t = static_cast<int>(t64), k = t & (h - 1), base = ((t >> lh) << (lh + 2)) + k;
-      const cplx<T> u = tw[2 * h + k], v = tw[h + k];  // exp(-2 pi i k / 4h), exp(-2 pi i k / 2h)
-      const cplx<T> a0 = z[zi(base)], a1 = z[zi(base + h)], a2 = z[zi(base + 2 * h)], a3 = z[zi(base + 3 * h)];
-      const cplx<T> c0 = a0 + a2, c2 = (a0 - a2) * u, c1 = a1 + a3, c3 = mul_neg_i((a1 - a3) * u);
-      z[zi(base)] = c0 + c1;
-      z[zi(base + h)] = (c0 - c1) * v;
-      z[zi(base + 2 * h)] = c2 + c3;
-      z[zi(base + 3 * h)] = (c2 - c3) * v;
-    });
-    g.sync();
+// W_{2S}^J = exp(-2 pi i J / 2S) (its conjugate when Inv) times z, for the constant twiddles
+// inside a pass: S <= 4, J < S.
+template <int S, int J, bool Inv, typename T>
+CB_HD cplx<T> rotate(cplx<T> z) {
+  static_assert(S == 1 || S == 2 || S == 4, "spans inside a pass are 1, 2 or 4");
+  constexpr T r = T(0.70710678118654752440);  // 1/sqrt(2)
+  const T x = z.real(), y = z.imag();
+  if constexpr (J == 0) {
+    return z;
+  } else if constexpr (2 * J == S) {  // -i (forward) or +i (inverse)
+    return Inv ? mul_pos_i(z) : mul_neg_i(z);
+  } else if constexpr (J == 1) {  // (1 - i)/sqrt(2), or (1 + i)/sqrt(2)
+    return Inv ? cplx<T>((x - y) * r, (x + y) * r) : cplx<T>((x + y) * r, (y - x) * r);
+  } else {  // J == 3: (-1 - i)/sqrt(2), or (-1 + i)/sqrt(2)
+    return Inv ? cplx<T>(-(x + y) * r, (x - y) * r) : cplx<T>((y - x) * r, -(x + y) * r);
   }
 }
 
-// Unnormalised inverse transform (conjugate twiddles): bit-reversed input, natural output.
+// One stage of span S*h on a thread's R values a[m] = z[base + m h]: pairs (m, m + S) with
+// m mod 2S < S. The pair's twiddle is W_{2Sh}^(k + (m mod 2S) h) = tw[S h + k] * W_{2S}^(m mod 2S).
+// Forward (DIF): (x, y) -> (x + y, (x - y) w). Inverse (DIT, conjugate twiddles): y <- y conj(w),
+// then (x + y, x - y).
+template <int R, int S, bool Inv, int M = 0, typename T>
+CB_HD void stage(cplx<T>* a, cplx<T> w) {
+  if constexpr (M < R) {
+    if constexpr (M % (2 * S) < S) {
+      const cplx<T> x = a[M];
+      if constexpr (Inv) {
+        const cplx<T> y = rotate<S, M % (2 * S), true>(a[M + S] * w);
+        a[M] = x + y;
+        a[M + S] = x - y;
+      } else {
+        const cplx<T> y = a[M + S];
+        a[M] = x + y;
+        a[M + S] = rotate<S, M % (2 * S), false>((x - y) * w);
+      }
+    }
+    stage<R, S, Inv, M + 1>(a, w);
+  }
+}
+
+// One pass of radix R = 2, 4 or 8: log2(R) consecutive radix-2 stages whose smallest span is
+// h = 2^lh, done in registers on R values per virtual thread, so Z crosses shared memory once per
+// pass. Forward: spans R/2 h down to h; inverse: h up to R/2 h. Index math is 32-bit shifts and
+// masks (n <= 2^14): 64-bit division would cost more than the butterfly itself on the GPU.
+template <int R, bool Inv, typename T, class G>
+CB_HD void fft_pass(const G& g, cplx<T>* z, int n, int lh, const cplx<T>* tw) {
+  constexpr int r = R == 2 ? 1 : (R == 4 ? 2 : 3);
+  const int h = 1 << lh;
+  g.for_each(n / R, [=](int64_t t64) {
+    const int t = static_cast<int>(t64), k = t & (h - 1), base = ((t >> lh) << (lh + r)) + k;
+    cplx<T> a[R];
+    CB_UNROLL
+    for (int m = 0; m < R; ++m) a[m] = z[zi(base + m * h)];
+    if constexpr (Inv) {
+      stage<R, 1, true>(a, conj(tw[h + k]));
+      if constexpr (R >= 4) stage<R, 2, true>(a, conj(tw[2 * h + k]));
+      if constexpr (R == 8) stage<R, 4, true>(a, conj(tw[4 * h + k]));
+    } else {
+      if constexpr (R == 8) stage<R, 4, false>(a, tw[4 * h + k]);
+      if constexpr (R >= 4) stage<R, 2, false>(a, tw[2 * h + k]);
+      stage<R, 1, false>(a, tw[h + k]);
+    }
+    CB_UNROLL
+    for (int m = 0; m < R; ++m) z[zi(base + m * h)] = a[m];
+  });
+  g.sync();
+}
+
+template <bool Inv, typename T, class G>
+CB_HD void fft_pass_radix(const G& g, cplx<T>* z, int n, int lh, int r, const cplx<T>* tw) {
+  if (r == 3) {
+    fft_pass<8, Inv>(g, z, n, lh, tw);
+  } else if (r == 2) {
+    fft_pass<4, Inv>(g, z, n, lh, tw);
+  } else {
+    fft_pass<2, Inv>(g, z, n, lh, tw);
+  }
+}
+
+// Forward transform (DIF: natural in, bit-reversed out): log2n radix-2 stages grouped into passes,
+// the log2n mod 3 largest spans first (one radix-2 or radix-4 pass), then radix-8 passes. At
+// d = 8192 that is 5 passes over shared memory instead of 7 with radix-4, and by
+// benchmarks/smem_model.py every pass is free of bank conflicts in the padded layout (5120
+// wavefronts per transform against 8192).
+template <typename T, class G>
+CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw) {
+  const int n = static_cast<int>(n64), rem = log2n % 3;
+  int top = log2n;  // stages left; the next pass's largest span is 2^(top - 1)
+  if (rem) {
+    fft_pass_radix<false>(g, z, n, top - rem, rem, tw);
+    top -= rem;
+  }
+  for (; top >= 3; top -= 3) fft_pass<8, false>(g, z, n, top - 3, tw);
+}
+
+// Unnormalised inverse transform (DIT, conjugate twiddles): bit-reversed input, natural output.
+// The forward's passes in reverse order.
 template <typename T, class G>
 CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw) {
-  const int n = static_cast<int>(n64);
-  for (int lh = 0; lh + 2 <= log2n; lh += 2) {
-    const int h = 1 << lh;
-    g.for_each(n / 4, [=](int64_t t64) {
-      const int t = static_cast<int>(t64), k = t & (h - 1), base = ((t >> lh) << (lh + 2)) + k;
-      const cplx<T> u = conj(tw[2 * h + k]), v = conj(tw[h + k]);
-      const cplx<T> a0 = z[zi(base)], a1 = z[zi(base + h)] * v, a2 = z[zi(base + 2 * h)],
-                    a3 = z[zi(base + 3 * h)] * v;
-      const cplx<T> c0 = a0 + a1, c1 = a0 - a1, c2 = (a2 + a3) * u, c3 = mul_pos_i((a2 - a3) * u);
-      z[zi(base)] = c0 + c2;
-      z[zi(base + 2 * h)] = c0 - c2;
-      z[zi(base + h)] = c1 + c3;
-      z[zi(base + 3 * h)] = c1 - c3;
-    });
-    g.sync();
-  }
-  if (log2n & 1) {
-    g.for_each(n / 2, [=](int64_t k64) {
-      const int k = static_cast<int>(k64);
-      const cplx<T> a = z[zi(k)], b = z[zi(k + n / 2)] * conj(tw[n / 2 + k]);
-      z[zi(k)] = a + b;
-      z[zi(k + n / 2)] = a - b;
-    });
-    g.sync();
-  }
+  const int n = static_cast<int>(n64), rem = log2n % 3;
+  int lh = 0;
+  for (; lh + 3 <= log2n - rem; lh += 3) fft_pass<8, true>(g, z, n, lh, tw);
+  if (rem) fft_pass_radix<true>(g, z, n, lh, rem, tw);
 }
 
 // Half-spectrum slot t (0 <= t <= d/2) holds bin f = bitrev(2t) for t < d/2 and f = d/2 for

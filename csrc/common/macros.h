@@ -6,6 +6,13 @@
 #define CB_HD inline
 #endif
 
+// Fully unrolled loop over a compile-time count (register arrays stay in registers on the GPU).
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define CB_UNROLL _Pragma("unroll")
+#else
+#define CB_UNROLL _Pragma("GCC unroll 8")
+#endif
+
 namespace compact_bilinear {
 // Inputs per call. Fixed so per-input pointers fit in a kernel argument struct.
 constexpr int kMaxInputs = 8;

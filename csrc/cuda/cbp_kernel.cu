@@ -103,7 +103,9 @@ const FftKernels kCudaKernels{sketch_cuda, product_cuda, product_backward_cuda, 
 struct BlockGroup {
   template <class F>
   __device__ __forceinline__ void for_each(int64_t n, F&& f) const {
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) f(i);
+    // 32-bit loop: every n is below 2^31 (fused_unsupported_reason bounds the channel counts).
+    const int m = static_cast<int>(n);
+    for (int i = threadIdx.x; i < m; i += blockDim.x) f(i);
   }
   __device__ __forceinline__ void sync() const { __syncthreads(); }
 };
