@@ -3,9 +3,10 @@
     python benchmarks/fused_ab.py
 
 Unpooled forward with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled
-forward at several rows per chunk (COMPACT_BILINEAR_POOLED_ROWS), and forward+backward, each
-beside the fft path. CUDA events, median of many calls, inputs rotated so L2 does not hold them,
-random normal inputs, every variant checked against the fft path before it is timed.
+forward at several rows per chunk (COMPACT_BILINEAR_POOLED_ROWS), and forward+backward with an
+NCHW-contiguous and a location-major upstream gradient, each beside the fft path. CUDA events,
+median of many calls, inputs rotated so L2 does not hold them, random normal inputs, every
+variant checked against the fft path before it is timed.
 """
 import os
 import statistics
@@ -38,13 +39,16 @@ def timed(fn, sets, reps=15, calls=6):
 def main():
     hs, ss = random_hashes((C, C), D, torch.Generator().manual_seed(0), device="cuda")
     sets = [[torch.randn(B, C, *S, device="cuda", requires_grad=True) for _ in range(2)] for _ in range(6)]
-    grad = torch.randn(B, D, *S, device="cuda")
+    grad = torch.randn(B, D, *S, device="cuda")  # NCHW-contiguous: the backward reads it at stride L
+    # The layout of the forward's own output (location-major), which elementwise ops on the output
+    # (signed sqrt, L2 normalisation) hand back: the backward reads whole rows.
+    grad_rows = torch.randn(B, *S, D, device="cuda").movedim(-1, 1)
 
     def fwd(algo, pool):
         return lambda xs: cb.compact_bilinear_pooling(xs, hs, ss, D, sum_pool=pool, algorithm=algo)
 
-    def fwd_bwd(algo):
-        return lambda xs: torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs, ss, D, algorithm=algo), xs, grad)
+    def fwd_bwd(algo, g=grad):
+        return lambda xs: torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs, ss, D, algorithm=algo), xs, g)
 
     variants = [
         ("unpooled fwd", "fft", {}, fwd("fft", False)),
@@ -53,15 +57,18 @@ def main():
         ("pooled fwd", "fft", {}, fwd("fft", True)),
     ] + [("pooled fwd", f"fused, {n} rows per chunk", {"COMPACT_BILINEAR_POOLED_ROWS": n}, fwd("fused", True))
          for n in ("1", "2", "4", "7", "8")] + [
-        ("unpooled fwd+bwd", "fft", {}, fwd_bwd("fft")),
-        ("unpooled fwd+bwd", "fused", {}, fwd_bwd("fused")),
+        ("unpooled fwd+bwd", "fft, NCHW grad", {}, fwd_bwd("fft")),
+        ("unpooled fwd+bwd", "fused, NCHW grad", {}, fwd_bwd("fused")),
+        ("unpooled fwd+bwd", "fft, location-major grad", {}, fwd_bwd("fft", grad_rows)),
+        ("unpooled fwd+bwd", "fused, location-major grad", {}, fwd_bwd("fused", grad_rows)),
     ]
     print(f"{'case':18s} {'variant':28s} {'median':>10s}  rel err vs fft")
     for case, name, env, fn in variants:
         os.environ.update(env)
         try:
             got = fn(sets[0])
-            want = (fwd_bwd("fft") if "bwd" in case else fwd("fft", case.startswith("pooled")))(sets[0])
+            g = grad_rows if "location-major" in name else grad
+            want = (fwd_bwd("fft", g) if "bwd" in case else fwd("fft", case.startswith("pooled")))(sets[0])
             got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
             err = max(((a - b).norm() / b.norm()).item() for a, b in zip(got, want))
             assert err < 1e-5, f"{case} {name}: rel err {err:.1e}"
