@@ -24,7 +24,7 @@ def want_cuda() -> bool:
 
 
 def extension():
-    sources = ["csrc/cbp.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/cbp.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3"]
     include_dirs = [os.path.join(here, "csrc")]
     # Symbols of static archives stay private to this library. On the lent H100 machine the

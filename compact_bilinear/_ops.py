@@ -1,5 +1,5 @@
 """Loads the compiled kernels and teaches PyTorch about them: fake (meta) kernels for
-torch.compile, and autograd through the registered backward op."""
+torch.compile. Autograd is registered by the compiled module itself."""
 from __future__ import annotations
 
 import torch
@@ -38,36 +38,5 @@ def _backward_fake(grad_out, inputs, hash_indices, hash_signs, output_dim, sum_p
     return [torch.empty_like(x, memory_format=torch.contiguous_format) for x in inputs]
 
 
-def _setup_context(ctx, inputs, output):
-    xs, hashes, signs, output_dim, sum_pool, algorithm = inputs
-    # Only the inputs and hashes are kept: the backward recomputes sketches and spectra.
-    ctx.save_for_backward(*xs, *hashes, *signs)
-    ctx.k = len(xs)
-    ctx.args = (output_dim, sum_pool, algorithm)
-
-
-def _backward(ctx, grad):
-    saved = ctx.saved_tensors
-    k = ctx.k
-    xs, hashes, signs = list(saved[:k]), list(saved[k : 2 * k]), list(saved[2 * k :])
-    grads = ops.backward(grad, xs, hashes, signs, *ctx.args)
-    return list(grads), [None] * k, [None] * k, None, None, None
-
-
-torch.library.register_autograd("compact_bilinear::forward", _backward, setup_context=_setup_context)
-
-
-def _no_double_backward_setup(ctx, inputs, output):
-    pass
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "compact_bilinear: double backward (differentiating the gradient, e.g. a gradient penalty) "
-        "is not supported; compute such terms with compact_bilinear.reference instead"
-    )
-
-
-torch.library.register_autograd(
-    "compact_bilinear::backward", _no_double_backward, setup_context=_no_double_backward_setup
-)
+# Autograd of both ops is registered in C++ (csrc/autograd.cpp): the forward saves the inputs and
+# hashes and its backward calls ops.backward; differentiating ops.backward raises.

@@ -92,8 +92,8 @@ HashTables hash_tables(const at::Tensor& h, const at::Tensor& s, int64_t k, int6
 
 }  // namespace
 
-Problem make_problem(const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& hash_indices,
-                     const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool) {
+Problem make_problem(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs,
+                     int64_t output_dim, bool sum_pool) {
   Problem p;
   p.K = static_cast<int64_t>(inputs.size());
   TORCH_CHECK_VALUE(p.K >= 1, "compact_bilinear: inputs must hold at least one tensor, got none");
@@ -184,7 +184,7 @@ void check_grad_out(const Problem& p, const at::Tensor& grad_out) {
                     ", got ", grad_out.device());
 }
 
-std::vector<at::Tensor> shape_like_inputs(std::vector<at::Tensor> grads, const std::vector<at::Tensor>& inputs) {
+std::vector<at::Tensor> shape_like_inputs(std::vector<at::Tensor> grads, at::TensorList inputs) {
   for (size_t k = 0; k < grads.size(); ++k) grads[k] = grads[k].view(inputs[k].sizes());
   return grads;
 }

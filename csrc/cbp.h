@@ -30,13 +30,13 @@ struct Problem {
 
 // Validates the arguments (errors name the argument, the expected and the actual value) and
 // builds the inverse hashes.
-Problem make_problem(const std::vector<at::Tensor>& inputs, const std::vector<at::Tensor>& hash_indices,
-                     const std::vector<at::Tensor>& hash_signs, int64_t output_dim, bool sum_pool);
+Problem make_problem(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs,
+                     int64_t output_dim, bool sum_pool);
 
 // Checks grad_out against the problem (shape and device) for the backward op.
 void check_grad_out(const Problem& p, const at::Tensor& grad_out);
 // Views each input gradient (B, C_k, L_k) as its input's shape.
-std::vector<at::Tensor> shape_like_inputs(std::vector<at::Tensor> grads, const std::vector<at::Tensor>& inputs);
+std::vector<at::Tensor> shape_like_inputs(std::vector<at::Tensor> grads, at::TensorList inputs);
 
 // Per-device building blocks of the FFT (composite) path. Spectra are complex (rows, F) tensors.
 struct FftKernels {
