@@ -201,7 +201,8 @@ def plots(results: list[Result], outdir: Path, device_name: str, tag: str) -> li
                         pts.append((getattr(r.case, xattr), y))
                 if pts:
                     pts.sort()
-                    ax.plot(*zip(*pts), marker="o", label=impl)
+                    # one colour per implementation in every panel (cupy has no fwd+bwd line)
+                    ax.plot(*zip(*pts), marker="o", label=impl, color=f"C{IMPL_ORDER.index(impl)}")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel(xlabel)
@@ -211,7 +212,9 @@ def plots(results: list[Result], outdir: Path, device_name: str, tag: str) -> li
         fixed = (f"R={c0.rows}" if series == "d" else f"d={c0.d}") + \
             f", C={'x'.join(map(str, c0.channels))}, {c0.kind}, {c0.dtype}"
         fig.suptitle(f"compact bilinear pooling on {device_name}: vs {xlabel} ({fixed})")
-        axes[0].legend()
+        for ax in axes:
+            if ax.lines:
+                ax.legend()
         fig.tight_layout()
         p = outdir / f"{tag}_vs_{series}.png"
         fig.savefig(p, dpi=110)

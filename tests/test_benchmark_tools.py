@@ -52,3 +52,37 @@ def test_smem_model_counts_bank_conflicts():
     # The layouts the kernel has had, at d = 1024: each step strictly fewer wavefronts per row.
     totals = [sum(forward_row(1024, layout).values()) for layout in ("before", "padded", "pairs")]
     assert totals[0] > totals[1] > totals[2]
+
+
+def test_smem_model_radix8_needs_fewer_wavefronts_than_radix4():
+    from benchmarks.smem_model import forward_row
+
+    assert sum(forward_row(8192, "radix-8").values()) < sum(forward_row(8192, "pairs").values())
+
+
+def test_plots_keep_one_colour_per_implementation(tmp_path, monkeypatch):
+    """cupy has a forward line but no forward+backward one: the other implementations must keep
+    their colours from panel to panel anyway."""
+    import matplotlib.figure
+
+    from benchmarks.report import plots
+
+    seen = {}
+
+    def capture(fig, path, **kwargs):
+        for ax in fig.axes:
+            for line in ax.lines:
+                seen.setdefault(line.get_label(), set()).add(line.get_color())
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", capture)
+    results = []
+    for d in (1024, 2048):
+        case = C._vec(64, 512, d, series=("d",))
+        results += [
+            Result(case=case, impl="reference", fwd={"median_s": 1.0}, fwdbwd={"median_s": 2.0}, mem_fwdbwd=1e6),
+            Result(case=case, impl="cupy", fwd={"median_s": 1.5}),
+            Result(case=case, impl="fft", fwd={"median_s": 0.5}, fwdbwd={"median_s": 1.0}, mem_fwdbwd=5e5),
+        ]
+    plots(results, tmp_path, "test device", "t")
+    assert set(seen) == {"reference", "cupy", "fft"}
+    assert all(len(colours) == 1 for colours in seen.values()), seen
