@@ -111,6 +111,9 @@ timeout 60 $PY -m pytest tests -v -k "cuda and (bad or in_place)" >>"$OUT/tests.
 tail -30 "$OUT/tests.txt"
 if [ "$rc" != 0 ] && [ "$rc" != 5 ]; then echo "TESTS FAILED (rc=$rc)"; status=1; fi
 
+step "host time per call at a tiny size (benchmarks/host_overhead.py)"
+timeout 60 $PY benchmarks/host_overhead.py --device cuda
+
 step "per-kernel device time (torch.profiler)"
 timeout 90 $PY benchmarks/profile_kernels.py 2>&1 | grep -v Warning
 
