@@ -256,15 +256,13 @@ struct HostLaunch {
 // benchmarks/), so 'auto' means the FFT path here; the host instance serves algorithm='fused'.
 const Backend kCpuBackend{&kCpuKernels, cpu_chunk, kHostSharedMemoryLimit, /*prefer_fused=*/false};
 
-at::Tensor forward_cpu(at::TensorList inputs, at::TensorList hash_indices,
-                       at::TensorList hash_signs, int64_t output_dim, bool sum_pool,
-                       c10::string_view algorithm) {
+at::Tensor forward_cpu(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs,
+                       int64_t output_dim, bool sum_pool, c10::string_view algorithm) {
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
   return run_forward(p, use_fused(p, std::string(algorithm), false, kCpuBackend), kCpuBackend, HostLaunch{});
 }
 
-std::vector<at::Tensor> backward_cpu(const at::Tensor& grad_out, at::TensorList inputs,
-                                     at::TensorList hash_indices,
+std::vector<at::Tensor> backward_cpu(const at::Tensor& grad_out, at::TensorList inputs, at::TensorList hash_indices,
                                      at::TensorList hash_signs, int64_t output_dim, bool sum_pool,
                                      c10::string_view algorithm) {
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);

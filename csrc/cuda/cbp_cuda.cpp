@@ -8,17 +8,15 @@
 namespace compact_bilinear {
 namespace {
 
-at::Tensor forward_cuda(at::TensorList inputs, at::TensorList hash_indices,
-                        at::TensorList hash_signs, int64_t output_dim, bool sum_pool,
-                        c10::string_view algorithm) {
+at::Tensor forward_cuda(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs,
+                        int64_t output_dim, bool sum_pool, c10::string_view algorithm) {
   TORCH_CHECK_VALUE(!inputs.empty(), "compact_bilinear: inputs must hold at least one tensor, got none");
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
   const c10::cuda::CUDAGuard guard(p.x[0].device());
   return cuda_forward(p, use_fused(p, std::string(algorithm), false, cuda_backend()));
 }
 
-std::vector<at::Tensor> backward_cuda(const at::Tensor& grad_out, at::TensorList inputs,
-                                      at::TensorList hash_indices,
+std::vector<at::Tensor> backward_cuda(const at::Tensor& grad_out, at::TensorList inputs, at::TensorList hash_indices,
                                       at::TensorList hash_signs, int64_t output_dim, bool sum_pool,
                                       c10::string_view algorithm) {
   TORCH_CHECK_VALUE(!inputs.empty(), "compact_bilinear: inputs must hold at least one tensor, got none");
