@@ -227,6 +227,14 @@ CB_HD void split(cplx<T> zf, cplx<T> zmf, cplx<T>& A, cplx<T>& B) {
   B = mul_neg_i(zf - c) * T(0.5);
 }
 
+// The inverse of split: Z at bin f and at its mirror from the spectra A, B of two real signals,
+// so one inverse transform returns the first signal in Re and the second in Im.
+template <typename T>
+CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
+  z[pq.p] = A + mul_pos_i(B);
+  if (pq.q != pq.p) z[pq.q] = conj(A) + mul_pos_i(conj(B));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Phases.
 
@@ -329,9 +337,7 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
         } else if (hold) {
           first[f] = prod;
         } else {
-          const cplx<T> w = pair ? first[f] : prod, v = pair ? prod : cplx<T>(0, 0);
-          z[pq.p] = w + mul_pos_i(v);
-          if (pq.q != pq.p) z[pq.q] = conj(w) + mul_pos_i(conj(v));
+          merge(z, pq, pair ? first[f] : prod, pair ? prod : cplx<T>(0, 0));
         }
       });
       g.sync();
@@ -444,35 +450,35 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
       const BinPair pq = bins(f, a.d, a.log2d);
       cplx<T> A, B;
       split(z[pq.p], z[pq.q], A, B);
+      const cplx<T> gf = Gs[f];
+      cplx<T> qa, qb(0, 0);  // the last pair's Q, whose two real gradients share one inverse FFT
       if (a.K == 2) {
         // Two inputs, the common case, without the per-bin arrays: each Q is G times the other
         // input's conjugate spectrum (two maps: A and B from z; a map and a vector: A and vspec).
         // ncu, canonical backward: the arrays' local-memory traffic was 6.7M warp instructions.
-        const cplx<T> gf = Gs[f], other = kb >= 0 ? B : a.vspec[b * a.F + f];
-        const cplx<T> qa = gf * conj(other), qb = kb >= 0 ? gf * conj(A) : cplx<T>(0, 0);
-        if (kb < 0) vslot[f] += gf * conj(A);
-        z[pq.p] = qa + mul_pos_i(qb);
-        if (pq.q != pq.p) z[pq.q] = conj(qa) + mul_pos_i(conj(qb));
-        return;
+        qa = gf * conj(kb >= 0 ? B : a.vspec[b * a.F + f]);
+        if (kb >= 0)
+          qb = gf * conj(A);
+        else
+          vslot[f] += gf * conj(A);
+      } else {
+        cplx<T> v[kMaxInputs], prefix[kMaxInputs + 1];
+        for (int i = 0; i < a.nmap; ++i)
+          v[a.map_ids[i]] = i < last_first ? mslot[i * a.F + f] : (i == last_first ? A : B);
+        for (int i = 0; i < a.nvec; ++i) v[a.vec_ids[i]] = a.vspec[(i * a.B + b) * a.F + f];
+        prefix[0] = cplx<T>(1, 0);
+        for (int k = 0; k < a.K; ++k) prefix[k + 1] = prefix[k] * v[k];
+        cplx<T> suffix(1, 0), q[kMaxInputs];
+        for (int k = a.K - 1; k >= 0; --k) {
+          q[k] = gf * conj(prefix[k] * suffix);
+          suffix *= v[k];
+        }
+        for (int i = 0; i < a.nvec; ++i) vslot[i * a.F + f] += q[a.vec_ids[i]];
+        for (int i = 0; i < last_first; ++i) mslot[i * a.F + f] = q[a.map_ids[i]];
+        qa = q[ka];
+        if (kb >= 0) qb = q[kb];
       }
-      cplx<T> v[kMaxInputs], prefix[kMaxInputs + 1];
-      for (int i = 0; i < a.nmap; ++i)
-        v[a.map_ids[i]] = i < last_first ? mslot[i * a.F + f] : (i == last_first ? A : B);
-      for (int i = 0; i < a.nvec; ++i) v[a.vec_ids[i]] = a.vspec[(i * a.B + b) * a.F + f];
-      prefix[0] = cplx<T>(1, 0);
-      for (int k = 0; k < a.K; ++k) prefix[k + 1] = prefix[k] * v[k];
-      const cplx<T> gf = Gs[f];
-      cplx<T> suffix(1, 0), q[kMaxInputs];
-      for (int k = a.K - 1; k >= 0; --k) {
-        q[k] = gf * conj(prefix[k] * suffix);
-        suffix *= v[k];
-      }
-      for (int i = 0; i < a.nvec; ++i) vslot[i * a.F + f] += q[a.vec_ids[i]];
-      for (int i = 0; i < last_first; ++i) mslot[i * a.F + f] = q[a.map_ids[i]];
-      // Two real gradients packed into one inverse transform: W = Q_a + i Q_b.
-      const cplx<T> qa = q[ka], qb = kb >= 0 ? q[kb] : cplx<T>(0, 0);
-      z[pq.p] = qa + mul_pos_i(qb);
-      if (pq.q != pq.p) z[pq.q] = conj(qa) + mul_pos_i(conj(qb));
+      merge(z, pq, qa, qb);
     });
     g.sync();
     fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
@@ -481,9 +487,7 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
       const int ia = 2 * gi, ib = 2 * gi + 1;
       g.for_each(a.F, [=, &a](int64_t f) {
         const BinPair pq = bins(f, a.d, a.log2d);
-        const cplx<T> qa = mslot[ia * a.F + f], qb = mslot[ib * a.F + f];
-        z[pq.p] = qa + mul_pos_i(qb);
-        if (pq.q != pq.p) z[pq.q] = conj(qa) + mul_pos_i(conj(qb));
+        merge(z, pq, mslot[ia * a.F + f], mslot[ib * a.F + f]);
       });
       g.sync();
       fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
