@@ -201,8 +201,6 @@ at::Tensor empty_output(const Problem& p) {
   return at::empty(rows_shape, opt).movedim(-1, 1);
 }
 
-
-
 std::vector<at::Tensor> empty_input_grads(const Problem& p) {
   std::vector<at::Tensor> g;
   for (int64_t k = 0; k < p.K; ++k) g.push_back(at::empty(p.x[k].sizes(), p.x[k].options()));
