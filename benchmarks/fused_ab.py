@@ -52,26 +52,25 @@ def main():
     def fwd_bwd(algo, g=grad):
         return lambda xs: torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs, ss, D, algorithm=algo), xs, g)
 
+    # (case, variant, environment, call, the fft path's call it must match, input sets)
+    unpooled, pooled = fwd("fft", False), fwd("fft", True)
     variants = [
-        ("unpooled fwd", "fft", {}, fwd("fft", False)),
-        ("unpooled fwd", "fused, row pairs", {}, fwd("fused", False)),
-        ("unpooled fwd", "fused, single rows", {"COMPACT_BILINEAR_ROW_PAIRS": "0"}, fwd("fused", False)),
-        ("pooled fwd", "fft", {}, fwd("fft", True)),
-    ] + [("pooled fwd", f"fused, {n} rows per chunk", {"COMPACT_BILINEAR_POOLED_ROWS": n}, fwd("fused", True))
-         for n in ("1", "2", "4", "7", "8")] + [
-        ("unpooled fwd+bwd", "fft, NCHW grad", {}, fwd_bwd("fft")),
-        ("unpooled fwd+bwd", "fused, NCHW grad", {}, fwd_bwd("fused")),
-        ("unpooled fwd+bwd", "fft, location-major grad", {}, fwd_bwd("fft", grad_rows)),
-        ("unpooled fwd+bwd", "fused, location-major grad", {}, fwd_bwd("fused", grad_rows)),
-    ]
+        ("unpooled fwd", "fft", {}, unpooled, unpooled, plain),
+        ("unpooled fwd", "fused, row pairs", {}, fwd("fused", False), unpooled, plain),
+        ("unpooled fwd", "fused, single rows", {"COMPACT_BILINEAR_ROW_PAIRS": "0"}, fwd("fused", False), unpooled,
+         plain),
+        ("pooled fwd", "fft", {}, pooled, pooled, plain),
+    ] + [("pooled fwd", f"fused, {n} rows per chunk", {"COMPACT_BILINEAR_POOLED_ROWS": n}, fwd("fused", True), pooled,
+          plain) for n in ("1", "2", "4", "7", "8")]
+    for layout, g in (("NCHW", grad), ("location-major", grad_rows)):
+        ref = fwd_bwd("fft", g)
+        variants += [("unpooled fwd+bwd", f"fft, {layout} grad", {}, ref, ref, sets),
+                     ("unpooled fwd+bwd", f"fused, {layout} grad", {}, fwd_bwd("fused", g), ref, sets)]
     print(f"{'case':18s} {'variant':28s} {'median':>10s}  rel err vs fft")
-    for case, name, env, fn in variants:
+    for case, name, env, fn, ref, inputs in variants:
         os.environ.update(env)
         try:
-            inputs = sets if "bwd" in case else plain
-            got = fn(inputs[0])
-            g = grad_rows if "location-major" in name else grad
-            want = (fwd_bwd("fft", g) if "bwd" in case else fwd("fft", case.startswith("pooled")))(inputs[0])
+            got, want = fn(inputs[0]), ref(inputs[0])
             got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
             err = max(((a - b).norm() / b.norm()).item() for a, b in zip(got, want))
             assert err < 1e-5, f"{case} {name}: rel err {err:.1e}"
@@ -79,7 +78,6 @@ def main():
         finally:
             for k in env:
                 del os.environ[k]
-
 
 if __name__ == "__main__":
     main()

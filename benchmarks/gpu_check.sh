@@ -94,12 +94,6 @@ GDB=$(command -v gdb || command -v cuda-gdb || true)
 if [ "$crashed" = 1 ] && [ -n "$GDB" ]; then
     timeout 120 "$GDB" -q -batch -ex run -ex bt --args $PY /tmp/cb_raise.py cuda 2>&1 | grep -E "^#|signal|SIG" | head -40
 fi
-if [ "$crashed" = 1 ] && [ -x /usr/bin/g++ ]; then
-    echo "--- the same probe on a CPU-only build by the system compiler (/usr/bin/g++)"
-    rm -rf /tmp/cb_sys && mkdir -p /tmp/cb_sys && cp -r setup.py csrc compact_bilinear pyramid /tmp/cb_sys/
-    (cd /tmp/cb_sys && CC=/usr/bin/gcc CXX=/usr/bin/g++ COMPACT_BILINEAR_CPU_ONLY=1 timeout 120 $PY setup.py build_ext --inplace >/tmp/cb_sys/build.txt 2>&1 \
-        && PYTHONPATH=/tmp/cb_sys timeout 60 $PY /tmp/cb_raise.py cpu 2>&1 | head -5) || tail -5 /tmp/cb_sys/build.txt
-fi
 
 step "CUDA tests"
 # shellcheck disable=SC2086
