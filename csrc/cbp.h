@@ -77,6 +77,7 @@ struct FusedPlan {
   int64_t rows_per_chunk = 1, nchunks = 1;
   int64_t slots = 0;          // half spectra (F complex values each) kept beside the d-point buffer
   int64_t smem_bytes = 0;     // per thread group
+  int max_pass_bits = 5;      // log2 of the FFT passes' largest radix (fused.h: Schedule)
 };
 // Largest shared memory per block that the fused kernel may use on the host instance; the CUDA
 // kernel uses the device's own opt-in limit (227 KiB on H100/H200 as well).

@@ -12,7 +12,7 @@
 // complex values each):
 //   sketch two inputs into Re/Im of Z -> forward FFT (DIF: natural in, bit-reversed out) ->
 //   split the two real spectra and multiply -> Hermitian-filled product back into Z ->
-//   inverse FFT (DIT: bit-reversed in, natural out) -> one write.
+//   inverse FFT (DIT: bit-reversed in, natural out), whose last pass writes the output.
 // Working in bit-reversed order between the two transforms means no permutation pass at all.
 //
 // Shared-memory layout, chosen against bank conflicts (8-byte complex values, 32 four-byte banks):
@@ -22,8 +22,9 @@
 // threads touch neighbouring values where natural order put them d/32 apart, all in one bank.
 // Unpooled rows go in pairs whose real outputs share one inverse transform (forward_chunk).
 // benchmarks/smem_model.py counts the wavefronts: per row of the canonical forward (d = 8192)
-// 9.7k with radix-8 passes, 14.3k with radix-4, 18.4k for single rows and 44.0k for single rows
-// unpadded in natural order (Nsight Compute on an H100: 11.7k with radix-8, 17.9k with radix-4).
+// 6.2k with passes up to radix 32 and the output written by the inverse's last pass, 9.7k with
+// radix-8 passes, 14.3k with radix-4, 18.4k for single rows and 44.0k for single rows unpadded in
+// natural order (Nsight Compute on an H100: 11.7k with radix-8, 17.9k with radix-4).
 #include <c10/util/complex.h>
 
 #include <cstdint>
@@ -57,6 +58,7 @@ CB_HD cplx<T> mul_pos_i(cplx<T> z) { return cplx<T>(-z.imag(), z.real()); }
 template <typename T, typename In>
 struct Args {
   int K = 0, log2d = 0;
+  int max_pass_bits = 5;           // the plan's largest FFT radix (the group type's kMaxPassBits)
   int64_t B = 0, L = 1, d = 0, F = 0;
   bool out_map = false;
   int64_t rows_per_chunk = 1, nchunks = 1;
@@ -81,8 +83,15 @@ struct Args {
 
 // ---------------------------------------------------------------------------------------------
 // Transforms. z has n = 2^log2n points in the group's buffer; tw is the table for n == d.
-// Radix-8 passes (three radix-2 stages per pass, eight points in registers per virtual thread),
-// after one radix-2 or radix-4 pass when log2n is not a multiple of 3.
+//
+// A transform is a few passes, each a radix-R butterfly per virtual thread: R values loaded into
+// registers, log2(R) radix-2 stages there, R values stored, one barrier. The thread group's type
+// sets the largest radix (G::kMaxPassBits = log2 of it): 8 (three stages per pass, five passes
+// at d = 8192; commit 033ab34, measured on an H100) or 32 (d = 8192 in passes of 32, 16 and 16).
+// Fewer passes mean fewer trips of Z through shared memory and fewer barriers; more registers per
+// thread. The first pass may read its values from anywhere (a `Load`, e.g. a gradient row in
+// global memory) and the last may write them anywhere (a `Store`, e.g. the output row), which
+// saves a trip through Z each.
 //
 // Twiddles are grouped by the size m of the sub-transform they serve: tw[m/2 + k] =
 // exp(-2 pi i k / m) for k < m/2 and m = 2, 4, ..., n (n values in all). A stage of span s reads
@@ -90,7 +99,7 @@ struct Args {
 // n-point table at k << s instead put each thread's load in its own 32-byte sector: measured on
 // an H100 (ncu, canonical forward), those loads kept the L1 at 80 % of its throughput.
 
-CB_HD int ilog2(int64_t n) {
+CB_HD constexpr int ilog2(int64_t n) {
   int r = 0;
   while ((int64_t{1} << r) < n) ++r;
   return r;
@@ -101,21 +110,58 @@ CB_HD int zi(int i) { return i + (i >> 4); }
 CB_HD int64_t zi(int64_t i) { return i + (i >> 4); }
 CB_HD int64_t z_size(int64_t n) { return n + (n >> 4); }
 
-// W_{2S}^J = exp(-2 pi i J / 2S) (its conjugate when Inv) times z, for the constant twiddles
-// inside a pass: S <= 4, J < S.
+// The passes of an n = 2^log2n point transform: as few as the largest radix 2^max_bits allows,
+// of balanced sizes (q or q + 1 stages), ordered against bank conflicts. In the padded layout a
+// pass of radix 8 or 16 is conflict-free at every span, radix 2 and 4 conflict at spans 4 and 8,
+// radix 32 below span 16 (benchmarks/smem_model.py), so radix-8 and radix-16 passes take the
+// smallest spans, which come last in the forward (DIF) transform. d = 8192: [2, 2, 3, 3, 3]
+// stages with radix 8, [5, 4, 4] with radix 32; each pass then costs n/16 wavefronts per trip.
+struct Schedule {
+  int passes = 0, q = 0, big = 0;  // `big` passes of q + 1 stages, the others q
+  bool small_first = false;
+  CB_HD Schedule(int log2n, int max_bits) {
+    // At n = 1, one pass of radix 1: no stages, but the pass still loads and stores.
+    passes = log2n == 0 ? 1 : (log2n + max_bits - 1) / max_bits;
+    q = log2n / passes;
+    big = log2n % passes;
+    small_first = (q + 1 == 3 || q + 1 == 4) && q != 3 && q != 4;
+  }
+  // Stages of the forward transform's i-th pass (the inverse runs them in reverse order).
+  CB_HD int bits(int i) const {
+    return small_first ? (i < passes - big ? q : q + 1) : (i < big ? q + 1 : q);
+  }
+  CB_HD int max_bits() const { return big > 0 ? q + 1 : q; }
+};
+
+// cos(pi m / 16) for m = 0 .. 8.
+CB_HD constexpr double cos_pi16(int m) {
+  constexpr double c[9] = {1.0,
+                           0.98078528040323044913,
+                           0.92387953251128675613,
+                           0.83146961230254523708,
+                           0.70710678118654752440,
+                           0.55557023301960222474,
+                           0.38268343236508977173,
+                           0.19509032201612826785,
+                           0.0};
+  return c[m];
+}
+
+// z times W_{2S}^J = exp(-i pi J / S) (its conjugate when Inv), the constant twiddles inside a
+// pass: S <= 16, J < S.
 template <int S, int J, bool Inv, typename T>
 CB_HD cplx<T> rotate(cplx<T> z) {
-  static_assert(S == 1 || S == 2 || S == 4, "spans inside a pass are 1, 2 or 4");
-  constexpr T r = T(0.70710678118654752440);  // 1/sqrt(2)
-  const T x = z.real(), y = z.imag();
-  if constexpr (J == 0) {
+  static_assert(S >= 1 && S <= 16 && 16 % S == 0 && J < S, "spans inside a pass are 1 .. 16");
+  constexpr int m = J * (16 / S);  // the angle is pi m / 16
+  if constexpr (m == 0) {
     return z;
-  } else if constexpr (2 * J == S) {  // -i (forward) or +i (inverse)
+  } else if constexpr (m == 8) {  // -i (forward) or +i (inverse)
     return Inv ? mul_pos_i(z) : mul_neg_i(z);
-  } else if constexpr (J == 1) {  // (1 - i)/sqrt(2), or (1 + i)/sqrt(2)
-    return Inv ? cplx<T>((x - y) * r, (x + y) * r) : cplx<T>((x + y) * r, (y - x) * r);
-  } else {  // J == 3: (-1 - i)/sqrt(2), or (-1 + i)/sqrt(2)
-    return Inv ? cplx<T>(-(x + y) * r, (x - y) * r) : cplx<T>((y - x) * r, -(x + y) * r);
+  } else {
+    constexpr T c = static_cast<T>(m < 8 ? cos_pi16(m) : -cos_pi16(16 - m));
+    constexpr T s = static_cast<T>(m < 8 ? cos_pi16(8 - m) : cos_pi16(m - 8));
+    const T x = z.real(), y = z.imag();
+    return Inv ? cplx<T>(x * c - y * s, y * c + x * s) : cplx<T>(x * c + y * s, y * c - x * s);
   }
 }
 
@@ -142,69 +188,116 @@ CB_HD void stage(cplx<T>* a, cplx<T> w) {
   }
 }
 
-// One pass of radix R = 2, 4 or 8: log2(R) consecutive radix-2 stages whose smallest span is
-// h = 2^lh, done in registers on R values per virtual thread, so Z crosses shared memory once per
-// pass. Forward: spans R/2 h down to h; inverse: h up to R/2 h. Index math is 32-bit shifts and
-// masks (n <= 2^14): 64-bit division would cost more than the butterfly itself on the GPU.
-template <int R, bool Inv, typename T, class G>
-CB_HD void fft_pass(const G& g, cplx<T>* z, int n, int lh, const cplx<T>* tw) {
-  constexpr int r = R == 2 ? 1 : (R == 4 ? 2 : 3);
+// The log2(R) stages of a pass: forward spans R/2 h down to h, inverse h up to R/2 h.
+template <int R, int S, bool Inv, typename T>
+CB_HD void stages(cplx<T>* a, const cplx<T>* tw, int h, int k) {
+  if constexpr (S >= 1 && S < R) {
+    if constexpr (Inv) {
+      stage<R, S, true>(a, conj(tw[S * h + k]));
+      stages<R, 2 * S, true>(a, tw, h, k);
+    } else {
+      stage<R, S, false>(a, tw[S * h + k]);
+      stages<R, S / 2, false>(a, tw, h, k);
+    }
+  }
+}
+
+// A pass's source and destination: element base + off for a thread's base and one of its R
+// offsets m h. Z's own access splits the padded position as zi(base + off) = zi(base) + zi(off),
+// exact in every pass (base mod 16 + off mod 16 < 16, both being powers-of-two arithmetic below
+// R h): zi(off) is the same for every thread of the pass, so on the GPU it can sit in a uniform
+// register instead of costing each thread one of its own per value.
+template <typename T>
+struct ZLoad {
+  const cplx<T>* z;
+  CB_HD cplx<T> operator()(int base, int off) const { return z[zi(base) + zi(off)]; }
+};
+template <typename T>
+struct ZStore {
+  cplx<T>* z;
+  CB_HD void operator()(int base, int off, cplx<T> v) const { z[zi(base) + zi(off)] = v; }
+};
+
+// One pass of radix R whose smallest span is h = 2^lh: R values per virtual thread, at
+// base + m h. Index math is 32-bit shifts and masks (n <= 2^14): 64-bit division would cost more
+// than the butterfly itself on the GPU.
+template <int R, bool Inv, typename T, class G, class Load, class Store>
+CB_HD void fft_pass(const G& g, int n, int lh, const cplx<T>* tw, Load load, Store store) {
+  constexpr int r = ilog2(R);
   const int h = 1 << lh;
   g.for_each(n / R, [=](int64_t t64) {
     const int t = static_cast<int>(t64), k = t & (h - 1), base = ((t >> lh) << (lh + r)) + k;
     cplx<T> a[R];
     CB_UNROLL
-    for (int m = 0; m < R; ++m) a[m] = z[zi(base + m * h)];
-    if constexpr (Inv) {
-      stage<R, 1, true>(a, conj(tw[h + k]));
-      if constexpr (R >= 4) stage<R, 2, true>(a, conj(tw[2 * h + k]));
-      if constexpr (R == 8) stage<R, 4, true>(a, conj(tw[4 * h + k]));
-    } else {
-      if constexpr (R == 8) stage<R, 4, false>(a, tw[4 * h + k]);
-      if constexpr (R >= 4) stage<R, 2, false>(a, tw[2 * h + k]);
-      stage<R, 1, false>(a, tw[h + k]);
-    }
+    for (int m = 0; m < R; ++m) a[m] = load(base, m * h);
+    stages<R, Inv ? 1 : R / 2, Inv>(a, tw, h, k);
     CB_UNROLL
-    for (int m = 0; m < R; ++m) z[zi(base + m * h)] = a[m];
+    for (int m = 0; m < R; ++m) store(base, m * h, a[m]);
   });
   g.sync();
 }
 
-template <bool Inv, typename T, class G>
-CB_HD void fft_pass_radix(const G& g, cplx<T>* z, int n, int lh, int r, const cplx<T>* tw) {
-  if (r == 3) {
-    fft_pass<8, Inv>(g, z, n, lh, tw);
-  } else if (r == 2) {
-    fft_pass<4, Inv>(g, z, n, lh, tw);
-  } else {
-    fft_pass<2, Inv>(g, z, n, lh, tw);
+// A pass of 2^bits points, up to the group's largest radix.
+template <bool Inv, typename T, class G, class Load, class Store>
+CB_HD void fft_pass_bits(const G& g, int n, int lh, int bits, const cplx<T>* tw, Load load, Store store) {
+  constexpr int mb = G::kMaxPassBits;
+  static_assert(mb >= 1 && mb <= 5, "passes are radix 2 to 32 (radix 1 at n = 1)");
+  if constexpr (mb >= 5) {
+    if (bits == 5) return fft_pass<32, Inv>(g, n, lh, tw, load, store);
   }
+  if constexpr (mb >= 4) {
+    if (bits == 4) return fft_pass<16, Inv>(g, n, lh, tw, load, store);
+  }
+  if constexpr (mb >= 3) {
+    if (bits == 3) return fft_pass<8, Inv>(g, n, lh, tw, load, store);
+  }
+  if constexpr (mb >= 2) {
+    if (bits == 2) return fft_pass<4, Inv>(g, n, lh, tw, load, store);
+  }
+  if (bits == 1) return fft_pass<2, Inv>(g, n, lh, tw, load, store);
+  fft_pass<1, Inv>(g, n, lh, tw, load, store);
 }
 
-// Forward transform (DIF: natural in, bit-reversed out): log2n radix-2 stages grouped into passes,
-// the log2n mod 3 largest spans first (one radix-2 or radix-4 pass), then radix-8 passes. At
-// d = 8192 that is 5 passes over shared memory instead of 7 with radix-4, and by
-// benchmarks/smem_model.py every pass is free of bank conflicts in the padded layout (5120
-// wavefronts per transform against 8192).
-template <typename T, class G>
-CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw) {
-  const int n = static_cast<int>(n64), rem = log2n % 3;
+// Forward transform (DIF: natural in, bit-reversed out), the first pass reading through `load`.
+template <typename T, class G, class Load>
+CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw, Load load) {
+  const int n = static_cast<int>(n64);
+  const Schedule s(log2n, G::kMaxPassBits);
   int top = log2n;  // stages left; the next pass's largest span is 2^(top - 1)
-  if (rem) {
-    fft_pass_radix<false>(g, z, n, top - rem, rem, tw);
-    top -= rem;
+  for (int i = 0; i < s.passes; ++i) {
+    top -= s.bits(i);
+    if (i == 0)
+      fft_pass_bits<false>(g, n, top, s.bits(i), tw, load, ZStore<T>{z});
+    else
+      fft_pass_bits<false>(g, n, top, s.bits(i), tw, ZLoad<T>{z}, ZStore<T>{z});
   }
-  for (; top >= 3; top -= 3) fft_pass<8, false>(g, z, n, top - 3, tw);
 }
 
-// Unnormalised inverse transform (DIT, conjugate twiddles): bit-reversed input, natural output.
-// The forward's passes in reverse order.
 template <typename T, class G>
-CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw) {
-  const int n = static_cast<int>(n64), rem = log2n % 3;
+CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n, int log2n, const cplx<T>* tw) {
+  fft_forward_dif(g, z, n, log2n, tw, ZLoad<T>{z});
+}
+
+// Unnormalised inverse transform (DIT, conjugate twiddles): bit-reversed input, natural output,
+// the forward's passes in reverse order, the last writing through `store`. In the last pass
+// consecutive threads hold consecutive outputs, so a store to a global row is coalesced.
+template <typename T, class G, class Store>
+CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw, Store store) {
+  const int n = static_cast<int>(n64);
+  const Schedule s(log2n, G::kMaxPassBits);
   int lh = 0;
-  for (; lh + 3 <= log2n - rem; lh += 3) fft_pass<8, true>(g, z, n, lh, tw);
-  if (rem) fft_pass_radix<true>(g, z, n, lh, rem, tw);
+  for (int i = s.passes - 1; i >= 0; --i) {
+    if (i == 0)
+      fft_pass_bits<true>(g, n, lh, s.bits(i), tw, ZLoad<T>{z}, store);
+    else
+      fft_pass_bits<true>(g, n, lh, s.bits(i), tw, ZLoad<T>{z}, ZStore<T>{z});
+    lh += s.bits(i);
+  }
+}
+
+template <typename T, class G>
+CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n, int log2n, const cplx<T>* tw) {
+  fft_inverse_dit(g, z, n, log2n, tw, ZStore<T>{z});
 }
 
 // Half-spectrum slot t (0 <= t <= d/2) holds bin f = bitrev(2t) for t < d/2 and f = d/2 for
@@ -239,19 +332,57 @@ CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
 // Phases.
 
 // Z = sketch(input ka) + i sketch(input kb) for sample b, location l (kb < 0: imaginary part 0).
+// The sketch is bucket_sum's gather (spectral.h): the position that starts a bucket's run of
+// sorted channels sums the run in channel order, so every path's sketches are identical. Its
+// loads form a chain (bucket and channel, then the input value), so a virtual thread takes
+// kGather positions, e + u * per, and issues each step's loads for all of them before it uses
+// any: one chain's latency for kGather channels. Consecutive threads keep consecutive positions,
+// so a warp's loads stay coalesced.
+constexpr int kGather = 4;
+
 template <typename T, typename In, class G>
 CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, int kb, int64_t b, int64_t l) {
   g.for_each(z_size(a.d), [=, &a](int64_t j) { z[j] = cplx<T>(0, 0); });
   g.sync();
   T* zr = reinterpret_cast<T*>(z);
-  const int64_t Ca = a.C[ka], Cb = kb >= 0 ? a.C[kb] : 0;
-  g.for_each(Ca + Cb, [=, &a](int64_t e) {
-    const int k = e < Ca ? ka : kb;
-    const In* x = a.x[k] + b * a.stride_b[k] + (a.is_map[k] ? l * a.stride_l[k] : 0);
-    int64_t j;
-    T sum;
-    if (bucket_sum(x, a.stride_c[k], a.perm[k], a.sorted_hash[k], a.sorted_sign[k], a.C[k], e < Ca ? e : e - Ca, j, sum))
-      zr[2 * zi(j) + (e < Ca ? 0 : 1)] = sum;
+  // 32-bit positions: channel counts are below 2^30 (fused_unsupported_reason), buckets below d.
+  const int Ca = static_cast<int>(a.C[ka]), n = Ca + (kb >= 0 ? static_cast<int>(a.C[kb]) : 0),
+            per = (n + kGather - 1) / kGather;
+  g.for_each(per, [=, &a](int64_t i) {
+    int k[kGather], q[kGather], bucket[kGather] = {}, channel[kGather] = {};
+    bool head[kGather];
+    T v[kGather] = {};
+    CB_UNROLL
+    for (int u = 0; u < kGather; ++u) {  // bucket, channel and sign of each position
+      const int e = static_cast<int>(i) + u * per;
+      k[u] = e < Ca ? ka : kb;
+      q[u] = e < Ca ? e : e - Ca;
+      head[u] = e < n;
+      if (head[u]) {
+        const int64_t* sh = a.sorted_hash[k[u]];
+        bucket[u] = static_cast<int>(sh[q[u]]);
+        head[u] = q[u] == 0 || sh[q[u] - 1] != bucket[u];
+        channel[u] = static_cast<int>(a.perm[k[u]][q[u]]);
+        v[u] = a.sorted_sign[k[u]][q[u]];
+      }
+    }
+    CB_UNROLL
+    for (int u = 0; u < kGather; ++u) {  // the input values
+      if (!head[u]) continue;
+      const int kk = k[u];
+      const In* x = a.x[kk] + b * a.stride_b[kk] + (a.is_map[kk] ? l * a.stride_l[kk] : 0);
+      v[u] = T(0) + v[u] * static_cast<T>(x[channel[u] * a.stride_c[kk]]);
+    }
+    CB_UNROLL
+    for (int u = 0; u < kGather; ++u) {  // the rest of each run (buckets rarely hold two channels)
+      if (!head[u]) continue;
+      const int kk = k[u];
+      const In* x = a.x[kk] + b * a.stride_b[kk] + (a.is_map[kk] ? l * a.stride_l[kk] : 0);
+      const int64_t* sh = a.sorted_hash[kk];
+      for (int r = q[u] + 1; r < a.C[kk] && sh[r] == bucket[u]; ++r)
+        v[u] += a.sorted_sign[kk][r] * static_cast<T>(x[a.perm[kk][r] * a.stride_c[kk]]);
+      zr[2 * zi(bucket[u]) + (kk == ka ? 0 : 1)] = v[u];
+    }
   });
   g.sync();
 }
@@ -343,16 +474,15 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
       g.sync();
     }
     if (!acc && !hold) {
-      fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
+      // Location-major output: whole contiguous rows (the pair's first row from Re, then Im),
+      // written by the inverse transform's last pass.
       const T scale = T(1) / static_cast<T>(a.d);
-      // Location-major output: whole contiguous rows (the pair's first row from Re, then Im).
       In* out = a.out + (pair ? r0 : r) * a.d;
-      g.for_each(a.d, [=, &a](int64_t j) {
-        const cplx<T> v = z[zi(j)];
-        out[j] = static_cast<In>(v.real() * scale);
-        if (pair) out[a.d + j] = static_cast<In>(v.imag() * scale);
+      const int d = static_cast<int>(a.d);
+      fft_inverse_dit(g, z, a.d, a.log2d, a.tw, [=](int base, int off, cplx<T> v) {
+        out[base + off] = static_cast<In>(v.real() * scale);
+        if (pair) out[d + base + off] = static_cast<In>(v.imag() * scale);
       });
-      g.sync();
     }
   }
   if (acc) {
@@ -371,11 +501,10 @@ CB_HD void forward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t 
     for (int64_t c = 0; c < a.nchunks; ++c) s += src[c * a.F + f];
     return s;
   });
-  fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
   const T scale = T(1) / static_cast<T>(a.d);
   In* out = a.out + b * a.d;
-  g.for_each(a.d, [=, &a](int64_t j) { out[j] = static_cast<In>(z[zi(j)].real() * scale); });
-  g.sync();
+  fft_inverse_dit(g, z, a.d, a.log2d, a.tw,
+                  [=](int base, int off, cplx<T> v) { out[base + off] = static_cast<In>(v.real() * scale); });
 }
 
 // grad_x[k][b, i, l] = sign[i] * grad_cs[h[i]] with grad_cs = Re or Im of z (scaled by 1/d).
@@ -398,10 +527,12 @@ CB_HD void scatter_grads(const G& g, const Args<T, In>& a, const cplx<T>* z, int
 // Spectrum of the output gradient at (b, l) into slot G.
 template <typename T, typename In, class G>
 CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* Gs, int64_t b, int64_t l) {
+  // The transform's first pass reads the gradient row from global memory.
   const In* src = a.grad + b * a.grad_stride_b + l * a.grad_stride_l;
-  g.for_each(a.d, [=, &a](int64_t j) { z[zi(j)] = cplx<T>(static_cast<T>(src[j * a.grad_stride_j]), T(0)); });
-  g.sync();
-  fft_forward_dif(g, z, a.d, a.log2d, a.tw);
+  const int64_t sj = a.grad_stride_j;
+  fft_forward_dif(g, z, a.d, a.log2d, a.tw, [=](int base, int off) {
+    return cplx<T>(static_cast<T>(src[(base + off) * sj]), T(0));
+  });
   g.for_each(a.F, [=, &a](int64_t f) {
     const BinPair pq = bins(f, a.d, a.log2d);
     cplx<T> A, B;

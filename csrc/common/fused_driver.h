@@ -28,6 +28,18 @@ CB_HD void run_phase(const G& g, const Args<T, In>& a, Phase ph, cplx<T>* z, int
   }
 }
 
+// The largest radix of the FFT's passes is a compile-time property of a thread group (it sets the
+// registers a thread needs), so launchers instantiate a group type per value a plan can choose.
+template <class F>
+void with_max_pass_bits(int bits, F&& f) {
+  if (bits == 3) {
+    f(std::integral_constant<int, 3>{});
+  } else {
+    TORCH_CHECK(bits == 5, "compact_bilinear: no fused kernel for FFT passes of ", bits, " stages");
+    f(std::integral_constant<int, 5>{});
+  }
+}
+
 template <typename T>
 using acc_t = std::conditional_t<std::is_same<T, double>::value, double, float>;
 
@@ -42,6 +54,7 @@ Args<T, In> make_args(const Problem& p, const FusedPlan& plan) {
   a.log2d = ilog2(p.d);
   a.out_map = p.out_map;
   a.rows_per_chunk = plan.rows_per_chunk;
+  a.max_pass_bits = plan.max_pass_bits;
   a.nchunks = plan.nchunks;
   for (int k = 0; k < a.K; ++k) {
     a.is_map[k] = p.is_map[k];

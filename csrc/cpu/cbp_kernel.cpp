@@ -205,8 +205,12 @@ const FftKernels kCpuKernels{sketch_cpu, product_cpu, product_backward_cpu, sket
 // three; one that reads another thread's value without a barrier in between does not.
 constexpr int64_t kHostThreads = 8;
 
+enum class Order { Immediate, Threads, ThreadsReverse };
+
+template <int MaxPassBits>
 struct HostGroup {
-  enum class Order { Immediate, Threads, ThreadsReverse } order = Order::Immediate;
+  static constexpr int kMaxPassBits = MaxPassBits;
+  Order order = Order::Immediate;
   mutable std::vector<std::pair<int64_t, std::function<void(int64_t)>>> pending;  // up to the next sync
 
   template <class F>
@@ -227,27 +231,30 @@ struct HostGroup {
   }
 };
 
-HostGroup::Order host_order() {
+Order host_order() {
   const char* env = std::getenv("COMPACT_BILINEAR_HOST_ORDER");
   const std::string order = env ? env : "";
-  if (order == "threads") return HostGroup::Order::Threads;
-  if (order == "threads-reverse") return HostGroup::Order::ThreadsReverse;
+  if (order == "threads") return Order::Threads;
+  if (order == "threads-reverse") return Order::ThreadsReverse;
   TORCH_CHECK_VALUE(order.empty() || order == "immediate", "COMPACT_BILINEAR_HOST_ORDER must be 'immediate', ",
                     "'threads' or 'threads-reverse', got '", order, "'");
-  return HostGroup::Order::Immediate;
+  return Order::Immediate;
 }
 
 struct HostLaunch {
   template <typename T, typename In>
   void operator()(fused::Phase ph, int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) const {
     const auto order = host_order();
-    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-      std::vector<c10::complex<T>> buf(smem / sizeof(c10::complex<T>));
-      const HostGroup group{order};
-      for (int64_t i = g0; i < g1; ++i) {
-        fused::run_phase(group, a, ph, buf.data(), i / ny, i % ny);
-        group.sync();  // the end of a kernel is a barrier
-      }
+    fused::with_max_pass_bits(a.max_pass_bits, [&](auto bits) {
+      at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+        std::vector<c10::complex<T>> buf(smem / sizeof(c10::complex<T>));
+        HostGroup<decltype(bits)::value> group;
+        group.order = order;
+        for (int64_t i = g0; i < g1; ++i) {
+          fused::run_phase(group, a, ph, buf.data(), i / ny, i % ny);
+          group.sync();  // the end of a kernel is a barrier
+        }
+      });
     });
   }
 };

@@ -100,7 +100,13 @@ const FftKernels kCudaKernels{sketch_cuda, product_cuda, product_backward_cuda, 
 // ---------------------------------------------------------------------------------------------
 // Fused kernel.
 
+// A CUDA block as the pipeline's thread group. Two blocks per SM are the design point (the
+// canonical d = 8192 plan takes 102 KB of shared memory per block), and that caps the registers:
+// 64 per thread at 512 threads with radix-8 passes, 128 at 256 threads with radix-32 passes.
+template <int MaxPassBits>
 struct BlockGroup {
+  static constexpr int kMaxPassBits = MaxPassBits;
+  static constexpr int kMaxThreads = MaxPassBits >= 5 ? 256 : 512;
   template <class F>
   __device__ __forceinline__ void for_each(int64_t n, F&& f) const {
     // 32-bit loop: every n is below 2^31 (fused_unsupported_reason bounds the channel counts).
@@ -110,25 +116,31 @@ struct BlockGroup {
   __device__ __forceinline__ void sync() const { __syncthreads(); }
 };
 
-template <typename T, typename In, fused::Phase Ph>
-__global__ void __launch_bounds__(512) fused_kernel(const fused::Args<T, In> a, int64_t ny) {
+template <typename T, typename In, fused::Phase Ph, int MaxPassBits>
+__global__ void __launch_bounds__(BlockGroup<MaxPassBits>::kMaxThreads, 2) fused_kernel(const fused::Args<T, In> a, int64_t ny) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* z = reinterpret_cast<fused::cplx<T>*>(smem_raw);
   const int64_t i = blockIdx.x;
-  fused::run_phase(BlockGroup{}, a, Ph, z, i / ny, i % ny);
+  fused::run_phase(BlockGroup<MaxPassBits>{}, a, Ph, z, i / ny, i % ny);
 }
 
-// Threads per block: a radix-4 pass has d/4 butterflies; two per thread keeps the block busy
-// without idle threads at small d.
-int fused_threads(int64_t d) { return static_cast<int>(std::min<int64_t>(512, std::max<int64_t>(32, d / 8))); }
+// Threads per block: one butterfly of the FFT's largest radix each (d = 8192: 256 threads with
+// radix-32 passes, 512 with radix 8), at least a warp and at most the group's kMaxThreads.
+template <int MaxPassBits>
+int fused_threads(int64_t d) {
+  const int bits = fused::Schedule(fused::ilog2(d), MaxPassBits).max_bits();
+  return static_cast<int>(std::min<int64_t>(BlockGroup<MaxPassBits>::kMaxThreads, std::max<int64_t>(32, d >> bits)));
+}
 
 template <typename T, typename In, fused::Phase Ph>
 void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) {
-  auto kernel = fused_kernel<T, In, Ph>;
-  if (smem > 48 * 1024)
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<groups, fused_threads(a.d), smem, at::cuda::getCurrentCUDAStream()>>>(a, ny);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  fused::with_max_pass_bits(a.max_pass_bits, [&](auto bits) {
+    auto kernel = fused_kernel<T, In, Ph, decltype(bits)::value>;
+    if (smem > 48 * 1024)
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    kernel<<<groups, fused_threads<decltype(bits)::value>(a.d), smem, at::cuda::getCurrentCUDAStream()>>>(a, ny);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 struct DeviceLaunch {

@@ -75,9 +75,16 @@ def test_output_shapes(device):
     assert cb.compact_bilinear_pooling([torch.randn(2, 4, device=device), v], hs, ss, 10).shape == (2, 10)
 
 
+# The fused FFT's largest radix (COMPACT_BILINEAR_FFT_RADIX): 32 by default in float, 8 in double.
+RADICES = ["8", "32"]
+
+
+@pytest.mark.parametrize("radix", RADICES)
 @pytest.mark.parametrize("d", [2 ** e for e in range(0, 15)])
-def test_fused_every_supported_d(d, device):
-    """The fused kernel at every power of two, forward and backward, against the FFT path."""
+def test_fused_every_supported_d(d, radix, device, monkeypatch):
+    """The fused kernel at every power of two, forward and backward, against the FFT path, with
+    the FFT in passes of radix up to 8 and up to 32 (every pass schedule of fused.h's Schedule)."""
+    monkeypatch.setenv("COMPACT_BILINEAR_FFT_RADIX", radix)
     # float64 needs twice the shared memory of float32, so the largest sizes run in float32.
     dtype, tol = (torch.float64, 1e-9) if d <= 2048 else (torch.float32, 2e-5)
     # Map x vector backward keeps one more half spectrum than map x map: at 16384 only the
@@ -98,15 +105,17 @@ def test_fused_every_supported_d(d, device):
 FUSED_RACE_CASES = [name for name, case in CASES.items() if fused_applies(case[1])]
 
 
+@pytest.mark.parametrize("radix", RADICES)
 @pytest.mark.parametrize("d", [1, 2, 8, 32, 128, 2048])
 @pytest.mark.parametrize("name", FUSED_RACE_CASES)
-def test_fused_host_instance_has_no_missing_barrier(name, d, monkeypatch):
+def test_fused_host_instance_has_no_missing_barrier(name, d, radix, monkeypatch):
     """By default the host instance runs every for_each to completion, as if each ended with a
     barrier. The 'threads' schedules run each virtual thread's whole segment between two sync()
     calls before the next thread's, forwards and backwards: results must be bit-identical, or a
     thread reads (or overwrites) another thread's value with no barrier in between, where the GPU
     would race. The sizes cover odd and even log2(d) (with and without the radix-2 pass) and
-    one- and many-chunk plans."""
+    one- and many-chunk plans, and both FFT radices."""
+    monkeypatch.setenv("COMPACT_BILINEAR_FFT_RADIX", radix)
     dims, _, spatial, sum_pool = CASES[name]
     xs, hs, ss, d, sum_pool = make((dims, d, [tuple(3 * e for e in s) for s in spatial], sum_pool), "cpu",
                                    dtype=torch.float32, requires_grad=True)
@@ -120,6 +129,29 @@ def test_fused_host_instance_has_no_missing_barrier(name, d, monkeypatch):
         monkeypatch.setenv("COMPACT_BILINEAR_HOST_ORDER", order)
         for a, b in zip(immediate, run()):
             assert torch.equal(a, b), order
+
+
+@pytest.mark.parametrize("sum_pool", [False, True])
+def test_fused_fft_radices_agree_at_the_canonical_d(sum_pool, device, monkeypatch):
+    """d = 8192 runs in passes of 32, 16 and 16 points by default and in five radix-8 passes with
+    COMPACT_BILINEAR_FFT_RADIX=8: both match the definition, and really are two schedules."""
+    case = ((6, 5), 8192, [(2, 3), (2, 3)], sum_pool)
+    xs, hs, ss, d, sum_pool = make(case, device, dtype=torch.float32, batch=2, requires_grad=True)
+    ref = explicit_outer_product_sketch(xs, hs, ss, d, sum_pool)
+    outs = {}
+    for radix in RADICES:
+        monkeypatch.setenv("COMPACT_BILINEAR_FFT_RADIX", radix)
+        out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
+        torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-5 * ref.abs().max().item())
+        outs[radix] = out
+    assert not torch.equal(outs["8"], outs["32"])
+
+
+def test_fft_radix_rejects_other_values(monkeypatch):
+    xs, hs, ss, d, _ = make(CASES["k2_maps"], "cpu")
+    monkeypatch.setenv("COMPACT_BILINEAR_FFT_RADIX", "16")
+    with pytest.raises(ValueError, match="COMPACT_BILINEAR_FFT_RADIX must be '8' or '32', got '16'"):
+        cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
 
 
 def test_host_order_rejects_unknown_schedules(monkeypatch):
