@@ -2,9 +2,11 @@
 
     python benchmarks/fused_ab.py
 
-Unpooled forward with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled
-forward at several rows per chunk (COMPACT_BILINEAR_POOLED_ROWS), and forward+backward with an
-NCHW-contiguous and a location-major upstream gradient, each beside the fft path. CUDA events,
+The FFT in passes up to radix 32 (the default) and radix 8 (COMPACT_BILINEAR_FFT_RADIX=8, the
+schedule measured up to commit 6235626) for every case; unpooled forward with rows in pairs and
+one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forward at several rows per chunk
+(COMPACT_BILINEAR_POOLED_ROWS), and forward+backward with an NCHW-contiguous and a location-major
+upstream gradient, each beside the fft path. CUDA events,
 median of many calls, inputs rotated so L2 does not hold them, random normal inputs, every
 variant checked against the fft path before it is timed.
 """
@@ -54,19 +56,23 @@ def main():
 
     # (case, variant, environment, call, the fft path's call it must match, input sets)
     unpooled, pooled = fwd("fft", False), fwd("fft", True)
+    radix8 = {"COMPACT_BILINEAR_FFT_RADIX": "8"}
     variants = [
         ("unpooled fwd", "fft", {}, unpooled, unpooled, plain),
         ("unpooled fwd", "fused, row pairs", {}, fwd("fused", False), unpooled, plain),
+        ("unpooled fwd", "fused, row pairs, radix 8", radix8, fwd("fused", False), unpooled, plain),
         ("unpooled fwd", "fused, single rows", {"COMPACT_BILINEAR_ROW_PAIRS": "0"}, fwd("fused", False), unpooled,
          plain),
         ("pooled fwd", "fft", {}, pooled, pooled, plain),
     ] + [("pooled fwd", f"fused, {n} rows per chunk", {"COMPACT_BILINEAR_POOLED_ROWS": n}, fwd("fused", True), pooled,
-          plain) for n in ("1", "2", "4", "7", "8")]
+          plain) for n in ("1", "2", "4", "7", "8")] + [
+        ("pooled fwd", "fused, 7 rows, radix 8", radix8, fwd("fused", True), pooled, plain)]
     for layout, g in (("NCHW", grad), ("location-major", grad_rows)):
         ref = fwd_bwd("fft", g)
         variants += [("unpooled fwd+bwd", f"fft, {layout} grad", {}, ref, ref, sets),
-                     ("unpooled fwd+bwd", f"fused, {layout} grad", {}, fwd_bwd("fused", g), ref, sets)]
-    print(f"{'case':18s} {'variant':28s} {'median':>10s}  rel err vs fft")
+                     ("unpooled fwd+bwd", f"fused, {layout} grad", {}, fwd_bwd("fused", g), ref, sets),
+                     ("unpooled fwd+bwd", f"fused, {layout} grad, radix 8", radix8, fwd_bwd("fused", g), ref, sets)]
+    print(f"{'case':18s} {'variant':34s} {'median':>10s}  rel err vs fft")
     for case, name, env, fn, ref, inputs in variants:
         os.environ.update(env)
         try:
@@ -74,7 +80,7 @@ def main():
             got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
             err = max(((a - b).norm() / b.norm()).item() for a, b in zip(got, want))
             assert err < 1e-5, f"{case} {name}: rel err {err:.1e}"
-            print(f"{case:18s} {name:28s} {timed(fn, inputs):8.1f} us  {err:.1e}")
+            print(f"{case:18s} {name:34s} {timed(fn, inputs):8.1f} us  {err:.1e}")
         finally:
             for k in env:
                 del os.environ[k]

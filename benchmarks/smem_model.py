@@ -15,8 +15,12 @@ Layouts compared:
   padded     Z padded with one value per 16, half spectra in slot order (slot t < d/2 holds bin
              bitrev(2t), which sits at position 2t of the bit-reversed Z)
   pairs      padded, unpooled rows in pairs sharing one inverse FFT (commit 296268e)
-  radix-8    pairs, with radix-8 passes (5 instead of 7 at d = 8192). A radix-16 closing pass was
-             tried before and not kept: ptxas gave the float forward 101 registers
+  radix-8    pairs, with radix-8 passes (5 instead of 7 at d = 8192; commit 033ab34)
+  radix-8s   radix-8, the last inverse pass storing the output rows itself (no trip of Z for
+             the output): the kernel with COMPACT_BILINEAR_FFT_RADIX=8
+  radix-32   radix-8s with passes up to radix 32 (3 at d = 8192): the kernel's default in float
+             (256 threads of up to 128 registers; an earlier radix-16 pass at 512 threads took
+             101 registers, one block per SM, and was not kept)
 """
 from __future__ import annotations
 
@@ -47,26 +51,44 @@ def cost(items: int, accesses) -> int:
     return total
 
 
-def schedule(log2n: int, radix8: bool) -> list:
-    """log2 of each pass's radix, largest spans first, as fused.h runs them: radix-4 passes after
-    one radix-2 pass when log2n is odd (until commit ef2c027), or radix-8 passes after one
-    radix-2 or radix-4 pass when log2n is not a multiple of 3."""
-    step = 3 if radix8 else 2
-    rem = log2n % step
-    return ([rem] if rem else []) + [step] * (log2n // step)
+def schedule(log2n: int, max_bits: int, legacy: bool = False) -> list:
+    """log2 of each forward pass's radix, largest spans first, as fused.h's Schedule runs them:
+    as few passes as radix 2^max_bits allows, of balanced sizes, radix-8 and radix-16 passes last
+    (the smallest spans). legacy: the remainder pass first, then full ones (commits up to 033ab34
+    and their radix-4 predecessors)."""
+    if log2n == 0:
+        return [0]
+    if legacy:
+        rem = log2n % max_bits
+        return ([rem] if rem else []) + [max_bits] * (log2n // max_bits)
+    passes = -(-log2n // max_bits)
+    q, big = divmod(log2n, passes)
+    small_first = q + 1 in (3, 4) and q not in (3, 4)
+    sizes = [q] * (passes - big) + [q + 1] * big
+    return sizes if small_first else sizes[::-1]
 
 
-def fft(n: int, pos, radix8: bool = False) -> int:
-    """One transform, pass by pass: R values per thread at base + m h, each read once and written
-    once."""
-    top, total = n.bit_length() - 1, 0
-    for r in schedule(top, radix8):
+def pass_costs(n: int, pos, sched: list) -> list:
+    """Wavefronts of each pass (R values per thread at base + m h, each read once and written
+    once), in forward order."""
+    top, costs = n.bit_length() - 1, []
+    for r in sched:
         lh, rr = top - r, 1 << r
         h = 1 << lh
-        total += cost(n // rr, lambda t, lh=lh, h=h, r=r, rr=rr: [
-            pos(((t >> lh) << (lh + r)) + (t & (h - 1)) + m * h) for m in range(rr)] * 2)
+        costs.append(cost(n // rr, lambda t, lh=lh, h=h, r=r, rr=rr: [
+            pos(((t >> lh) << (lh + r)) + (t & (h - 1)) + m * h) for m in range(rr)] * 2))
         top -= r
-    return total
+    return costs
+
+
+def fft(n: int, pos, sched: list, store_direct: bool = False) -> int:
+    """One transform. store_direct: the last pass writes its values elsewhere (the output row),
+    so half of that pass's shared-memory accesses are gone."""
+    costs = pass_costs(n, pos, sched)
+    return sum(costs) - (costs[0] // 2 if store_direct else 0)  # the inverse's last pass is the forward's first
+
+
+LAYOUTS = ("before", "padded", "pairs", "radix-8", "radix-8s", "radix-32")
 
 
 def forward_row(d: int, layout: str) -> dict:
@@ -77,18 +99,25 @@ def forward_row(d: int, layout: str) -> dict:
         bin_of = lambda t: t  # noqa: E731
     else:
         bin_of = lambda t: bitrev(2 * t, bits) if t < d // 2 else d // 2  # noqa: E731
-    radix8 = layout == "radix-8"
+    if layout in ("before", "padded", "pairs"):
+        sched = schedule(bits, 2, legacy=True)
+    elif layout == "radix-8":
+        sched = schedule(bits, 3, legacy=True)
+    else:
+        sched = schedule(bits, 5 if layout == "radix-32" else 3)
+    direct = layout in ("radix-8s", "radix-32")
     half = d // 2 + 1
-    share = 2 if layout in ("pairs", "radix-8") else 1  # rows per inverse FFT and per read of Z for output
+    share = 1 if layout in ("before", "padded") else 2  # rows per inverse FFT and per read of Z for output
     parts = {
         "zero Z": cost(d, lambda j: [pos(j)]),
-        "forward FFT": fft(d, pos, radix8),
+        "forward FFT": fft(d, pos, sched),
         # split + product + Hermitian fill: read Z[p], Z[q], write Z[p], Z[q]
         "product": cost(half, lambda t: [pos(bitrev(bin_of(t), bits)),
                                          pos(bitrev((d - bin_of(t)) % d, bits))] * 2),
-        "inverse FFT": fft(d, pos, radix8) // share,
-        "output": cost(d, lambda j: [pos(j)]) // share,
+        "inverse FFT": fft(d, pos, sched, store_direct=direct) // share,
     }
+    if not direct:
+        parts["output"] = cost(d, lambda j: [pos(j)]) // share
     if share == 2:  # the first row writes its product to the slot, the second reads it
         parts["pair slot"] = cost(half, lambda t: [t]) // share * 2
     return parts
@@ -114,7 +143,7 @@ def main(argv=None) -> int:
     us_per_wavefront_row = args.rows / args.sms / (args.clock_ghz * 1e3)  # one wavefront per clock per SM
     print(f"shared-memory wavefronts per row, unpooled forward, d = {args.d}; time for {args.rows} rows "
           f"on {args.sms} SMs at {args.clock_ghz} GHz (the sketch scatter not counted)")
-    for layout in ("before", "padded", "pairs", "radix-8"):
+    for layout in LAYOUTS:
         parts = forward_row(args.d, layout)
         detail = ", ".join(f"{k} {v}" for k, v in parts.items())
         total = sum(parts.values())

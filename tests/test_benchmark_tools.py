@@ -1,6 +1,8 @@
 """The benchmark tools: the verdict on issue 2's CPU targets, and the shared-memory bank model."""
 import math
 
+import pytest
+
 from benchmarks import cases as C
 from benchmarks.measure import Result
 from benchmarks.run import cpu_targets
@@ -58,6 +60,40 @@ def test_smem_model_radix8_needs_fewer_wavefronts_than_radix4():
     from benchmarks.smem_model import forward_row
 
     assert sum(forward_row(8192, "radix-8").values()) < sum(forward_row(8192, "pairs").values())
+
+
+@pytest.mark.parametrize("max_bits", [3, 5])
+def test_fft_schedule_is_free_of_bank_conflicts(max_bits):
+    """fused.h's Schedule (mirrored by smem_model.schedule) orders passes so that, in the padded
+    layout, every pass of every supported size moves Z at the ideal rate: n/16 wavefronts per trip
+    (a read and a write per pass). The passes are as few as the radix allows, and the plain order
+    (largest passes first) would not be conflict-free: radix-4 at span 4, or radix-32 below span 16.
+    One exception: n = 1024 in two radix-32 passes, one of which must take span 1; its conflicts
+    cost what a third pass would."""
+    from benchmarks.smem_model import pass_costs, schedule
+
+    pos = lambda i: i + (i >> 4)  # noqa: E731
+    for log2n in range(10, 15):  # from n = 1024 on, every pass has at least a warp of butterflies
+        n = 1 << log2n
+        sched = schedule(log2n, max_bits)
+        assert sum(sched) == log2n and max(sched) <= max_bits and len(sched) == -(-log2n // max_bits)
+        costs = pass_costs(n, pos, sched)
+        if sched == [5, 5]:
+            assert costs == [n // 8, n // 4] and sum(costs) == sum(pass_costs(n, pos, [4, 3, 3]))
+        else:
+            assert costs == [n // 8] * len(sched), (log2n, sched)
+    assert schedule(13, 5) == [5, 4, 4] and schedule(13, 3) == [2, 2, 3, 3, 3]
+    assert pass_costs(8192, pos, [3, 3, 3, 2, 2]) != [1024] * 5
+    assert pass_costs(8192, pos, [4, 4, 5]) != [1024] * 3
+
+
+def test_smem_model_radix32_needs_fewer_wavefronts_than_radix8():
+    """The canonical row: 9734 wavefronts with radix-8 passes (commit 033ab34), 9222 when the last
+    inverse pass writes the output itself, 6150 with passes up to radix 32."""
+    from benchmarks.smem_model import forward_row
+
+    totals = [sum(forward_row(8192, layout).values()) for layout in ("radix-8", "radix-8s", "radix-32")]
+    assert totals == [9734, 9222, 6150]
 
 
 def test_plots_keep_one_colour_per_implementation(tmp_path, monkeypatch):
