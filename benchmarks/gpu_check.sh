@@ -2,7 +2,7 @@
 # Everything a lent GPU is used for, in one call (see GPU.md / docs/benchmarks.md):
 # versions and nvidia-smi, an in-place build of the extension for the card, the CUDA tests,
 # the gpu-canonical preset (issue 3's targets), the fused kernel's A/B timings and Nsight Compute
-# profile and, if time is left, the default grid on CUDA.
+# profiles (the default radix-32 FFT, then radix 8) and, if time is left, the default grid on CUDA.
 # $OUT gets at most 8 files (the device tool returns no more): log.txt (everything printed,
 # tables included), tests.txt, gpu-canonical.json, ncu.txt
 # (Nsight Compute on the fused kernel), grid-cuda.json and the grid's two plots.
@@ -123,12 +123,17 @@ step "Nsight Compute: the fused kernel's five canonical launches (benchmarks/ncu
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ]; then
     # --clock-control none: measure the card as found (never lock its clocks).
-    timeout 150 "$NCU" --clock-control none -k regex:fused_kernel -c 5 \
-        --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
-        --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
-        --metrics l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed_op_shared_ld.sum,smsp__inst_executed_op_shared_st.sum,smsp__inst_executed_op_local_ld.sum,smsp__inst_executed_op_local_st.sum \
-        $PY benchmarks/ncu_cases.py >"$OUT/ncu.txt" 2>&1 || echo "ncu exited $?"
-    grep -E "fused_kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Memory Throughput|Compute \(SM\)|wavefronts_mem_shared|bank_conflicts|op_local|rel err|Stall|Warp Cycles Per Issued" "$OUT/ncu.txt" | head -150
+    # The default FFT (radix 32), then, time allowing, the radix-8 schedule it replaced.
+    for radix in 32 8; do
+        [ "$radix" = 8 ] && [ "$(left)" -lt 120 ] && { echo "no time left for the radix-8 profile"; break; }
+        echo "##### COMPACT_BILINEAR_FFT_RADIX=$radix" >>"$OUT/ncu.txt"
+        COMPACT_BILINEAR_FFT_RADIX=$radix timeout 150 "$NCU" --clock-control none -k regex:fused_kernel -c 5 \
+            --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+            --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
+            --metrics l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed_op_shared_ld.sum,smsp__inst_executed_op_shared_st.sum,smsp__inst_executed_op_local_ld.sum,smsp__inst_executed_op_local_st.sum \
+            $PY benchmarks/ncu_cases.py >>"$OUT/ncu.txt" 2>&1 || echo "ncu exited $?"
+    done
+    grep -E "#####|fused_kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Memory Throughput|Compute \(SM\)|wavefronts_mem_shared|bank_conflicts|op_local|rel err|Stall|Warp Cycles Per Issued" "$OUT/ncu.txt" | head -300
 else
     echo "no ncu on this machine"
 fi

@@ -440,4 +440,8 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo) -> Dict:
             log.error("ranks disagree on the final weights: %s", checksums)
         write_metrics(out, cfg, history, {k: v for k, v in result.items() if k != "history"})
         log.info("done: %s (best top-1 %.4f)", out / "last.pt", best)
+    # The ranks leave the process group together. Without this barrier rank 1 went on to tear its
+    # group down while rank 0 still wrote its files, and once (in CI, not reproduced in 7 runs)
+    # rank 0 then aborted in its own teardown: "terminate called without an active exception".
+    dist_utils.barrier()
     return result

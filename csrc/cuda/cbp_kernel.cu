@@ -100,13 +100,15 @@ const FftKernels kCudaKernels{sketch_cuda, product_cuda, product_backward_cuda, 
 // ---------------------------------------------------------------------------------------------
 // Fused kernel.
 
-// A CUDA block as the pipeline's thread group. Two blocks per SM are the design point (the
-// canonical d = 8192 plan takes 102 KB of shared memory per block), and that caps the registers:
-// 64 per thread at 512 threads with radix-8 passes, 128 at 256 threads with radix-32 passes.
+// A CUDA block as the pipeline's thread group: one butterfly of the FFT's largest radix per
+// thread, up to 512 threads. Two blocks per SM are the design point at d = 8192 (102 KB of shared
+// memory each), which caps the registers: with radix-8 passes 512 threads of 64 registers, with
+// radix-32 passes 256 threads of 128 (launch bounds of 512 threads and one block per SM allow 128
+// registers; at d = 16384 a block has 512 threads, and shared memory allows one per SM anyway).
 template <int MaxPassBits>
 struct BlockGroup {
   static constexpr int kMaxPassBits = MaxPassBits;
-  static constexpr int kMaxThreads = MaxPassBits >= 5 ? 256 : 512;
+  static constexpr int kMinBlocksPerSM = MaxPassBits >= 5 ? 1 : 2;
   template <class F>
   __device__ __forceinline__ void for_each(int64_t n, F&& f) const {
     // 32-bit loop: every n is below 2^31 (fused_unsupported_reason bounds the channel counts).
@@ -117,7 +119,7 @@ struct BlockGroup {
 };
 
 template <typename T, typename In, fused::Phase Ph, int MaxPassBits>
-__global__ void __launch_bounds__(BlockGroup<MaxPassBits>::kMaxThreads, 2) fused_kernel(const fused::Args<T, In> a, int64_t ny) {
+__global__ void __launch_bounds__(512, BlockGroup<MaxPassBits>::kMinBlocksPerSM) fused_kernel(const fused::Args<T, In> a, int64_t ny) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* z = reinterpret_cast<fused::cplx<T>*>(smem_raw);
   const int64_t i = blockIdx.x;
@@ -125,11 +127,11 @@ __global__ void __launch_bounds__(BlockGroup<MaxPassBits>::kMaxThreads, 2) fused
 }
 
 // Threads per block: one butterfly of the FFT's largest radix each (d = 8192: 256 threads with
-// radix-32 passes, 512 with radix 8), at least a warp and at most the group's kMaxThreads.
+// radix-32 passes, 512 with radix 8), at least a warp and at most 512.
 template <int MaxPassBits>
 int fused_threads(int64_t d) {
   const int bits = fused::Schedule(fused::ilog2(d), MaxPassBits).max_bits();
-  return static_cast<int>(std::min<int64_t>(BlockGroup<MaxPassBits>::kMaxThreads, std::max<int64_t>(32, d >> bits)));
+  return static_cast<int>(std::min<int64_t>(512, std::max<int64_t>(32, d >> bits)));
 }
 
 template <typename T, typename In, fused::Phase Ph>
