@@ -106,15 +106,16 @@ FUSED_RACE_CASES = [name for name, case in CASES.items() if fused_applies(case[1
 
 
 @pytest.mark.parametrize("radix", RADICES)
-@pytest.mark.parametrize("d", [1, 2, 8, 32, 128, 2048])
+@pytest.mark.parametrize("d", [1, 2, 8, 32, 128, 1024, 2048, 8192])
 @pytest.mark.parametrize("name", FUSED_RACE_CASES)
 def test_fused_host_instance_has_no_missing_barrier(name, d, radix, monkeypatch):
     """By default the host instance runs every for_each to completion, as if each ended with a
     barrier. The 'threads' schedules run each virtual thread's whole segment between two sync()
     calls before the next thread's, forwards and backwards: results must be bit-identical, or a
     thread reads (or overwrites) another thread's value with no barrier in between, where the GPU
-    would race. The sizes cover odd and even log2(d) (with and without the radix-2 pass) and
-    one- and many-chunk plans, and both FFT radices."""
+    would race. The sizes cover one-pass transforms, every pass size from radix 2 to radix 32
+    (1024 and 8192: two and three passes of which the first is radix 32), one- and many-chunk
+    plans, and both FFT radices."""
     monkeypatch.setenv("COMPACT_BILINEAR_FFT_RADIX", radix)
     dims, _, spatial, sum_pool = CASES[name]
     xs, hs, ss, d, sum_pool = make((dims, d, [tuple(3 * e for e in s) for s in spatial], sum_pool), "cpu",
