@@ -204,9 +204,10 @@ CB_HD void stages(cplx<T>* a, const cplx<T>* tw, int h, int k) {
 
 // A pass's source and destination: element base + off for a thread's base and one of its R
 // offsets m h. Z's own access splits the padded position as zi(base + off) = zi(base) + zi(off),
-// exact in every pass (base mod 16 + off mod 16 < 16, both being powers-of-two arithmetic below
-// R h): zi(off) is the same for every thread of the pass, so on the GPU it can sit in a uniform
-// register instead of costing each thread one of its own per value.
+// exact in every pass: base is a multiple of R h plus k < h, off a multiple of h below R h, so
+// base mod 16 + off mod 16 < 16 (R and h are powers of two). zi(off) is the same for every thread
+// of the pass, so on the GPU it can sit in a uniform register instead of costing each thread one
+// of its own per value (ptxas: the float forward's spills in the radix-32 passes went away).
 template <typename T>
 struct ZLoad {
   const cplx<T>* z;
