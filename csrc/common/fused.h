@@ -481,8 +481,9 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
       In* out = a.out + (pair ? r0 : r) * a.d;
       const int d = static_cast<int>(a.d);
       fft_inverse_dit(g, z, a.d, a.log2d, a.tw, [=](int base, int off, cplx<T> v) {
-        out[base + off] = static_cast<In>(v.real() * scale);
-        if (pair) out[d + base + off] = static_cast<In>(v.imag() * scale);
+        In* row = out + base;  // per thread; `off` is the same for the whole warp
+        row[off] = static_cast<In>(v.real() * scale);
+        if (pair) row[d + off] = static_cast<In>(v.imag() * scale);
       });
     }
   }
@@ -505,7 +506,7 @@ CB_HD void forward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t 
   const T scale = T(1) / static_cast<T>(a.d);
   In* out = a.out + b * a.d;
   fft_inverse_dit(g, z, a.d, a.log2d, a.tw,
-                  [=](int base, int off, cplx<T> v) { out[base + off] = static_cast<In>(v.real() * scale); });
+                  [=](int base, int off, cplx<T> v) { (out + base)[off] = static_cast<In>(v.real() * scale); });
 }
 
 // grad_x[k][b, i, l] = sign[i] * grad_cs[h[i]] with grad_cs = Re or Im of z (scaled by 1/d).
@@ -532,7 +533,7 @@ CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
   const In* src = a.grad + b * a.grad_stride_b + l * a.grad_stride_l;
   const int64_t sj = a.grad_stride_j;
   fft_forward_dif(g, z, a.d, a.log2d, a.tw, [=](int base, int off) {
-    return cplx<T>(static_cast<T>(src[(base + off) * sj]), T(0));
+    return cplx<T>(static_cast<T>((src + base * sj)[off * sj]), T(0));
   });
   g.for_each(a.F, [=, &a](int64_t f) {
     const BinPair pq = bins(f, a.d, a.log2d);
