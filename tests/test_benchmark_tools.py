@@ -1,5 +1,6 @@
-"""The benchmark tools: the verdict on issue 2's CPU targets, and the shared-memory bank model."""
+"""The benchmark tools: the verdict on issue 2's CPU targets, the shared-memory bank model, the ptxas report."""
 import math
+import shutil
 
 import pytest
 
@@ -122,3 +123,27 @@ def test_plots_keep_one_colour_per_implementation(tmp_path, monkeypatch):
     plots(results, tmp_path, "test device", "t")
     assert set(seen) == {"reference", "cupy", "fft"}
     assert all(len(colours) == 1 for colours in seen.values()), seen
+
+
+PTXAS_LOG = """\
+ptxas info    : Compiling entry function '_ZN16compact_bilinear46_GLOBAL__N__abe7e3d5_13_cbp_kernel_cu_26f2d3a312fused_kernelIffLNS_5fused5PhaseE3ELi5EEEvNS2_4ArgsIT_T0_EEl' for 'sm_90'
+ptxas info    : Function properties for _ZN16compact_bilinear46_GLOBAL__N__abe7e3d5_13_cbp_kernel_cu_26f2d3a312fused_kernelIffLNS_5fused5PhaseE3ELi5EEEvNS2_4ArgsIT_T0_EEl
+    384 bytes stack frame, 568 bytes spill stores, 796 bytes spill loads
+ptxas info    : Used 128 registers, used 1 barriers, 384 bytes cumulative stack size
+ptxas info    : Compiling entry function '_ZN16compact_bilinear46_GLOBAL__N__abe7e3d5_13_cbp_kernel_cu_26f2d3a312fused_kernelIffLNS_5fused5PhaseE1ELi3EEEvNS2_4ArgsIT_T0_EEl' for 'sm_90'
+ptxas info    : Function properties for _ZN16compact_bilinear46_GLOBAL__N__abe7e3d5_13_cbp_kernel_cu_26f2d3a312fused_kernelIffLNS_5fused5PhaseE1ELi3EEEvNS2_4ArgsIT_T0_EEl
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 64 registers, used 1 barriers
+ptxas info    : Compiling entry function '_ZN16compact_bilinear12_GLOBAL__N_113sketch_kernelIffEEvPKT0_lllllPKlS6_PKT_lPS7_' for 'sm_90'
+ptxas info    : Used 30 registers, used 0 barriers
+"""
+
+
+@pytest.mark.skipif(shutil.which("c++filt") is None, reason="c++filt (binutils) reads the kernels' names")
+def test_ptxas_report_reads_the_fused_kernels_of_a_ptxas_log():
+    """An excerpt of `nvcc -Xptxas -v` output: one line per fused kernel (others left out), with
+    the phase and radix from its template arguments and the figures from its own lines."""
+    from benchmarks.ptxas_report import parse
+
+    assert parse(PTXAS_LOG) == [("float", "float", "backward", 32, 128, 384, 568),
+                                ("float", "float", "forward", 8, 64, 0, 0)]

@@ -1,0 +1,99 @@
+"""Registers, stack and spills of every fused kernel, as ptxas reports them: a measurement that needs
+nvcc but no GPU.
+
+    CUDA_HOME=/usr/local/cuda python -m benchmarks.ptxas_report [--arch 90] [--all-dtypes]
+
+Compiles csrc/cuda/cbp_kernel.cu once for sm_<arch> with `-Xptxas -v` and the flags of the
+extension build (about 2 minutes on 2 cores) and prints one line per fused kernel: compute type,
+input type, phase, the FFT's largest radix, registers per thread, stack frame and spill stores
+in bytes. At two blocks per SM (the canonical d = 8192 plan) a thread may have 64 registers at
+512 threads (radix 8) and 128 at 256 threads (radix 32); spills are local-memory traffic that
+shares the L1's data path with shared memory. Float64 kernels are left out unless --all-dtypes.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PHASES = ["vector spectra", "forward", "forward finish", "backward", "backward finish"]
+KERNEL = re.compile(r"fused_kernel<(\w+), ([\w:]+), \(compact_bilinear::fused::Phase\)(\d), (\d)>")
+
+
+def nvcc_command(arch: str, obj: str) -> list:
+    cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    os.environ["CUDA_HOME"] = cuda_home  # torch.utils.cpp_extension reads it at import
+    import torch
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
+
+    nvidia = Path(torch.__file__).resolve().parent.parent / "nvidia"
+    includes = [str(REPO / "csrc")] + include_paths(device_type="cuda") + sorted(
+        glob.glob(str(nvidia / "*" / "include")))
+    return ([os.path.join(cuda_home, "bin", "nvcc")] + [f"-I{i}" for i in includes] + COMMON_NVCC_FLAGS
+            + ["-O3", "-lineinfo", "-std=c++20", f"-gencode=arch=compute_{arch},code=sm_{arch}",
+               "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C", "-Xptxas", "-v",
+               "-c", str(REPO / "csrc" / "cuda" / "cbp_kernel.cu"), "-o", obj])
+
+
+def demangle(names: list) -> list:
+    if not shutil.which("c++filt"):
+        sys.exit("c++filt (binutils) is needed to read the kernels' names")
+    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()
+
+
+def parse(log: str) -> list:
+    """(compute type, input type, phase, radix, registers, stack bytes, spill-store bytes) per kernel."""
+    entries, current = [], None
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '(\S+)'", line)
+        if m:
+            current = {"name": m.group(1)}
+            continue
+        if current is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", line)
+        if m:
+            current["stack"], current["spill"] = int(m.group(1)), int(m.group(2))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            current["regs"] = int(m.group(1))
+            entries.append(current)
+            current = None
+    rows = []
+    for e, name in zip(entries, demangle([e["name"] for e in entries])):
+        m = KERNEL.search(name)
+        if m:
+            rows.append((m.group(1), m.group(2).split("::")[-1], PHASES[int(m.group(3))], 2 ** int(m.group(4)),
+                         e["regs"], e.get("stack", 0), e.get("spill", 0)))
+    return sorted(rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.ptxas_report", description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", default="90", help="compute capability without the dot (default 90, H100/H200)")
+    ap.add_argument("--all-dtypes", action="store_true", help="include the float64 kernels")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run(nvcc_command(args.arch, os.path.join(tmp, "k.o")), capture_output=True, text=True,
+                              cwd=REPO)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        return proc.returncode
+    rows = [r for r in parse(proc.stdout + proc.stderr) if args.all_dtypes or r[0] != "double"]
+    print(f"fused kernels, ptxas sm_{args.arch}")
+    print(f"{'compute':8s} {'input':9s} {'phase':16s} {'radix':>5s} {'registers':>9s} {'stack B':>8s} {'spill B':>8s}")
+    for r in rows:
+        print(f"{r[0]:8s} {r[1]:9s} {r[2]:16s} {r[3]:5d} {r[4]:9d} {r[5]:8d} {r[6]:8d}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
