@@ -87,7 +87,7 @@ struct Args {
 // A transform is a few passes, each a radix-R butterfly per virtual thread: R values loaded into
 // registers, log2(R) radix-2 stages there, R values stored, one barrier. The thread group's type
 // sets the largest radix (G::kMaxPassBits = log2 of it): 8 (three stages per pass, five passes
-// at d = 8192; commit 033ab34, measured on an H100) or 32 (d = 8192 in passes of 32, 16 and 16).
+// at d = 8192, as measured on an H100 since commit 033ab34) or 32 (passes of 32, 16 and 16).
 // Fewer passes mean fewer trips of Z through shared memory and fewer barriers; more registers per
 // thread. The first pass may read its values from anywhere (a `Load`, e.g. a gradient row in
 // global memory) and the last may write them anywhere (a `Store`, e.g. the output row), which
