@@ -1,5 +1,5 @@
 """Shared-memory bank model of the fused kernel (csrc/common/fused.h), per row of the unpooled
-forward: how many shared-memory wavefronts each phase costs for a given layout of Z.
+forward and backward: how many shared-memory wavefronts each phase costs for a given layout of Z.
 
 A warp's access to 8-byte values is served in wavefronts of 32 four-byte banks; a warp touching
 32 consecutive values needs 2, and every extra distinct word that lands in an already used bank
@@ -81,18 +81,16 @@ def pass_costs(n: int, pos, sched: list) -> list:
     return costs
 
 
-def fft(n: int, pos, sched: list, store_direct: bool = False) -> int:
-    """One transform. store_direct: the last pass writes its values elsewhere (the output row),
-    so half of that pass's shared-memory accesses are gone."""
-    costs = pass_costs(n, pos, sched)
-    return sum(costs) - (costs[0] // 2 if store_direct else 0)  # the inverse's last pass is the forward's first
+def fft(n: int, pos, sched: list, store_direct: bool = False, load_direct: bool = False) -> int:
+    """One transform. store_direct: the inverse's last pass writes its values elsewhere (the output
+    row); load_direct: the forward's first pass reads them from elsewhere (the gradient row). Either
+    removes half of that pass's shared-memory accesses."""
+    costs = pass_costs(n, pos, sched)  # the inverse's last pass is the forward's first
+    return sum(costs) - (costs[0] // 2 if store_direct else 0) - (costs[0] // 2 if load_direct else 0)
 
 
-LAYOUTS = ("before", "padded", "pairs", "radix-8", "radix-8s", "radix-32")
-
-
-def forward_row(d: int, layout: str) -> dict:
-    """Wavefronts per output row, by phase."""
+def _layout(d: int, layout: str):
+    """(padded position, half-spectrum slot -> bin, forward pass schedule, direct loads/stores)."""
     bits = d.bit_length() - 1
     pos = (lambda i: i) if layout == "before" else (lambda i: i + (i >> 4))
     if layout == "before":
@@ -105,21 +103,59 @@ def forward_row(d: int, layout: str) -> dict:
         sched = schedule(bits, 3, legacy=True)
     else:
         sched = schedule(bits, 5 if layout == "radix-32" else 3)
-    direct = layout in ("radix-8s", "radix-32")
+    return pos, bin_of, sched, layout in ("radix-8s", "radix-32")
+
+
+def _bins(d: int, pos, bin_of, t: int) -> list:
+    """Z positions of slot t's bin and its mirror."""
+    bits = d.bit_length() - 1
+    return [pos(bitrev(bin_of(t), bits)), pos(bitrev((d - bin_of(t)) % d, bits))]
+
+
+LAYOUTS = ("before", "padded", "pairs", "radix-8", "radix-8s", "radix-32")
+
+
+def forward_row(d: int, layout: str) -> dict:
+    """Wavefronts per output row of the unpooled forward, by phase."""
+    pos, bin_of, sched, direct = _layout(d, layout)
     half = d // 2 + 1
     share = 1 if layout in ("before", "padded") else 2  # rows per inverse FFT and per read of Z for output
     parts = {
         "zero Z": cost(d, lambda j: [pos(j)]),
         "forward FFT": fft(d, pos, sched),
         # split + product + Hermitian fill: read Z[p], Z[q], write Z[p], Z[q]
-        "product": cost(half, lambda t: [pos(bitrev(bin_of(t), bits)),
-                                         pos(bitrev((d - bin_of(t)) % d, bits))] * 2),
+        "product": cost(half, lambda t: _bins(d, pos, bin_of, t) * 2),
         "inverse FFT": fft(d, pos, sched, store_direct=direct) // share,
     }
     if not direct:
         parts["output"] = cost(d, lambda j: [pos(j)]) // share
     if share == 2:  # the first row writes its product to the slot, the second reads it
         parts["pair slot"] = cost(half, lambda t: [t]) // share * 2
+    return parts
+
+
+BACKWARD_LAYOUTS = ("radix-8", "radix-8s", "radix-32")
+
+
+def backward_row(d: int, layout: str) -> dict:
+    """Wavefronts per row of the unpooled backward of two map inputs (one thread group per row,
+    a location-major gradient), by phase; the sketch scatter and the gradients' gather from Z
+    (random positions) not counted. radix-8 is the kernel of commit 6235626, which first copied
+    the gradient row into Z."""
+    pos, bin_of, sched, direct = _layout(d, layout)
+    half = d // 2 + 1
+    parts = {
+        "gradient FFT": fft(d, pos, sched, load_direct=direct),
+        "gradient split": cost(half, lambda t: _bins(d, pos, bin_of, t)) + cost(half, lambda t: [t]),
+        "zero Z": cost(d, lambda j: [pos(j)]),
+        "sketch FFT": fft(d, pos, sched),
+        # split, Q = G conj(other spectrum) for both inputs, merged back: Z[p], Z[q] read and
+        # written, the gradient's slot read
+        "product": cost(half, lambda t: _bins(d, pos, bin_of, t) * 2) + cost(half, lambda t: [t]),
+        "inverse FFT": fft(d, pos, sched),
+    }
+    if not direct:
+        parts["gradient into Z"] = cost(d, lambda j: [pos(j)])
     return parts
 
 
@@ -145,6 +181,12 @@ def main(argv=None) -> int:
           f"on {args.sms} SMs at {args.clock_ghz} GHz (the sketch scatter not counted)")
     for layout in LAYOUTS:
         parts = forward_row(args.d, layout)
+        detail = ", ".join(f"{k} {v}" for k, v in parts.items())
+        total = sum(parts.values())
+        print(f"  {layout:9s} {total:7d}  {total * us_per_wavefront_row:7.1f} us   ({detail})")
+    print("the same per row of the unpooled backward, two maps (the gradients' gather not counted)")
+    for layout in BACKWARD_LAYOUTS:
+        parts = backward_row(args.d, layout)
         detail = ", ".join(f"{k} {v}" for k, v in parts.items())
         total = sum(parts.values())
         print(f"  {layout:9s} {total:7d}  {total * us_per_wavefront_row:7.1f} us   ({detail})")

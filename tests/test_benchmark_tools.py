@@ -97,6 +97,18 @@ def test_smem_model_radix32_needs_fewer_wavefronts_than_radix8():
     assert totals == [9734, 9222, 6150]
 
 
+def test_smem_model_backward_row():
+    """The backward row of two maps: three transforms (gradient, sketches, inverse), each 5120
+    wavefronts in radix-8 passes and 3072 in passes up to radix 32; the gradient row read by the
+    first pass saves its copy into Z (512) and half the first pass (512)."""
+    from benchmarks.smem_model import backward_row
+
+    r8, r8s, r32 = (backward_row(8192, layout) for layout in ("radix-8", "radix-8s", "radix-32"))
+    assert r8["sketch FFT"] == r8["inverse FFT"] == 5120 and r32["sketch FFT"] == r32["inverse FFT"] == 3072
+    assert r8["gradient FFT"] + r8["gradient into Z"] - r8s["gradient FFT"] == 1024
+    assert sum(r8.values()) > sum(r8s.values()) > sum(r32.values()) == 11275
+
+
 def test_plots_keep_one_colour_per_implementation(tmp_path, monkeypatch):
     """cupy has a forward line but no forward+backward one: the other implementations must keep
     their colours from panel to panel anyway."""
