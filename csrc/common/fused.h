@@ -334,11 +334,11 @@ CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
 
 // Z = sketch(input ka) + i sketch(input kb) for sample b, location l (kb < 0: imaginary part 0).
 // The sketch is bucket_sum's gather (spectral.h): the position that starts a bucket's run of
-// sorted channels sums the run in channel order, so every path's sketches are identical. Its
-// loads form a chain (bucket and channel, then the input value), so a virtual thread takes
-// kGather positions, e + u * per, and issues each step's loads for all of them before it uses
-// any: one chain's latency for kGather channels. Consecutive threads keep consecutive positions,
-// so a warp's loads stay coalesced.
+// sorted channels sums the run in channel order (add_run), so every path's sketches are
+// identical. Its loads form a chain (bucket and channel, then the input value), so a virtual
+// thread takes kGather positions, e + u * per, and issues each step's loads for all of them
+// before it uses any: one chain's latency for kGather channels. Consecutive threads keep
+// consecutive positions, so a warp's loads stay coalesced.
 constexpr int kGather = 4;
 
 template <typename T, typename In, class G>
@@ -379,9 +379,8 @@ CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, i
       if (!head[u]) continue;
       const int kk = k[u];
       const In* x = a.x[kk] + b * a.stride_b[kk] + (a.is_map[kk] ? l * a.stride_l[kk] : 0);
-      const int64_t* sh = a.sorted_hash[kk];
-      for (int r = q[u] + 1; r < a.C[kk] && sh[r] == bucket[u]; ++r)
-        v[u] += a.sorted_sign[kk][r] * static_cast<T>(x[a.perm[kk][r] * a.stride_c[kk]]);
+      v[u] = add_run(x, a.stride_c[kk], a.perm[kk], a.sorted_hash[kk], a.sorted_sign[kk], static_cast<int>(a.C[kk]),
+                     q[u] + 1, bucket[u], v[u]);
       zr[2 * zi(bucket[u]) + (kk == ka ? 0 : 1)] = v[u];
     }
   });

@@ -125,16 +125,23 @@ CB_HD void spectral_product_backward(const SpectralArgs<T>& a, int64_t b, int64_
 // run sums the run in channel order and returns true with (bucket, sum); other positions return
 // false. Work is O(C) per row, no atomics, and every bucket sums its channels in channel order:
 // the order of the CPU's sequential scatter, so every path produces identical sketches. Unset
-// buckets are zero.
+// buckets are zero. The fused kernel batches the first term over several positions and finishes
+// each run with add_run, so its sketches are the same too.
+template <typename T, typename In, typename I>
+CB_HD T add_run(const In* x, int64_t stride_c, const int64_t* perm, const int64_t* sorted_hash, const T* sorted_sign,
+                I C, I r0, int64_t bucket, T sum) {
+  // sum + the terms of bucket's run from sorted position r0 on, in channel order.
+  for (I r = r0; r < C && sorted_hash[r] == bucket; ++r) sum += sorted_sign[r] * static_cast<T>(x[perm[r] * stride_c]);
+  return sum;
+}
+
 template <typename T, typename In>
 CB_HD bool bucket_sum(const In* x, int64_t stride_c, const int64_t* perm, const int64_t* sorted_hash,
                       const T* sorted_sign, int64_t C, int64_t q, int64_t& bucket, T& sum) {
   const int64_t j = sorted_hash[q];
   if (q > 0 && sorted_hash[q - 1] == j) return false;
-  T acc = 0;
-  for (int64_t r = q; r < C && sorted_hash[r] == j; ++r) acc += sorted_sign[r] * static_cast<T>(x[perm[r] * stride_c]);
   bucket = j;
-  sum = acc;
+  sum = add_run(x, stride_c, perm, sorted_hash, sorted_sign, C, q, j, T(0));
   return true;
 }
 
