@@ -189,6 +189,12 @@ def _maps(B, S, C, d, is_map=None, K=2, **kw):
                 is_map=tuple(is_map) if is_map else tuple(True for _ in chans), **kw)
 
 
+def canonical(batch: int = 32, channels: int = 1024, d: int = 8192, **kw) -> Case:
+    """DESIGN.md section 4's canonical case: B = 32, 7x7 maps, two inputs of 1024 channels,
+    d = 8192 (keywords as for Case: sum_pool, dtype, tag, ...)."""
+    return _maps(batch, (7, 7), channels, d, **kw)
+
+
 def grid_default() -> list[Case]:
     """`make bench`: a few minutes on 2 CPU cores. Sweeps d and rows, maps vs vectors,
     pooled vs not, K = 2 and 3."""
@@ -224,8 +230,8 @@ def grid_quick() -> list[Case]:
 def grid_cuda() -> list[Case]:
     """Default grid on a GPU: the CPU grid plus the canonical case (DESIGN.md section 4)."""
     return grid_default() + [
-        _maps(32, (7, 7), 1024, 8192, tag="canonical"),
-        _maps(32, (7, 7), 1024, 8192, sum_pool=True, tag="canonical-pooled"),
+        canonical(tag="canonical"),
+        canonical(sum_pool=True, tag="canonical-pooled"),
     ]
 
 
@@ -236,7 +242,7 @@ def preset_cpu_targets() -> tuple[list[Case], list[Case]]:
         _maps(8, (7, 7), 1024, 4096, is_map=(True, False), tag="b"),
         _maps(8, (14, 14), 512, 8192, sum_pool=True, tag="c"),
     ]
-    mem = [_maps(32, (7, 7), 1024, 8192, tag="mem")]
+    mem = [canonical(tag="mem")]
     return timed, mem
 
 
@@ -244,8 +250,8 @@ def preset_gpu_canonical() -> list[Case]:
     cases = []
     for dtype in ("float32", "bfloat16"):
         for pooled in (False, True):
-            cases.append(_maps(32, (7, 7), 1024, 8192, sum_pool=pooled, dtype=dtype,
-                               tag=("pooled" if pooled else "unpooled") + "-" + dtype))
+            tag = ("pooled" if pooled else "unpooled") + "-" + dtype
+            cases.append(canonical(sum_pool=pooled, dtype=dtype, tag=tag))
     return cases
 
 

@@ -21,8 +21,8 @@ CORE = [
     C._maps(8, (7, 7), 512, 4096, is_map=(True, False)),
 ]
 CUDA_CORE = [
-    C._maps(32, (7, 7), 1024, 8192),
-    C._maps(32, (7, 7), 1024, 8192, sum_pool=True),
+    C.canonical(),
+    C.canonical(sum_pool=True),
 ]
 PARAMS = [("cpu", c) for c in CORE]
 if torch.cuda.is_available():
