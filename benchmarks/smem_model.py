@@ -179,17 +179,16 @@ def main(argv=None) -> int:
     us_per_wavefront_row = args.rows / args.sms / (args.clock_ghz * 1e3)  # one wavefront per clock per SM
     print(f"shared-memory wavefronts per row, unpooled forward, d = {args.d}; time for {args.rows} rows "
           f"on {args.sms} SMs at {args.clock_ghz} GHz (the sketch scatter not counted)")
-    for layout in LAYOUTS:
-        parts = forward_row(args.d, layout)
-        detail = ", ".join(f"{k} {v}" for k, v in parts.items())
-        total = sum(parts.values())
-        print(f"  {layout:9s} {total:7d}  {total * us_per_wavefront_row:7.1f} us   ({detail})")
+    def rows(row, layouts):
+        for layout in layouts:
+            parts = row(args.d, layout)
+            detail = ", ".join(f"{k} {v}" for k, v in parts.items())
+            total = sum(parts.values())
+            print(f"  {layout:9s} {total:7d}  {total * us_per_wavefront_row:7.1f} us   ({detail})")
+
+    rows(forward_row, LAYOUTS)
     print("the same per row of the unpooled backward, two maps (the gradients' gather not counted)")
-    for layout in BACKWARD_LAYOUTS:
-        parts = backward_row(args.d, layout)
-        detail = ", ".join(f"{k} {v}" for k, v in parts.items())
-        total = sum(parts.values())
-        print(f"  {layout:9s} {total:7d}  {total * us_per_wavefront_row:7.1f} us   ({detail})")
+    rows(backward_row, BACKWARD_LAYOUTS)
     g = global_bytes_per_row(args.d, args.channels, 2, strided=True)
     total = sum(g.values())
     print(f"global traffic per row: {total / 1024:.0f} KiB ("
