@@ -130,10 +130,10 @@ if [ -n "$NCU" ]; then
         COMPACT_BILINEAR_FFT_RADIX=$radix timeout 150 "$NCU" --clock-control none -k regex:fused_kernel -c 5 \
             --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
             --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
-            --metrics l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed_op_shared_ld.sum,smsp__inst_executed_op_shared_st.sum,smsp__inst_executed_op_local_ld.sum,smsp__inst_executed_op_local_st.sum \
+            --metrics l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed_op_shared_ld.sum,smsp__inst_executed_op_shared_st.sum,smsp__inst_executed_op_local_ld.sum,smsp__inst_executed_op_local_st.sum,smsp__inst_executed.sum \
             $PY benchmarks/ncu_cases.py >>"$OUT/ncu.txt" 2>&1 || echo "ncu exited $?"
     done
-    grep -E "#####|fused_kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Memory Throughput|Compute \(SM\)|wavefronts_mem_shared|bank_conflicts|op_local|rel err|Stall|Warp Cycles Per Issued" "$OUT/ncu.txt" | head -300
+    grep -E "#####|fused_kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Memory Throughput|Compute \(SM\)|wavefronts_mem_shared|bank_conflicts|op_local|smsp__inst_executed.sum|rel err|Stall|Warp Cycles Per Issued" "$OUT/ncu.txt" | head -300
 else
     echo "no ncu on this machine"
 fi

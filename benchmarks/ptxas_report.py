@@ -27,7 +27,9 @@ PHASES = ["vector spectra", "forward", "forward finish", "backward", "backward f
 KERNEL = re.compile(r"fused_kernel<(\w+), ([\w:]+), \(compact_bilinear::fused::Phase\)(\d), (\d)>")
 
 
-def nvcc_command(arch: str, obj: str) -> list:
+def nvcc_command(arch: str, obj: str, source: str | None = None, output: str = "-c") -> list:
+    """nvcc with the extension build's flags and -Xptxas -v: `source` (default the CUDA kernels)
+    into `obj` (output "-c" for an object, "-cubin" for a cubin)."""
     cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
     os.environ["CUDA_HOME"] = cuda_home  # torch.utils.cpp_extension reads it at import
     import torch
@@ -39,7 +41,7 @@ def nvcc_command(arch: str, obj: str) -> list:
     return ([os.path.join(cuda_home, "bin", "nvcc")] + [f"-I{i}" for i in includes] + COMMON_NVCC_FLAGS
             + ["-O3", "-lineinfo", "-std=c++20", f"-gencode=arch=compute_{arch},code=sm_{arch}",
                "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C", "-Xptxas", "-v",
-               "-c", str(REPO / "csrc" / "cuda" / "cbp_kernel.cu"), "-o", obj])
+               output, source or str(REPO / "csrc" / "cuda" / "cbp_kernel.cu"), "-o", obj])
 
 
 def demangle(names: list) -> list:

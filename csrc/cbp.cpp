@@ -327,8 +327,10 @@ FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit) {
 }
 
 std::string fused_unsupported_reason(const Problem& p, bool backward, int64_t smem_limit) {
-  if ((p.d & (p.d - 1)) != 0 || p.d > 16384)
-    return "the fused kernel needs output_dim to be a power of two <= 16384, got " + std::to_string(p.d);
+  constexpr int64_t max_d = int64_t{1} << fused::kMaxLog2d;  // the passes compiled (fused.h's pass_used)
+  if ((p.d & (p.d - 1)) != 0 || p.d > max_d)
+    return "the fused kernel needs output_dim to be a power of two <= " + std::to_string(max_d) + ", got " +
+           std::to_string(p.d);
   int64_t channels = 0;
   for (int64_t k = 0; k < p.K; ++k) channels += p.x[k].size(1);
   if (channels >= (int64_t{1} << 30))

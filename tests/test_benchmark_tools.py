@@ -159,3 +159,43 @@ def test_ptxas_report_reads_the_fused_kernels_of_a_ptxas_log():
 
     assert parse(PTXAS_LOG) == [("float", "float", "backward", 32, 128, 384, 568),
                                 ("float", "float", "forward", 8, 64, 0, 0)]
+
+
+SASS_LISTING = """
+	code for sm_90
+		Function : _Z11pass_kernelILi5ELi16ELb0ELi2EEvPKN3c107complexIfEEii
+	.headerflags	@"EF_CUDA_SM90 EF_CUDA_VIRTUAL_SM(EF_CUDA_SM90)"
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                        /* 0x00000a00ff017b82 */
+                                                                                 /* 0x000fe20000000800 */
+        /*0010*/                   S2R R5, SR_TID.X ;                            /* 0x0000000000057919 */
+        /*0020*/               @P0 BRA 0x40 ;                                    /* 0x0000000000000947 */
+        /*0030*/                   LDS.64 R36, [R12+0x88] ;                      /* 0x0000880c0c247984 */
+        /*0040*/                   EXIT ;                                        /* 0x000000000000794d */
+        /*0050*/                   BRA 0x50;                                     /* 0xfffffffc00fc7947 */
+        /*0060*/                   NOP;                                          /* 0x0000000000007918 */
+		Function : _Z11pass_kernelILi5ELi32ELb1ELi1EEvPKN3c107complexIfEEii
+        /*0000*/                   EXIT ;                                        /* 0x000000000000794d */
+        /*0010*/                   BRA 0x10;                                     /* 0xfffffffc00fc7947 */
+"""
+
+
+def test_sass_passes_counts_each_kernels_instructions():
+    """Every instruction counts, predicated branches too; NOPs and the closing branch to itself
+    (padding after EXIT) do not."""
+    from benchmarks.sass_passes import count_sass
+
+    assert count_sass(SASS_LISTING) == {"_Z11pass_kernelILi5ELi16ELb0ELi2EEvPKN3c107complexIfEEii": 5,
+                                        "_Z11pass_kernelILi5ELi32ELb1ELi1EEvPKN3c107complexIfEEii": 1}
+
+
+def test_sass_passes_lists_the_pass_kinds_of_the_canonical_transforms():
+    """d = 8192: radix 32 then 16 at spans 256 and 16 (wide), radix 16 at span 1 (unit); radix 8
+    schedules pass through span 8 (narrow). Radix-32 passes are never narrow at any d <= 16384, so
+    fused.h does not compile them."""
+    from benchmarks.sass_passes import passes, used_passes
+
+    assert passes(13, 5) == [(5, "Wide"), (4, "Wide"), (4, "Unit")]
+    assert passes(13, 3) == [(2, "Wide"), (2, "Wide"), (3, "Wide"), (3, "Narrow"), (3, "Unit")]
+    assert passes(0, 5) == [(0, "Unit")]
+    assert (5, "Narrow") not in used_passes(5) and (5, "Unit") in used_passes(5)
+    assert all(bits <= 3 for bits, _ in used_passes(3))

@@ -85,7 +85,8 @@ struct Args {
 // Transforms. z has n = 2^log2n points in the group's buffer; tw is the table for n == d.
 //
 // A transform is a few passes, each a radix-R butterfly per virtual thread: R values loaded into
-// registers, log2(R) radix-2 stages there, R values stored, one barrier. The thread group's type
+// registers, an R-point DFT there (log2(R) radix-2 stages with constant rotations), one twiddle
+// per value, R values stored, one barrier. The thread group's type
 // sets the largest radix (G::kMaxPassBits = log2 of it): 8 (three stages per pass, five passes
 // at d = 8192, as measured on an H100 since commit 033ab34) or 32 (passes of 32, 16 and 16).
 // Fewer passes mean fewer trips of Z through shared memory and fewer barriers; more registers per
@@ -94,10 +95,13 @@ struct Args {
 // saves a trip through Z each.
 //
 // Twiddles are grouped by the size m of the sub-transform they serve: tw[m/2 + k] =
-// exp(-2 pi i k / m) for k < m/2 and m = 2, 4, ..., n (n values in all). A stage of span s reads
-// tw[s + k] at consecutive k, so a warp's twiddle loads are coalesced. Indexing one
+// exp(-2 pi i k / m) for k < m/2 and m = 2, 4, ..., n (n values in all). A pass reads tw[s + k]
+// for each span s of its stages at consecutive k, so a warp's twiddle loads are coalesced. Indexing one
 // n-point table at k << s instead put each thread's load in its own 32-byte sector: measured on
 // an H100 (ncu, canonical forward), those loads kept the L1 at 80 % of its throughput.
+
+// The largest transform of the fused kernels: d <= 2^14.
+constexpr int kMaxLog2d = 14;
 
 CB_HD constexpr int ilog2(int64_t n) {
   int r = 0;
@@ -119,7 +123,7 @@ CB_HD int64_t z_size(int64_t n) { return n + (n >> 4); }
 struct Schedule {
   int passes = 0, q = 0, big = 0;  // `big` passes of q + 1 stages, the others q
   bool small_first = false;
-  CB_HD Schedule(int log2n, int max_bits) {
+  CB_HD constexpr Schedule(int log2n, int max_bits) {
     // At n = 1, one pass of radix 1: no stages, but the pass still loads and stores.
     passes = log2n == 0 ? 1 : (log2n + max_bits - 1) / max_bits;
     q = log2n / passes;
@@ -127,10 +131,10 @@ struct Schedule {
     small_first = (q + 1 == 3 || q + 1 == 4) && q != 3 && q != 4;
   }
   // Stages of the forward transform's i-th pass (the inverse runs them in reverse order).
-  CB_HD int bits(int i) const {
+  CB_HD constexpr int bits(int i) const {
     return small_first ? (i < passes - big ? q : q + 1) : (i < big ? q + 1 : q);
   }
-  CB_HD int max_bits() const { return big > 0 ? q + 1 : q; }
+  CB_HD constexpr int max_bits() const { return big > 0 ? q + 1 : q; }
 };
 
 // cos(pi m / 16) for m = 0 .. 8.
@@ -165,77 +169,152 @@ CB_HD cplx<T> rotate(cplx<T> z) {
   }
 }
 
-// One stage of span S*h on a thread's R values a[m] = z[base + m h]: pairs (m, m + S) with
-// m mod 2S < S. The pair's twiddle is W_{2Sh}^(k + (m mod 2S) h) = tw[S h + k] * W_{2S}^(m mod 2S).
-// Forward (DIF): (x, y) -> (x + y, (x - y) w). Inverse (DIT, conjugate twiddles): y <- y conj(w),
-// then (x + y, x - y).
+// One radix-2 stage of span S inside a pass's R-point DFT, on a thread's R values: pairs
+// (m, m + S) with m mod 2S < S, rotated by the constant W_{2S}^(m mod 2S). Forward (DIF):
+// (x, y) -> (x + y, (x - y) w). Inverse (DIT, conjugate rotations): y <- y conj(w), then
+// (x + y, x - y).
 template <int R, int S, bool Inv, int M = 0, typename T>
-CB_HD void stage(cplx<T>* a, cplx<T> w) {
+CB_HD void stage(cplx<T>* a) {
   if constexpr (M < R) {
     if constexpr (M % (2 * S) < S) {
       const cplx<T> x = a[M];
       if constexpr (Inv) {
-        const cplx<T> y = rotate<S, M % (2 * S), true>(a[M + S] * w);
+        const cplx<T> y = rotate<S, M % (2 * S), true>(a[M + S]);
         a[M] = x + y;
         a[M + S] = x - y;
       } else {
         const cplx<T> y = a[M + S];
         a[M] = x + y;
-        a[M + S] = rotate<S, M % (2 * S), false>((x - y) * w);
+        a[M + S] = rotate<S, M % (2 * S), false>(x - y);
       }
     }
-    stage<R, S, Inv, M + 1>(a, w);
+    stage<R, S, Inv, M + 1>(a);
   }
 }
 
-// The log2(R) stages of a pass: forward spans R/2 h down to h, inverse h up to R/2 h.
-template <int R, int S, bool Inv, typename T>
-CB_HD void stages(cplx<T>* a, const cplx<T>* tw, int h, int k) {
+// The R-point DFT of a pass in log2(R) stages: forward spans R/2 down to 1 (natural in,
+// bit-reversed out), inverse 1 up to R/2.
+template <int R, bool Inv, int S = Inv ? 1 : R / 2, typename T>
+CB_HD void dft(cplx<T>* a) {
   if constexpr (S >= 1 && S < R) {
-    if constexpr (Inv) {
-      stage<R, S, true>(a, conj(tw[S * h + k]));
-      stages<R, 2 * S, true>(a, tw, h, k);
-    } else {
-      stage<R, S, false>(a, tw[S * h + k]);
-      stages<R, S / 2, false>(a, tw, h, k);
+    stage<R, S, Inv>(a);
+    dft<R, Inv, Inv ? 2 * S : S / 2>(a);
+  }
+}
+
+// The twiddles of a pass of smallest span h, for the thread's k < h: value m is multiplied by
+// W_{R h}^(k bitrev(m)), after the DFT in the forward (DIF) pass and, conjugated, before it in the
+// inverse. That factor is the product, over the set bits j of m, of c[j] = tw[2^j h + k] =
+// W_{2^(j+1) h}^k, the twiddle a radix-2 stage of span 2^j h applies to the values it sends to
+// bit j (each stage's scalar commutes with the later stages, which mix only values that share
+// bit j). Walking the subsets depth first forms each product once from its parent's: R - 1
+// multiplies of a value and R - 1 - log2(R) of twiddles (radix 32: 57), where twiddles applied
+// stage by stage cost log2(R) R / 2 (80), and no more than log2(R) products are live at once.
+template <int M, int J, typename T>
+CB_HD void twiddle_subsets(cplx<T>* a, const cplx<T>* c, cplx<T> w) {
+  // Node M with product w: the values M + (any subset of bits below J).
+  if constexpr (J > 0) {
+    twiddle_subsets<M, J - 1>(a, c, w);
+    constexpr int child = M + (1 << (J - 1));
+    cplx<T> wc = c[J - 1];
+    if constexpr (M != 0) wc = w * wc;
+    a[child] *= wc;
+    twiddle_subsets<child, J - 1>(a, c, wc);
+  }
+}
+
+template <int R, bool Inv, typename T>
+CB_HD void twiddle(cplx<T>* a, const cplx<T>* tw, int h, int k) {
+  constexpr int r = ilog2(R);
+  cplx<T> c[r > 0 ? r : 1];
+  CB_UNROLL
+  for (int j = 0; j < r; ++j) c[j] = Inv ? conj(tw[(h << j) + k]) : tw[(h << j) + k];
+  twiddle_subsets<0, r>(a, c, cplx<T>(1, 0));
+}
+
+// A pass's values: a thread's R values are elements base + m h (m < R) of the transform. Z's own
+// access splits the padded position as zi(base + m h) = zi(base) + zi(m h), exact in every pass:
+// base is a multiple of R h plus k < h, m h a multiple of h below R h, so base mod 16 + m h mod 16
+// < 16 (R and h are powers of two). zi(m h) is the same for every thread, and how it is computed
+// depends on the pass's span, so each pass is compiled for one of three kinds:
+//   Unit (h = 1: the forward's last pass, the inverse's first): m and zi(m) are constants, and
+//     every twiddle is 1, so the pass is the bare DFT;
+//   Wide (16 divides h): zi(m h) = m zi(h), a multiply-add per value;
+//   Narrow (h = 2, 4 or 8): zi(m h) as it is.
+// Compiled as one kind for every span, a pass spent five instructions per value on zi(m h) and
+// multiplied by twiddles of 1 at span 1: a radix-16 pass was 443 SASS instructions (sm_90), now
+// 362 wide and 216 unit with the twiddles above (python -m benchmarks.sass_passes).
+enum class Span { Unit, Wide, Narrow };
+CB_HD constexpr Span span_of(int lh) { return lh == 0 ? Span::Unit : lh >= 4 ? Span::Wide : Span::Narrow; }
+
+// Whether a transform of 2^0 to 2^kMaxLog2d points, in passes up to 2^max_bits points, has a pass
+// of 2^bits points and kind sp (the same passes in the forward and the inverse). Only those are
+// compiled: radix-32 passes, for one, are never narrow.
+CB_HD constexpr bool pass_used(int max_bits, int bits, Span sp) {
+  for (int log2n = 0; log2n <= kMaxLog2d; ++log2n) {
+    const Schedule s(log2n, max_bits);
+    int lh = log2n;
+    for (int i = 0; i < s.passes; ++i) {
+      lh -= s.bits(i);
+      if (s.bits(i) == bits && span_of(lh) == sp) return true;
     }
   }
+  return false;
 }
 
-// A pass's source and destination: element base + off for a thread's base and one of its R
-// offsets m h. Z's own access splits the padded position as zi(base + off) = zi(base) + zi(off),
-// exact in every pass: base is a multiple of R h plus k < h, off a multiple of h below R h, so
-// base mod 16 + off mod 16 < 16 (R and h are powers of two). zi(off) is the same for every thread
-// of the pass, so on the GPU it can sit in a uniform register instead of costing each thread one
-// of its own per value (ptxas: the float forward's spills in the radix-32 passes went away).
+// Element base + off of a transform; its padded position in Z is zi(base) + zoff.
+struct Elem {
+  int base, off, zoff;
+};
+
 template <typename T>
 struct ZLoad {
   const cplx<T>* z;
-  CB_HD cplx<T> operator()(int base, int off) const { return z[zi(base) + zi(off)]; }
+  CB_HD cplx<T> operator()(Elem e) const { return z[zi(e.base) + e.zoff]; }
 };
 template <typename T>
 struct ZStore {
   cplx<T>* z;
-  CB_HD void operator()(int base, int off, cplx<T> v) const { z[zi(base) + zi(off)] = v; }
+  CB_HD void operator()(Elem e, cplx<T> v) const { z[zi(e.base) + e.zoff] = v; }
 };
 
-// One pass of radix R whose smallest span is h = 2^lh: R values per virtual thread, at
-// base + m h. Index math is 32-bit shifts and masks (n <= 2^14): 64-bit division would cost more
-// than the butterfly itself on the GPU.
-template <int R, bool Inv, typename T, class G, class Load, class Store>
+// One pass of radix R whose smallest span is h = 2^lh (lh = 0 for Span::Unit): R values per
+// virtual thread, at base + m h. Index math is 32-bit shifts and masks (n <= 2^14): 64-bit
+// division would cost more than the butterfly itself on the GPU.
+template <int R, bool Inv, Span Sp, typename T, class G, class Load, class Store>
 CB_HD void fft_pass(const G& g, int n, int lh, const cplx<T>* tw, Load load, Store store) {
   constexpr int r = ilog2(R);
-  const int h = 1 << lh;
+  constexpr bool unit = Sp == Span::Unit;
   g.for_each(n / R, [=](int64_t t64) {
-    const int t = static_cast<int>(t64), k = t & (h - 1), base = ((t >> lh) << (lh + r)) + k;
+    const int t = static_cast<int>(t64), h = unit ? 1 : 1 << lh, k = unit ? 0 : t & (h - 1),
+              base = unit ? t << r : ((t >> lh) << (lh + r)) + k, zh = h + (h >> 4);
+    const auto elem = [=](int m) {
+      return Elem{base, m * h, unit ? zi(m) : Sp == Span::Wide ? m * zh : zi(m * h)};
+    };
     cplx<T> a[R];
     CB_UNROLL
-    for (int m = 0; m < R; ++m) a[m] = load(base, m * h);
-    stages<R, Inv ? 1 : R / 2, Inv>(a, tw, h, k);
+    for (int m = 0; m < R; ++m) a[m] = load(elem(m));
+    if constexpr (Inv && !unit) twiddle<R, true>(a, tw, h, k);
+    dft<R, Inv>(a);
+    if constexpr (!Inv && !unit) twiddle<R, false>(a, tw, h, k);
     CB_UNROLL
-    for (int m = 0; m < R; ++m) store(base, m * h, a[m]);
+    for (int m = 0; m < R; ++m) store(elem(m), a[m]);
   });
   g.sync();
+}
+
+template <int R, bool Inv, Span Sp, typename T, class G, class Load, class Store>
+CB_HD void fft_pass_if_used(const G& g, int n, int lh, const cplx<T>* tw, Load load, Store store) {
+  if constexpr (pass_used(G::kMaxPassBits, ilog2(R), Sp)) fft_pass<R, Inv, Sp>(g, n, lh, tw, load, store);
+}
+
+template <int R, bool Inv, typename T, class G, class Load, class Store>
+CB_HD void fft_pass_span(const G& g, int n, int lh, const cplx<T>* tw, Load load, Store store) {
+  switch (span_of(lh)) {
+    case Span::Unit: return fft_pass_if_used<R, Inv, Span::Unit>(g, n, lh, tw, load, store);
+    case Span::Wide: return fft_pass_if_used<R, Inv, Span::Wide>(g, n, lh, tw, load, store);
+    case Span::Narrow: return fft_pass_if_used<R, Inv, Span::Narrow>(g, n, lh, tw, load, store);
+  }
 }
 
 // A pass of 2^bits points, up to the group's largest radix.
@@ -244,19 +323,19 @@ CB_HD void fft_pass_bits(const G& g, int n, int lh, int bits, const cplx<T>* tw,
   constexpr int mb = G::kMaxPassBits;
   static_assert(mb >= 1 && mb <= 5, "passes are radix 2 to 32 (radix 1 at n = 1)");
   if constexpr (mb >= 5) {
-    if (bits == 5) return fft_pass<32, Inv>(g, n, lh, tw, load, store);
+    if (bits == 5) return fft_pass_span<32, Inv>(g, n, lh, tw, load, store);
   }
   if constexpr (mb >= 4) {
-    if (bits == 4) return fft_pass<16, Inv>(g, n, lh, tw, load, store);
+    if (bits == 4) return fft_pass_span<16, Inv>(g, n, lh, tw, load, store);
   }
   if constexpr (mb >= 3) {
-    if (bits == 3) return fft_pass<8, Inv>(g, n, lh, tw, load, store);
+    if (bits == 3) return fft_pass_span<8, Inv>(g, n, lh, tw, load, store);
   }
   if constexpr (mb >= 2) {
-    if (bits == 2) return fft_pass<4, Inv>(g, n, lh, tw, load, store);
+    if (bits == 2) return fft_pass_span<4, Inv>(g, n, lh, tw, load, store);
   }
-  if (bits == 1) return fft_pass<2, Inv>(g, n, lh, tw, load, store);
-  fft_pass<1, Inv>(g, n, lh, tw, load, store);
+  if (bits == 1) return fft_pass_span<2, Inv>(g, n, lh, tw, load, store);
+  fft_pass_span<1, Inv>(g, n, lh, tw, load, store);
 }
 
 // Forward transform (DIF: natural in, bit-reversed out), the first pass reading through `load`.
@@ -479,10 +558,10 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
       const T scale = T(1) / static_cast<T>(a.d);
       In* out = a.out + (pair ? r0 : r) * a.d;
       const int d = static_cast<int>(a.d);
-      fft_inverse_dit(g, z, a.d, a.log2d, a.tw, [=](int base, int off, cplx<T> v) {
-        In* row = out + base;  // per thread; `off` is the same for the whole warp
-        row[off] = static_cast<In>(v.real() * scale);
-        if (pair) row[d + off] = static_cast<In>(v.imag() * scale);
+      fft_inverse_dit(g, z, a.d, a.log2d, a.tw, [=](Elem e, cplx<T> v) {
+        In* row = out + e.base;  // per thread; `e.off` is the same for the whole warp
+        row[e.off] = static_cast<In>(v.real() * scale);
+        if (pair) row[d + e.off] = static_cast<In>(v.imag() * scale);
       });
     }
   }
@@ -505,7 +584,7 @@ CB_HD void forward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t 
   const T scale = T(1) / static_cast<T>(a.d);
   In* out = a.out + b * a.d;
   fft_inverse_dit(g, z, a.d, a.log2d, a.tw,
-                  [=](int base, int off, cplx<T> v) { (out + base)[off] = static_cast<In>(v.real() * scale); });
+                  [=](Elem e, cplx<T> v) { (out + e.base)[e.off] = static_cast<In>(v.real() * scale); });
 }
 
 // grad_x[k][b, i, l] = sign[i] * grad_cs[h[i]] with grad_cs = Re or Im of z (scaled by 1/d).
@@ -531,8 +610,8 @@ CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
   // The transform's first pass reads the gradient row from global memory.
   const In* src = a.grad + b * a.grad_stride_b + l * a.grad_stride_l;
   const int64_t sj = a.grad_stride_j;
-  fft_forward_dif(g, z, a.d, a.log2d, a.tw, [=](int base, int off) {
-    return cplx<T>(static_cast<T>((src + base * sj)[off * sj]), T(0));
+  fft_forward_dif(g, z, a.d, a.log2d, a.tw, [=](Elem e) {
+    return cplx<T>(static_cast<T>((src + e.base * sj)[e.off * sj]), T(0));
   });
   g.for_each(a.F, [=, &a](int64_t f) {
     const BinPair pq = bins(f, a.d, a.log2d);
