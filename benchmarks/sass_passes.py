@@ -45,6 +45,15 @@ __global__ void __launch_bounds__(512, MB >= 5 ? 1 : 2) pass_kernel(const cplx<f
   auto* z = reinterpret_cast<cplx<float>*>(smem_raw);
   fft_pass<R, Inv, static_cast<Span>(Sp)>(Group<MB>{}, n, lh, tw, ZLoad<float>{z}, ZStore<float>{z});
 }
+// Two of a row's other phases: zeroing Z, and the sketch's gather of one input.
+__global__ void __launch_bounds__(512, 1) zero_kernel(int64_t n) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  zero(Group<5>{}, reinterpret_cast<cplx<float>*>(smem_raw), n);
+}
+__global__ void __launch_bounds__(512, 1) gather_kernel(const Args<float, float> a) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  gather_sketch(Group<5>{}, a, reinterpret_cast<float*>(smem_raw), 0, 0, blockIdx.x, blockIdx.y);
+}
 """
 KERNEL = re.compile(r"pass_kernel<(\d+), (\d+), (true|false), (\d+)>")
 
@@ -68,15 +77,15 @@ def used_passes(max_bits: int, max_log2d: int = 14) -> list:
     return sorted({p for log2n in range(max_log2d + 1) for p in passes(log2n, max_bits)})
 
 
-def count_sass(sass: str) -> dict:
-    """Instructions per function of a cuobjdump -sass listing, keyed by the mangled name: NOPs and
-    the closing branch to itself left out."""
-    counts, name = {}, None
+def listing(sass: str) -> dict:
+    """(address, instruction) per function of a cuobjdump -sass listing, keyed by the mangled
+    name: NOPs and the closing branch to itself left out."""
+    out, name = {}, None
     for line in sass.splitlines():
         m = re.search(r"Function : (\S+)", line)
         if m:
             name = m.group(1)
-            counts[name] = 0
+            out[name] = []
             continue
         m = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
         if name is None or m is None:
@@ -84,8 +93,27 @@ def count_sass(sass: str) -> dict:
         address, text = int(m.group(1), 16), m.group(2)
         branch = re.fullmatch(r"BRA 0x([0-9a-f]+)", text)
         if not text.startswith("NOP") and not (branch and int(branch.group(1), 16) == address):
-            counts[name] += 1
-    return counts
+            out[name].append((address, text))
+    return out
+
+
+def count_sass(sass: str) -> dict:
+    """Instructions per function of a cuobjdump -sass listing (see listing)."""
+    return {name: len(code) for name, code in listing(sass).items()}
+
+
+def loop_body(code: list) -> int:
+    """Instructions of one trip round a function's outermost loop, less the loops inside it (a
+    gather's walk along a bucket's further channels, which buckets of one channel skip): the
+    instructions one iteration issues when no inner loop runs, counting both sides of its
+    forward branches, so an upper bound."""
+    back = [(re.search(r"BRA 0x([0-9a-f]+)", t), a) for a, t in code]
+    back = [(int(m.group(1), 16), a) for m, a in back if m and int(m.group(1), 16) < a]
+    if not back:
+        return len(code)
+    lo, hi = max(back, key=lambda r: r[1] - r[0])
+    inside = lambda a0, a1: sum(1 for a, _ in code if a0 <= a <= a1)
+    return inside(lo, hi) - sum(inside(a0, a1) for a0, a1 in back if lo < a0 and a1 < hi)
 
 
 def cuobjdump() -> str:
@@ -104,7 +132,8 @@ def cuobjdump() -> str:
 
 
 def measure(arch: str) -> dict:
-    """{(max_bits, bits, span, inverse): (instructions, registers)} for every used pass."""
+    """{(max_bits, bits, span, inverse): (instructions, registers)} for every used pass, and
+    {"zero" | "gather": (instructions per loop trip, registers)}."""
     combos = [(mb, bits, span, inv) for mb in (3, 5) for bits, span in used_passes(mb) for inv in (False, True)]
     src = HARNESS + "".join(
         f"template __global__ void pass_kernel<{mb}, {1 << bits}, {str(inv).lower()}, {SPANS.index(span)}>"
@@ -119,14 +148,16 @@ def measure(arch: str) -> dict:
         regs = dict(re.findall(r"Compiling entry function '(\S+)'.*?Used (\d+) registers",
                                proc.stdout + proc.stderr, flags=re.S))
         sass = subprocess.run([cuobjdump(), "-sass", cubin], capture_output=True, text=True, check=True).stdout
-    counts = count_sass(sass)
-    names = list(counts)
+    code = listing(sass)
+    names = list(code)
     result = {}
     for mangled, name in zip(names, demangle(names)):
         m = KERNEL.search(name)
         if m:
             key = (int(m.group(1)), int(m.group(2)).bit_length() - 1, SPANS[int(m.group(4))], m.group(3) == "true")
-            result[key] = (counts[mangled], int(regs.get(mangled, 0)))
+            result[key] = (len(code[mangled]), int(regs.get(mangled, 0)))
+        elif name.startswith(("zero_kernel", "gather_kernel")):
+            result[name.split("_")[0]] = (loop_body(code[mangled]), int(regs.get(mangled, 0)))
     return result
 
 
@@ -141,11 +172,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.sass_passes", description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="90", help="compute capability without the dot (default 90, H100/H200)")
     ap.add_argument("--d", type=int, default=8192, help="transform size of the summary (default 8192)")
+    ap.add_argument("--channels", type=int, default=1024, help="channels per input of the summary (default 1024)")
     args = ap.parse_args(argv)
     table = measure(args.arch)
     print(f"FFT passes of the fused kernel (float), SASS sm_{args.arch}: instructions per virtual thread")
     print(f"{'largest radix':>13s} {'radix':>5s} {'span':7s} {'forward':>8s} {'inverse':>8s} {'registers':>9s}")
-    for (mb, bits, span, inv), (n, regs) in sorted(table.items()):
+    passes_only = {k: v for k, v in table.items() if isinstance(k, tuple)}
+    for (mb, bits, span, inv), (n, regs) in sorted(passes_only.items()):
         if not inv:
             inv_n, inv_regs = table[(mb, bits, span, True)]
             print(f"{1 << mb:13d} {1 << bits:5d} {span:7s} {n:8d} {inv_n:8d} {max(regs, inv_regs):9d}")
@@ -156,6 +189,13 @@ def main(argv=None) -> int:
         inv = transform_instructions(args.d, mb, table, inverse=True)
         print(f"d = {args.d}, passes up to radix {1 << mb} ({sched}): {fwd:.0f} warp instructions forward, "
               f"{inv:.0f} inverse; a forward row (1.5 transforms) {fwd + inv / 2:.0f}")
+    # A row's zeroing of Z (z_size = d + d/16 values, two per trip) and its gather of two inputs
+    # of --channels each (kGather = 4 positions per trip).
+    zero_trips = (args.d + args.d // 16) / 2 / 32
+    gather_trips = 2 * -(-args.channels // 4) / 32
+    print(f"zero Z: {table['zero'][0]} instructions per trip (2 values), {zero_trips * table['zero'][0]:.0f} warp "
+          f"instructions per row; gather: {table['gather'][0]} per trip (4 positions, buckets of one channel), "
+          f"{gather_trips * table['gather'][0]:.0f} per row of two inputs of {args.channels} channels")
     return 0
 
 

@@ -33,7 +33,7 @@ bool is_real_number_dtype(at::ScalarType t) {
 // (any in-place write through the tensor bumps them). Writes through `.data` bypass the version
 // counter; replace the tensor instead.
 struct HashTables {
-  at::Tensor hash, sign, perm, sorted_hash, sorted_sign;
+  at::Tensor hash, sign, perm, sorted_hash, sorted_sign, gather;
 };
 
 struct HashCacheEntry {
@@ -42,6 +42,23 @@ struct HashCacheEntry {
   at::ScalarType acc;
   HashTables t;
 };
+
+// The fused gather's codes (fused.h GatherCode) from the sorted buckets and their channels, as
+// int32 pairs [C, 2]: word = bucket | kRunContinues (the next position has the same bucket) |
+// kNotHead (the previous one has), channel. Only where the fused kernel can run (d <= 2^14 and
+// fewer than 2^30 channels); undefined otherwise.
+at::Tensor gather_codes(const at::Tensor& sorted_hash, const at::Tensor& perm, int64_t d) {
+  const int64_t C = sorted_hash.numel();
+  if (d > (int64_t{1} << fused::kMaxLog2d) || C >= (int64_t{1} << 30)) return at::Tensor();
+  auto same = at::zeros({C}, sorted_hash.options());  // 1 where position q has q - 1's bucket
+  if (C > 1) same.slice(0, 1).copy_(sorted_hash.slice(0, 1) == sorted_hash.slice(0, 0, -1));
+  auto next = at::zeros_like(same);  // 1 where position q + 1 has q's bucket
+  if (C > 1) next.slice(0, 0, -1).copy_(same.slice(0, 1));
+  // In int64, then the low 32 bits: kNotHead is the int32 sign bit.
+  auto word = sorted_hash + next * static_cast<int64_t>(fused::kRunContinues) + same * static_cast<int64_t>(fused::kNotHead);
+  word = word - (word >= (int64_t{1} << 31)).to(at::kLong) * (int64_t{1} << 32);
+  return at::stack({word.to(at::kInt), perm.to(at::kInt)}, 1).contiguous();
+}
 
 HashTables build_hash_tables(const at::Tensor& h_in, const at::Tensor& s_in, int64_t k, int64_t d,
                              at::ScalarType acc) {
@@ -60,6 +77,7 @@ HashTables build_hash_tables(const at::Tensor& h_in, const at::Tensor& s_in, int
   t.sorted_hash = std::get<0>(sorted).contiguous();
   t.perm = std::get<1>(sorted).contiguous();
   t.sorted_sign = t.sign.index_select(0, t.perm).contiguous();
+  t.gather = gather_codes(t.sorted_hash, t.perm, d);
   return t;
 }
 
@@ -173,6 +191,7 @@ Problem make_problem(at::TensorList inputs, at::TensorList hash_indices, at::Ten
     p.perm.push_back(hi.perm);
     p.sorted_hash.push_back(hi.sorted_hash);
     p.sorted_sign.push_back(hi.sorted_sign);
+    p.gather.push_back(hi.gather);
   }
   return p;
 }

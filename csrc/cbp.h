@@ -23,6 +23,8 @@ struct Problem {
   std::vector<at::Tensor> hash, sign;       // int64 [C_k] and compute-dtype [C_k]
   // Inverse hash: channels sorted by bucket (perm), their buckets and signs in that order.
   std::vector<at::Tensor> perm, sorted_hash, sorted_sign;
+  // The same as the fused gather reads it: int32 [C_k, 2] (fused.h GatherCode), for d <= 2^14.
+  std::vector<at::Tensor> gather;
   at::ScalarType in_dtype = at::kFloat, acc_dtype = at::kFloat;
 
   int64_t out_rows() const { return out_map ? B * L : B; }

@@ -199,3 +199,15 @@ def test_sass_passes_lists_the_pass_kinds_of_the_canonical_transforms():
     assert passes(0, 5) == [(0, "Unit")]
     assert (5, "Narrow") not in used_passes(5) and (5, "Unit") in used_passes(5)
     assert all(bits <= 3 for bits, _ in used_passes(3))
+
+
+def test_sass_passes_loop_body_leaves_out_inner_loops():
+    """One trip round the outermost loop (0x10 .. 0x60: six instructions) less the inner loop at
+    0x30 .. 0x40 (two): four, the trip of a gather whose buckets hold one channel each."""
+    from benchmarks.sass_passes import loop_body
+
+    code = [(0x00, "S2R R0, SR_TID.X"), (0x10, "LDG.E.64 R2, desc[UR4][R4.64]"), (0x20, "@P0 BRA 0x50"),
+            (0x30, "FADD R6, R6, R2"), (0x40, "@P1 BRA 0x30"), (0x50, "STS [R7], R6"), (0x60, "@!P2 BRA 0x10"),
+            (0x70, "EXIT")]
+    assert loop_body(code) == 4
+    assert loop_body(code[:1] + code[-1:]) == 2  # no loop: the whole function

@@ -54,6 +54,15 @@ CB_HD cplx<T> mul_neg_i(cplx<T> z) { return cplx<T>(z.imag(), -z.real()); }
 template <typename T>
 CB_HD cplx<T> mul_pos_i(cplx<T> z) { return cplx<T>(-z.imag(), z.real()); }
 
+// One position of an input's inverse hash (its channels sorted by bucket, stably), as the fused
+// gather reads it: one 8-byte load gives the channel, the bucket and where the bucket's run of
+// channels starts and ends. Built with the hash tables (cbp.cpp, gather_codes) when d <= 2^14.
+struct alignas(8) GatherCode {
+  uint32_t word;    // bucket | kRunContinues if the next position has the same bucket | kNotHead
+  int32_t channel;  // if the previous one has
+};
+constexpr uint32_t kRunContinues = 1u << 30, kNotHead = 1u << 31, kBucketMask = kRunContinues - 1;
+
 // Arguments of every fused kernel. Pointers are raw so the struct can be a kernel argument.
 template <typename T, typename In>
 struct Args {
@@ -67,8 +76,7 @@ struct Args {
   bool is_map[kMaxInputs] = {};
   const In* x[kMaxInputs] = {};
   int64_t C[kMaxInputs] = {}, stride_b[kMaxInputs] = {}, stride_c[kMaxInputs] = {}, stride_l[kMaxInputs] = {};
-  const int64_t* perm[kMaxInputs] = {};
-  const int64_t* sorted_hash[kMaxInputs] = {};
+  const GatherCode* gather[kMaxInputs] = {};  // the inverse hash, one code per sorted position
   const T* sorted_sign[kMaxInputs] = {};
   const int64_t* hash[kMaxInputs] = {};
   const T* sign[kMaxInputs] = {};
@@ -383,13 +391,16 @@ CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n, int log2n, const c
 // Half-spectrum slot t (0 <= t <= d/2) holds bin f = bitrev(2t) for t < d/2 and f = d/2 for
 // t = d/2; every half spectrum (slots, vector spectra, partial sums) uses this order. Returns the
 // padded positions in Z of bin f and of its mirror d - f.
+// 32-bit (d <= 2^14), and bin f < d/2 sits at 2t itself: 64-bit index math and a third bit reversal
+// cost about 8 of the product phase's 50 instructions per bin (SASS, sm_90).
 struct BinPair {
-  int64_t p, q;
+  int p, q;
 };
-CB_HD BinPair bins(int64_t t, int64_t d, int log2d) {
-  const int64_t f = t < d / 2 ? bit_reverse(static_cast<uint32_t>(2 * t), log2d) : d / 2;
-  return {zi(static_cast<int64_t>(bit_reverse(static_cast<uint32_t>(f), log2d))),
-          zi(static_cast<int64_t>(bit_reverse(static_cast<uint32_t>((d - f) & (d - 1)), log2d)))};
+CB_HD BinPair bins(int64_t t64, int64_t d64, int log2d) {
+  const uint32_t t = static_cast<uint32_t>(t64), d = static_cast<uint32_t>(d64);
+  const uint32_t f = t < d / 2 ? bit_reverse(2 * t, log2d) : d / 2;
+  return {zi(static_cast<int>(t < d / 2 ? 2 * t : bit_reverse(f, log2d))),
+          zi(static_cast<int>(bit_reverse((d - f) & (d - 1), log2d)))};
 }
 
 // Z = a + i b: the spectra of the two real signals at bin f.
@@ -411,58 +422,74 @@ CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
 // ---------------------------------------------------------------------------------------------
 // Phases.
 
-// Z = sketch(input ka) + i sketch(input kb) for sample b, location l (kb < 0: imaginary part 0).
-// The sketch is bucket_sum's gather (spectral.h): the position that starts a bucket's run of
-// sorted channels sums the run in channel order (add_run), so every path's sketches are
-// identical. Its loads form a chain (bucket and channel, then the input value), so a virtual
-// thread takes kGather positions, e + u * per, and issues each step's loads for all of them
-// before it uses any: one chain's latency for kGather channels. Consecutive threads keep
-// consecutive positions, so a warp's loads stay coalesced.
+// The count sketch of input k at sample b, location l, into part `part` (0: Re, 1: Im) of Z:
+// bucket_sum's gather (spectral.h) from the input's GatherCodes. The position that starts a
+// bucket's run of sorted channels sums the run in channel order, as add_run does, so every path's
+// sketches are identical; other positions do nothing, and buckets no channel hits keep their 0.
+// The loads form a chain (code and sign, then the input value), so a virtual thread takes
+// kGather positions, i + u * per, and issues each step's loads for all of them before it uses
+// any: one chain's latency for kGather channels. Consecutive threads keep consecutive positions,
+// so a warp's loads stay coalesced. One input per loop keeps its pointers and strides the same for
+// every thread.
 constexpr int kGather = 4;
 
 template <typename T, typename In, class G>
-CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, int kb, int64_t b, int64_t l) {
-  g.for_each(z_size(a.d), [=, &a](int64_t j) { z[j] = cplx<T>(0, 0); });
-  g.sync();
-  T* zr = reinterpret_cast<T*>(z);
-  // 32-bit positions: channel counts are below 2^30 (fused_unsupported_reason), buckets below d.
-  const int Ca = static_cast<int>(a.C[ka]), n = Ca + (kb >= 0 ? static_cast<int>(a.C[kb]) : 0),
-            per = (n + kGather - 1) / kGather;
-  g.for_each(per, [=, &a](int64_t i) {
-    int k[kGather], q[kGather], bucket[kGather] = {}, channel[kGather] = {};
-    bool head[kGather];
-    T v[kGather] = {};
+CB_HD void gather_sketch(const G& g, const Args<T, In>& a, T* zr, int k, int part, int64_t b, int64_t l) {
+  const In* x = a.x[k] + b * a.stride_b[k] + (a.is_map[k] ? l * a.stride_l[k] : 0);
+  const int64_t sc = a.stride_c[k];
+  const GatherCode* code = a.gather[k];
+  const T* sign = a.sorted_sign[k];
+  // 32-bit positions: channel counts are below 2^30 (fused_unsupported_reason).
+  const int C = static_cast<int>(a.C[k]), per = (C + kGather - 1) / kGather;
+  g.for_each(per, [=](int64_t i) {
+    GatherCode c[kGather];
+    T v[kGather];
     CB_UNROLL
-    for (int u = 0; u < kGather; ++u) {  // bucket, channel and sign of each position
-      const int e = static_cast<int>(i) + u * per;
-      k[u] = e < Ca ? ka : kb;
-      q[u] = e < Ca ? e : e - Ca;
-      head[u] = e < n;
-      if (head[u]) {
-        const int64_t* sh = a.sorted_hash[k[u]];
-        bucket[u] = static_cast<int>(sh[q[u]]);
-        head[u] = q[u] == 0 || sh[q[u] - 1] != bucket[u];
-        channel[u] = static_cast<int>(a.perm[k[u]][q[u]]);
-        v[u] = a.sorted_sign[k[u]][q[u]];
-      }
+    for (int u = 0; u < kGather; ++u) {  // code and sign of each position
+      const int q = static_cast<int>(i) + u * per;
+      c[u] = q < C ? code[q] : GatherCode{kNotHead, 0};
+      v[u] = q < C ? sign[q] : T(0);
     }
     CB_UNROLL
-    for (int u = 0; u < kGather; ++u) {  // the input values
-      if (!head[u]) continue;
-      const int kk = k[u];
-      const In* x = a.x[kk] + b * a.stride_b[kk] + (a.is_map[kk] ? l * a.stride_l[kk] : 0);
-      v[u] = T(0) + v[u] * static_cast<T>(x[channel[u] * a.stride_c[kk]]);
-    }
+    for (int u = 0; u < kGather; ++u)  // the input values of the runs' heads
+      if (!(c[u].word & kNotHead)) v[u] = T(0) + v[u] * static_cast<T>(x[c[u].channel * sc]);
     CB_UNROLL
     for (int u = 0; u < kGather; ++u) {  // the rest of each run (buckets rarely hold two channels)
-      if (!head[u]) continue;
-      const int kk = k[u];
-      const In* x = a.x[kk] + b * a.stride_b[kk] + (a.is_map[kk] ? l * a.stride_l[kk] : 0);
-      v[u] = add_run(x, a.stride_c[kk], a.perm[kk], a.sorted_hash[kk], a.sorted_sign[kk], static_cast<int>(a.C[kk]),
-                     q[u] + 1, bucket[u], v[u]);
-      zr[2 * zi(bucket[u]) + (kk == ka ? 0 : 1)] = v[u];
+      if (c[u].word & kNotHead) continue;
+      T sum = v[u];
+      int q = static_cast<int>(i) + u * per;
+      for (uint32_t w = c[u].word; w & kRunContinues;) {
+        const GatherCode next = code[++q];
+        sum += sign[q] * static_cast<T>(x[next.channel * sc]);
+        w = next.word;
+      }
+      zr[2 * zi(static_cast<int>(c[u].word & kBucketMask)) + part] = sum;
     }
   });
+}
+
+// z[0 .. n) = 0. On the GPU two float values per 16-byte store: half the instructions of a
+// store per value (per row of the canonical forward, about 1.1k warp instructions -> 0.4k).
+template <typename T, class G>
+CB_HD void zero(const G& g, cplx<T>* z, int64_t n) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(T) == 4) {
+    g.for_each(n / 2, [=](int64_t j) { reinterpret_cast<float4*>(z)[j] = make_float4(0, 0, 0, 0); });
+    if (n % 2) g.for_each(1, [=](int64_t) { z[n - 1] = cplx<T>(0, 0); });
+    return;
+  }
+#endif
+  g.for_each(n, [=](int64_t j) { z[j] = cplx<T>(0, 0); });
+}
+
+// Z = sketch(input ka) + i sketch(input kb) for sample b, location l (kb < 0: imaginary part 0).
+template <typename T, typename In, class G>
+CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, int kb, int64_t b, int64_t l) {
+  zero(g, z, z_size(a.d));
+  g.sync();
+  T* zr = reinterpret_cast<T*>(z);
+  gather_sketch(g, a, zr, ka, 0, b, l);
+  if (kb >= 0) gather_sketch(g, a, zr, kb, 1, b, l);
   g.sync();
 }
 

@@ -69,8 +69,8 @@ Args<T, In> make_args(const Problem& p, const FusedPlan& plan) {
     a.stride_b[k] = x.stride(0);
     a.stride_c[k] = x.stride(1);
     a.stride_l[k] = x.stride(2);
-    a.perm[k] = p.perm[k].data_ptr<int64_t>();
-    a.sorted_hash[k] = p.sorted_hash[k].data_ptr<int64_t>();
+    TORCH_CHECK(p.gather[k].defined(), "compact_bilinear: no gather codes for the fused kernel (output_dim ", p.d, ")");
+    a.gather[k] = reinterpret_cast<const GatherCode*>(p.gather[k].data_ptr<int32_t>());
     a.sorted_sign[k] = p.sorted_sign[k].data_ptr<T>();
     a.hash[k] = p.hash[k].data_ptr<int64_t>();
     a.sign[k] = p.sign[k].data_ptr<T>();
