@@ -372,18 +372,21 @@ at::Tensor twiddles(const Problem& p) {
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
-  // The fused FFT's table by sub-transform size (fused.h): tw[m/2 + k] = exp(-2 pi i k / m) for
-  // k < m/2, m = 2 .. d. Computed in double on the host, then rounded once, so both instances use
-  // identical tables.
-  const int64_t n = std::max<int64_t>(p.d, 2);
-  auto tw = at::empty({n}, at::kComplexDouble);
+  // The fused FFT's table (fused.h tw_slot_offset): by sub-transform size, tw[m/2 + k] =
+  // exp(-2 pi i k / m) for k < m/2, m = 2 .. d; then W_d^f for the bin f = bitrev(2t) of each
+  // half-spectrum slot t < d/2. Computed in double on the host, then rounded once, so both
+  // instances use identical tables.
+  const int64_t n = fused::tw_slot_offset(p.d), log2d = fused::ilog2(p.d);
+  auto tw = at::empty({n + p.d / 2}, at::kComplexDouble);
   auto* w = tw.data_ptr<c10::complex<double>>();
+  const auto expi = [](double angle) { return c10::complex<double>(std::cos(angle), std::sin(angle)); };
   w[0] = 1.0;  // unused
   for (int64_t half = 1; half < n; half *= 2)
-    for (int64_t k = 0; k < half; ++k) {
-      const double angle = -M_PI * static_cast<double>(k) / static_cast<double>(half);
-      w[half + k] = c10::complex<double>(std::cos(angle), std::sin(angle));
-    }
+    for (int64_t k = 0; k < half; ++k) w[half + k] = expi(-M_PI * static_cast<double>(k) / static_cast<double>(half));
+  for (int64_t t = 0; t < p.d / 2; ++t) {
+    const int64_t f = fused::bit_reverse(static_cast<uint32_t>(2 * t), static_cast<int>(log2d));
+    w[n + t] = expi(-2 * M_PI * static_cast<double>(f) / static_cast<double>(p.d));
+  }
   tw = tw.to(p.acc_dtype == at::kDouble ? at::kComplexDouble : at::kComplexFloat).to(dev);
   cache.emplace(key, tw);
   return tw;

@@ -88,8 +88,8 @@ constexpr int64_t kHostSharedMemoryLimit = 227 * 1024;
 FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit);
 // Empty if the fused kernel applies, else why not.
 std::string fused_unsupported_reason(const Problem& p, bool backward, int64_t smem_limit);
-// The fused FFT's twiddles by sub-transform size, tw[m/2 + k] = exp(-2 pi i k / m) for k < m/2,
-// m = 2 .. d (d values), in the compute dtype, on the inputs' device (cached).
+// The fused FFT's twiddles (layout: fused.h tw_slot_offset), in the compute dtype, on the inputs'
+// device (cached).
 at::Tensor twiddles(const Problem& p);
 // The output tensor in its final shape and dtype.
 at::Tensor empty_output(const Problem& p);
