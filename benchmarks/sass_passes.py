@@ -1,7 +1,7 @@
-"""Instructions per FFT pass of the fused kernel, counted in its SASS: a measurement that needs nvcc
-but no GPU.
+"""Instructions of the fused kernel's FFT passes and of two of its other phases, counted in their
+SASS: a measurement that needs nvcc but no GPU.
 
-    CUDA_HOME=/usr/local/cuda python -m benchmarks.sass_passes [--arch 90] [--d 8192]
+    CUDA_HOME=/usr/local/cuda python -m benchmarks.sass_passes [--arch 90] [--d 8192] [--channels 1024]
 
 Compiles one small kernel per pass that some transform of the fused kernels uses (fft_pass of
 common/fused.h: radix, span kind, forward or inverse, under the register cap of its thread
@@ -9,8 +9,10 @@ group), counts each kernel's SASS instructions (cuobjdump; NOPs left out) and pr
 the registers ptxas gave it. A kernel is the pass's body plus about 20 instructions of set-up, run
 once per virtual thread. Then, for a transform of d points, the warp instructions of its passes:
 sum over passes of (d / radix / 32 warps) x the pass's instructions. The fused forward does 1.5
-transforms per row (one forward per row, one inverse per row pair), and instruction issue is
-what bounds it (docs/benchmarks.md), so this is the number to lower.
+transforms per row (one forward per row, one inverse per row pair), the backward a d/2-point
+transform of the gradient row and two d-point ones; instruction issue is what bounds the kernel
+(docs/benchmarks.md), so these are the numbers to lower. Last, one trip round the loops of
+zeroing Z and of the sketch's gather (inner loops left out), and their warp instructions per row.
 """
 from __future__ import annotations
 
@@ -187,8 +189,10 @@ def main(argv=None) -> int:
         sched = ", ".join(f"{1 << b} {s.lower()}" for b, s in passes(log2d, mb))
         fwd = transform_instructions(args.d, mb, table)
         inv = transform_instructions(args.d, mb, table, inverse=True)
+        half = transform_instructions(max(args.d // 2, 1), mb, table)
         print(f"d = {args.d}, passes up to radix {1 << mb} ({sched}): {fwd:.0f} warp instructions forward, "
-              f"{inv:.0f} inverse; a forward row (1.5 transforms) {fwd + inv / 2:.0f}")
+              f"{inv:.0f} inverse; a forward row (1.5 transforms) {fwd + inv / 2:.0f}; the backward's "
+              f"gradient row (d/2 points) {half:.0f}")
     # A row's zeroing of Z (z_size = d + d/16 values, two per trip) and its gather of two inputs
     # of --channels each (kGather = 4 positions per trip).
     zero_trips = (args.d + args.d // 16) / 2 / 32

@@ -58,8 +58,9 @@ CB_HD cplx<T> mul_pos_i(cplx<T> z) { return cplx<T>(-z.imag(), z.real()); }
 // gather reads it: one 8-byte load gives the channel, the bucket and where the bucket's run of
 // channels starts and ends. Built with the hash tables (cbp.cpp, gather_codes) when d <= 2^14.
 struct alignas(8) GatherCode {
-  uint32_t word;    // bucket | kRunContinues if the next position has the same bucket | kNotHead
-  int32_t channel;  // if the previous one has
+  uint32_t word;  // the bucket, | kRunContinues if the next position has the same bucket,
+                  // | kNotHead if the previous one has
+  int32_t channel;
 };
 constexpr uint32_t kRunContinues = 1u << 30, kNotHead = 1u << 31, kBucketMask = kRunContinues - 1;
 
@@ -396,8 +397,8 @@ CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n, int log2n, const c
 // Half-spectrum slot t (0 <= t <= d/2) holds bin f = bitrev(2t) for t < d/2 and f = d/2 for
 // t = d/2; every half spectrum (slots, vector spectra, partial sums) uses this order. Returns the
 // padded positions in Z of bin f and of its mirror d - f.
-// 32-bit (d <= 2^14), and bin f < d/2 sits at 2t itself: 64-bit index math and a third bit reversal
-// cost about 8 of the product phase's 50 instructions per bin (SASS, sm_90).
+// In 32 bits (d <= 2^14), and bin f < d/2 sits at 2t itself: 64-bit index math and a third bit
+// reversal had cost 9 of the forward product phase's 51 instructions per bin (SASS, sm_90).
 struct BinPair {
   int p, q;
 };
@@ -473,8 +474,9 @@ CB_HD void gather_sketch(const G& g, const Args<T, In>& a, T* zr, int k, int par
   });
 }
 
-// z[0 .. n) = 0. On the GPU two float values per 16-byte store: half the instructions of a
-// store per value (per row of the canonical forward, about 1.1k warp instructions -> 0.4k).
+// z[0 .. n) = 0. On the GPU two float values per 16-byte store: the loop's 5 instructions per trip
+// cover two values instead of one (per row of the canonical forward, 1.36k warp instructions ->
+// 0.68k; sass_passes).
 template <typename T, class G>
 CB_HD void zero(const G& g, cplx<T>* z, int64_t n) {
 #if defined(__CUDA_ARCH__)
