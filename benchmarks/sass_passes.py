@@ -12,7 +12,8 @@ sum over passes of (d / radix / 32 warps) x the pass's instructions. The fused f
 transforms per row (one forward per row, one inverse per row pair), the backward a d/2-point
 transform of the gradient row and two d-point ones; instruction issue is what bounds the kernel
 (docs/benchmarks.md), so these are the numbers to lower. Last, one trip round the loops of
-zeroing Z and of the sketch's gather (inner loops left out), and their warp instructions per row.
+zeroing Z, the sketch's gather and the backward's scatter of gradients (inner loops left out),
+and their warp instructions per row.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ __global__ void __launch_bounds__(512, MB >= 5 ? 1 : 2) pass_kernel(const cplx<f
   auto* z = reinterpret_cast<cplx<float>*>(smem_raw);
   fft_pass<R, Inv, static_cast<Span>(Sp)>(Group<MB>{}, n, lh, tw, ZLoad<float>{z}, ZStore<float>{z});
 }
-// Two of a row's other phases: zeroing Z, and the sketch's gather of one input.
+// Three of a row's other phases: zeroing Z, the sketch's gather of one input and the backward's
+// scatter of one input's gradient.
 __global__ void __launch_bounds__(512, 1) zero_kernel(int64_t n) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   zero(Group<5>{}, reinterpret_cast<cplx<float>*>(smem_raw), n);
@@ -55,6 +57,10 @@ __global__ void __launch_bounds__(512, 1) zero_kernel(int64_t n) {
 __global__ void __launch_bounds__(512, 1) gather_kernel(const Args<float, float> a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   gather_sketch(Group<5>{}, a, reinterpret_cast<float*>(smem_raw), 0, 0, blockIdx.x, blockIdx.y);
+}
+__global__ void __launch_bounds__(512, 1) scatter_kernel(const Args<float, float> a) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  scatter_grad(Group<5>{}, a, reinterpret_cast<const float*>(smem_raw), 0, 0, blockIdx.x, blockIdx.y);
 }
 """
 KERNEL = re.compile(r"pass_kernel<(\d+), (\d+), (true|false), (\d+)>")
@@ -135,7 +141,7 @@ def cuobjdump() -> str:
 
 def measure(arch: str) -> dict:
     """{(max_bits, bits, span, inverse): (instructions, registers)} for every used pass, and
-    {"zero" | "gather": (instructions per loop trip, registers)}."""
+    {"zero" | "gather" | "scatter": (instructions per loop trip, registers)}."""
     combos = [(mb, bits, span, inv) for mb in (3, 5) for bits, span in used_passes(mb) for inv in (False, True)]
     src = HARNESS + "".join(
         f"template __global__ void pass_kernel<{mb}, {1 << bits}, {str(inv).lower()}, {SPANS.index(span)}>"
@@ -158,7 +164,7 @@ def measure(arch: str) -> dict:
         if m:
             key = (int(m.group(1)), int(m.group(2)).bit_length() - 1, SPANS[int(m.group(4))], m.group(3) == "true")
             result[key] = (len(code[mangled]), int(regs.get(mangled, 0)))
-        elif name.startswith(("zero_kernel", "gather_kernel")):
+        elif name.startswith(("zero_kernel", "gather_kernel", "scatter_kernel")):
             result[name.split("_")[0]] = (loop_body(code[mangled]), int(regs.get(mangled, 0)))
     return result
 
@@ -199,7 +205,9 @@ def main(argv=None) -> int:
     gather_trips = 2 * -(-args.channels // 4) / 32
     print(f"zero Z: {table['zero'][0]} instructions per trip (2 values), {zero_trips * table['zero'][0]:.0f} warp "
           f"instructions per row; gather: {table['gather'][0]} per trip (4 positions, buckets of one channel), "
-          f"{gather_trips * table['gather'][0]:.0f} per row of two inputs of {args.channels} channels")
+          f"{gather_trips * table['gather'][0]:.0f} per row of two inputs of {args.channels} channels; "
+          f"the backward's scatter: {table['scatter'][0]} per trip (1 channel), "
+          f"{2 * args.channels / 32 * table['scatter'][0]:.0f} per row")
     return 0
 
 

@@ -72,8 +72,6 @@ Args<T, In> make_args(const Problem& p, const FusedPlan& plan) {
     TORCH_CHECK(p.gather[k].defined(), "compact_bilinear: no gather codes for the fused kernel (output_dim ", p.d, ")");
     a.gather[k] = reinterpret_cast<const GatherCode*>(p.gather[k].data_ptr<int32_t>());
     a.sorted_sign[k] = p.sorted_sign[k].data_ptr<T>();
-    a.hash[k] = p.hash[k].data_ptr<int64_t>();
-    a.sign[k] = p.sign[k].data_ptr<T>();
   }
   a.tw = reinterpret_cast<const cplx<T>*>(twiddles(p).data_ptr());
   return a;
