@@ -102,8 +102,8 @@ def _layout(d: int, layout: str):
     elif layout == "radix-8":
         sched = schedule(bits, 3, legacy=True)
     else:
-        sched = schedule(bits, 5 if layout == "radix-32" else 3)
-    return pos, bin_of, sched, layout in ("radix-8s", "radix-32")
+        sched = schedule(bits, 5 if layout.startswith("radix-32") else 3)
+    return pos, bin_of, sched, layout in ("radix-8s", "radix-32", "radix-32h")
 
 
 def _bins(d: int, pos, bin_of, t: int) -> list:
@@ -134,19 +134,29 @@ def forward_row(d: int, layout: str) -> dict:
     return parts
 
 
-BACKWARD_LAYOUTS = ("radix-8", "radix-8s", "radix-32")
+BACKWARD_LAYOUTS = ("radix-8", "radix-8s", "radix-32", "radix-32h")
 
 
 def backward_row(d: int, layout: str) -> dict:
     """Wavefronts per row of the unpooled backward of two map inputs (one thread group per row,
     a location-major gradient), by phase; the sketch scatter and the gradients' gather from Z
     (random positions) not counted. radix-8 is the kernel of commit 6235626, which first copied
-    the gradient row into Z."""
+    the gradient row into Z; radix-32h (the kernel since commit 35e3d82) sends the real gradient
+    row through a d/2-point transform, whose slot t sits at position t (grad_spectrum)."""
     pos, bin_of, sched, direct = _layout(d, layout)
     half = d // 2 + 1
+    if layout == "radix-32h":
+        m = max(d // 2, 1)
+        mbits = m.bit_length() - 1
+        mirror = lambda t: bitrev((m - bitrev(t, mbits)) % m, mbits) if t < m else 0  # noqa: E731
+        gradient_fft = fft(m, pos, schedule(mbits, 5), load_direct=True)
+        gradient_split = cost(half, lambda t: [pos(t if t < m else 0), pos(mirror(t))]) + cost(half, lambda t: [t])
+    else:
+        gradient_fft = fft(d, pos, sched, load_direct=direct)
+        gradient_split = cost(half, lambda t: _bins(d, pos, bin_of, t)) + cost(half, lambda t: [t])
     parts = {
-        "gradient FFT": fft(d, pos, sched, load_direct=direct),
-        "gradient split": cost(half, lambda t: _bins(d, pos, bin_of, t)) + cost(half, lambda t: [t]),
+        "gradient FFT": gradient_fft,
+        "gradient split": gradient_split,
         "zero Z": cost(d, lambda j: [pos(j)]),
         "sketch FFT": fft(d, pos, sched),
         # split, Q = G conj(other spectrum) for both inputs, merged back: Z[p], Z[q] read and

@@ -109,6 +109,20 @@ def test_smem_model_backward_row():
     assert sum(r8.values()) > sum(r8s.values()) > sum(r32.values()) == 11275
 
 
+def test_smem_model_backward_half_length_gradient_transform():
+    """A real gradient row through a d/2-point transform moves Z half as often as through a d-point
+    one (4096 points in three passes of 16, each 256 wavefronts to load and 256 to store, less the
+    first pass's loads, which read global memory), and its split costs no more than the d-point
+    transform's; the other phases are the same."""
+    from benchmarks.smem_model import backward_row
+
+    r32, r32h = backward_row(8192, "radix-32"), backward_row(8192, "radix-32h")
+    assert r32h["gradient FFT"] * 2 == r32["gradient FFT"] == 2560
+    assert r32h["gradient split"] <= r32["gradient split"]
+    assert {k: v for k, v in r32h.items() if "gradient" not in k} == {k: v for k, v in r32.items() if "gradient" not in k}
+    assert backward_row(2, "radix-32h")["gradient FFT"] > 0  # d = 2: a one-point transform still loads and stores
+
+
 def test_plots_keep_one_colour_per_implementation(tmp_path, monkeypatch):
     """cupy has a forward line but no forward+backward one: the other implementations must keep
     their colours from panel to panel anyway."""
