@@ -321,7 +321,8 @@ FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit) {
   };
   if (!backward) {
     // Pooled: an accumulator slot. Unpooled: rows in pairs whose real outputs share one inverse
-    // FFT (the first row's product waits in a slot), where that slot fits; else single rows.
+    // FFT (the first row's product waits in a slot, except with a single map, whose two rows
+    // share the forward transform too), where that slot fits; else single rows.
     // COMPACT_BILINEAR_ROW_PAIRS=0 forces single rows (for A/B timing on a GPU).
     // COMPACT_BILINEAR_POOLED_ROWS=n (1..8) sets the pooled chunk's rows (benchmarks/fused_ab.py).
     const char* pairs_env = std::getenv("COMPACT_BILINEAR_ROW_PAIRS");
@@ -329,11 +330,12 @@ FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit) {
     const char* pooled_env = std::getenv("COMPACT_BILINEAR_POOLED_ROWS");
     const int64_t pooled_rows = pooled_env ? std::atoll(pooled_env) : 0;
     plan.rows_per_chunk = p.out_map ? 2 : (pooled_rows >= 1 && pooled_rows <= 8 ? pooled_rows : balanced);
-    plan.slots = (groups > 1 ? 1 : 0) + 1;
+    const int64_t first_slot = p.out_map && nmap > 1 ? 1 : 0;
+    plan.slots = (groups > 1 ? 1 : 0) + (p.out_map ? first_slot : 1);
     size();
     if (p.out_map && (plan.smem_bytes > smem_limit || !pairs)) {
       plan.rows_per_chunk = 1;
-      plan.slots -= 1;
+      plan.slots -= first_slot;
       size();
     }
   } else {

@@ -20,7 +20,8 @@
 // the FFT passes of small span over the banks; half spectra are kept in "slot" order (slot
 // t < d/2 holds bin bitrev(2t), whose position in the bit-reversed Z is 2t), so neighbouring
 // threads touch neighbouring values where natural order put them d/32 apart, all in one bank.
-// Unpooled rows go in pairs whose real outputs share one inverse transform (forward_chunk).
+// Unpooled rows go in pairs whose real outputs share one inverse transform (forward_chunk); with
+// a single map input (map x vector) two rows' sketches share each forward transform as well.
 // benchmarks/smem_model.py counts the wavefronts: per row of the canonical forward (d = 8192)
 // 6.2k with passes up to radix 32 and the output written by the inverse's last pass, 9.7k with
 // radix-8 passes, 14.3k with radix-4, 18.4k for single rows and 44.0k for single rows unpadded in
@@ -533,20 +534,72 @@ CB_HD cplx<T> vector_product(const Args<T, In>& a, int64_t b, int64_t f) {
   return v;
 }
 
+// The inverse transform of Z, whose last pass writes output rows from `out` on (location-major
+// output: whole contiguous rows): Re as the first row and, for a pair, Im as the second.
+template <typename T, typename In, class G>
+CB_HD void inverse_to_rows(const G& g, const Args<T, In>& a, cplx<T>* z, In* out, bool pair) {
+  const T scale = T(1) / static_cast<T>(a.d);
+  const int d = static_cast<int>(a.d);
+  fft_inverse_dit(g, z, a.d, a.log2d, a.tw, [=](Elem e, cplx<T> v) {
+    In* row = out + e.base;  // per thread; `e.off` is the same for the whole warp
+    row[e.off] = static_cast<In>(v.real() * scale);
+    if (pair) row[d + e.off] = static_cast<In>(v.imag() * scale);
+  });
+}
+
+// Forward of rows r0 .. r1 (flat, sample * L + location) when a single input is a map (the others,
+// if any, are vectors): two rows' sketches of that map share each forward transform, in Re and Im,
+// so a row costs half a forward transform instead of a whole one with Im empty. Unpooled, the
+// pair's two products go straight into the inverse that the pair shares, with no slot (shared
+// memory: Z alone); pooled, both are added to `acc` in row order.
+template <typename T, typename In, class G>
+CB_HD void forward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* acc, int64_t r0, int64_t r1) {
+  const int k = a.map_ids[0];
+  T* zr = reinterpret_cast<T*>(z);
+  for (int64_t r = r0; r < r1; r += 2) {
+    const bool two = r + 1 < r1;
+    const int64_t rb0 = r / a.L, rb1 = (r + 1) / a.L;
+    zero(g, z, z_size(a.d));
+    g.sync();
+    gather_sketch(g, a, zr, k, 0, rb0, r % a.L);
+    if (two) gather_sketch(g, a, zr, k, 1, rb1, (r + 1) % a.L);
+    g.sync();
+    fft_forward_dif(g, z, a.d, a.log2d, a.tw);
+    g.for_each(a.F, [=, &a](int64_t f) {
+      const BinPair pq = bins(f, a.d, a.log2d);
+      cplx<T> A, B;
+      split(z[pq.p], z[pq.q], A, B);
+      if (a.nvec) {
+        A *= vector_product(a, rb0, f);
+        if (two) B *= vector_product(a, rb1, f);
+      }
+      if (acc) {
+        cplx<T> sum = acc[f] + A;
+        if (two) sum += B;
+        acc[f] = sum;
+      } else {
+        merge(z, pq, A, two ? B : cplx<T>(0, 0));
+      }
+    });
+    g.sync();
+    if (!acc) inverse_to_rows(g, a, z, a.out + r * a.d, two);
+  }
+}
+
 // Forward for one chunk of rows. Pooled: chunk c of sample b. Unpooled: chunk c of all B * L rows
 // (b is 0), so a pair may end one sample and start the next, and no sample's odd row count leaves
 // a block with a single row (at B = 32, L = 49: 784 blocks, 3 full waves on an H100, instead of
 // 800, whose last 8 blocks made a fourth wave of their own). Smem: z + [P slot if > 1 map pair] +
-// [acc slot if pooled, or, for unpooled rows in pairs, the first row's product]. A pair's real
-// outputs share one inverse transform: Z = P_first + i P_second gives the first row in Re, the
-// second in Im.
+// [acc slot if pooled, or, for unpooled rows in pairs of more than one map, the first row's
+// product]. A pair's real outputs share one inverse transform: Z = P_first + i P_second gives the
+// first row in Re, the second in Im.
 template <typename T, typename In, class G>
 CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c) {
   const int groups = (a.nmap + 1) / 2;
   cplx<T>* P = groups > 1 ? slots : nullptr;
   cplx<T>* spare = slots + (groups > 1 ? a.F : 0);  // the plan's second kind of slot, if any
   cplx<T>* acc = a.out_map ? nullptr : spare;
-  cplx<T>* first = a.out_map && a.rows_per_chunk == 2 ? spare : nullptr;
+  cplx<T>* first = a.out_map && a.rows_per_chunk == 2 && a.nmap > 1 ? spare : nullptr;
   if (acc) {
     g.for_each(a.F, [=, &a](int64_t f) { acc[f] = cplx<T>(0, 0); });
     g.sync();
@@ -554,47 +607,40 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
   // Flat row indices r = sample * L + location.
   const int64_t r0 = b * a.L + c * a.rows_per_chunk, rows = a.out_map ? a.B * a.L : (b + 1) * a.L,
                 r1 = r0 + a.rows_per_chunk < rows ? r0 + a.rows_per_chunk : rows;
-  const bool pair = first != nullptr && r1 - r0 == 2;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t rb = r / a.L, l = r % a.L;
-    const bool hold = pair && r == r0;  // the first row of a pair: keep its product in `first`
-    for (int gi = 0; gi < groups; ++gi) {
-      const int ka = a.map_ids[2 * gi], kb = 2 * gi + 1 < a.nmap ? a.map_ids[2 * gi + 1] : -1;
-      load_sketches(g, a, z, ka, kb, rb, l);
-      fft_forward_dif(g, z, a.d, a.log2d, a.tw);
-      const bool last = gi == groups - 1;
-      g.for_each(a.F, [=, &a](int64_t f) {
-        const BinPair pq = bins(f, a.d, a.log2d);
-        cplx<T> A, B;
-        split(z[pq.p], z[pq.q], A, B);
-        cplx<T> prod = kb >= 0 ? A * B : A;
-        if (gi > 0) prod *= P[f];
-        if (!last) {
-          P[f] = prod;
-          return;
-        }
-        if (a.nvec) prod *= vector_product(a, rb, f);
-        if (acc) {
-          acc[f] += prod;
-        } else if (hold) {
-          first[f] = prod;
-        } else {
-          merge(z, pq, pair ? first[f] : prod, pair ? prod : cplx<T>(0, 0));
-        }
-      });
-      g.sync();
-    }
-    if (!acc && !hold) {
-      // Location-major output: whole contiguous rows (the pair's first row from Re, then Im),
-      // written by the inverse transform's last pass.
-      const T scale = T(1) / static_cast<T>(a.d);
-      In* out = a.out + (pair ? r0 : r) * a.d;
-      const int d = static_cast<int>(a.d);
-      fft_inverse_dit(g, z, a.d, a.log2d, a.tw, [=](Elem e, cplx<T> v) {
-        In* row = out + e.base;  // per thread; `e.off` is the same for the whole warp
-        row[e.off] = static_cast<In>(v.real() * scale);
-        if (pair) row[d + e.off] = static_cast<In>(v.imag() * scale);
-      });
+  if (a.nmap == 1) {
+    forward_rows_one_map(g, a, z, acc, r0, r1);
+  } else {
+    const bool pair = first != nullptr && r1 - r0 == 2;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t rb = r / a.L, l = r % a.L;
+      const bool hold = pair && r == r0;  // the first row of a pair: keep its product in `first`
+      for (int gi = 0; gi < groups; ++gi) {
+        const int ka = a.map_ids[2 * gi], kb = 2 * gi + 1 < a.nmap ? a.map_ids[2 * gi + 1] : -1;
+        load_sketches(g, a, z, ka, kb, rb, l);
+        fft_forward_dif(g, z, a.d, a.log2d, a.tw);
+        const bool last = gi == groups - 1;
+        g.for_each(a.F, [=, &a](int64_t f) {
+          const BinPair pq = bins(f, a.d, a.log2d);
+          cplx<T> A, B;
+          split(z[pq.p], z[pq.q], A, B);
+          cplx<T> prod = kb >= 0 ? A * B : A;
+          if (gi > 0) prod *= P[f];
+          if (!last) {
+            P[f] = prod;
+            return;
+          }
+          if (a.nvec) prod *= vector_product(a, rb, f);
+          if (acc) {
+            acc[f] += prod;
+          } else if (hold) {
+            first[f] = prod;
+          } else {
+            merge(z, pq, pair ? first[f] : prod, pair ? prod : cplx<T>(0, 0));
+          }
+        });
+        g.sync();
+      }
+      if (!acc && !hold) inverse_to_rows(g, a, z, a.out + (pair ? r0 : r) * a.d, pair);
     }
   }
   if (acc) {
