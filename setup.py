@@ -39,7 +39,7 @@ def extension():
         cxx.append("-fopenmp")
         link.append("-fopenmp")
     # Headers count for setuptools' up-to-date check, so a header-only change rebuilds.
-    depends = sorted(glob.glob("csrc/**/*.h", recursive=True))
+    depends = sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.cuh", recursive=True))
     if not want_cuda():
         return CppExtension(
             "compact_bilinear._C",

@@ -3,8 +3,9 @@ nvcc but no GPU.
 
     CUDA_HOME=/usr/local/cuda python -m benchmarks.ptxas_report [--arch 90] [--all-dtypes]
 
-Compiles csrc/cuda/cbp_kernel.cu once for sm_<arch> with `-Xptxas -v` and the flags of the
-extension build (about 2 minutes on 2 cores) and prints one line per fused kernel: compute type,
+Compiles the fused kernels' sources (csrc/cuda/fused_*.cu, one per input dtype, in parallel) for
+sm_<arch> with `-Xptxas -v` and the flags of the extension build (about 2 minutes on 2 cores; the
+float64 file only with --all-dtypes) and prints one line per fused kernel: compute type,
 input type, phase, the FFT's largest radix, registers per thread, stack frame and spill stores
 in bytes. At two blocks per SM (the canonical d = 8192 plan) a thread may have 64 registers at
 512 threads (radix 8) and 128 at 256 threads (radix 32); spills are local-memory traffic that
@@ -27,9 +28,9 @@ PHASES = ["vector spectra", "forward", "forward finish", "backward", "backward f
 KERNEL = re.compile(r"fused_kernel<(\w+), ([\w:]+), \(compact_bilinear::fused::Phase\)(\d), (\d)>")
 
 
-def nvcc_command(arch: str, obj: str, source: str | None = None, output: str = "-c") -> list:
-    """nvcc with the extension build's flags and -Xptxas -v: `source` (default the CUDA kernels)
-    into `obj` (output "-c" for an object, "-cubin" for a cubin)."""
+def nvcc_command(arch: str, obj: str, source: str, output: str = "-c") -> list:
+    """nvcc with the extension build's flags and -Xptxas -v: `source` into `obj` (output "-c" for
+    an object, "-cubin" for a cubin)."""
     cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
     os.environ["CUDA_HOME"] = cuda_home  # torch.utils.cpp_extension reads it at import
     import torch
@@ -41,7 +42,7 @@ def nvcc_command(arch: str, obj: str, source: str | None = None, output: str = "
     return ([os.path.join(cuda_home, "bin", "nvcc")] + [f"-I{i}" for i in includes] + COMMON_NVCC_FLAGS
             + ["-O3", "-lineinfo", "-std=c++20", f"-gencode=arch=compute_{arch},code=sm_{arch}",
                "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C", "-Xptxas", "-v",
-               output, source or str(REPO / "csrc" / "cuda" / "cbp_kernel.cu"), "-o", obj])
+               output, source, "-o", obj])
 
 
 def demangle(names: list) -> list:
@@ -83,13 +84,18 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", default="90", help="compute capability without the dot (default 90, H100/H200)")
     ap.add_argument("--all-dtypes", action="store_true", help="include the float64 kernels")
     args = ap.parse_args(argv)
+    sources = [s for s in sorted(glob.glob(str(REPO / "csrc" / "cuda" / "fused_*.cu")))
+               if args.all_dtypes or not s.endswith("f64.cu")]
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run(nvcc_command(args.arch, os.path.join(tmp, "k.o")), capture_output=True, text=True,
-                              cwd=REPO)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        return proc.returncode
-    rows = [r for r in parse(proc.stdout + proc.stderr) if args.all_dtypes or r[0] != "double"]
+        procs = [subprocess.Popen(nvcc_command(args.arch, os.path.join(tmp, f"k{i}.o"), src), cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i, src in enumerate(sources)]
+        logs = [p.communicate()[0] for p in procs]
+    for p, log in zip(procs, logs):
+        if p.returncode != 0:
+            sys.stderr.write(log[-4000:])
+            return p.returncode
+    rows = [r for r in parse("\n".join(logs)) if args.all_dtypes or r[0] != "double"]
     print(f"fused kernels, ptxas sm_{args.arch}")
     print(f"{'compute':8s} {'input':9s} {'phase':16s} {'radix':>5s} {'registers':>9s} {'stack B':>8s} {'spill B':>8s}")
     for r in rows:

@@ -1,5 +1,6 @@
-// CUDA kernels: the FFT path (gather sketch, K-way spectral product, cuFFT through ATen) and the
-// fused pipeline, one thread block per row or per chunk of a sample's rows (common/fused.h).
+// CUDA kernels: the FFT path (gather sketch, K-way spectral product, cuFFT through ATen), and the
+// launches of the fused pipeline, whose kernels are compiled one input dtype per file
+// (fused_kernel.cuh, fused_*.cu).
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -8,6 +9,7 @@
 #include "cbp.h"
 #include "common/fused_driver.h"
 #include "common/spectral.h"
+#include "cuda/fused_launch.h"
 
 namespace compact_bilinear {
 namespace {
@@ -99,51 +101,6 @@ const FftKernels kCudaKernels{sketch_cuda, product_cuda, product_backward_cuda, 
 
 // ---------------------------------------------------------------------------------------------
 // Fused kernel.
-
-// A CUDA block as the pipeline's thread group: one butterfly of the FFT's largest radix per
-// thread, up to 512 threads. Two blocks per SM are the design point at d = 8192 (102 KB of shared
-// memory each), which caps the registers: with radix-8 passes 512 threads of 64 registers, with
-// radix-32 passes 256 threads of 128 (launch bounds of 512 threads and one block per SM allow 128
-// registers; at d = 16384 a block has 512 threads, and shared memory allows one per SM anyway).
-template <int MaxPassBits>
-struct BlockGroup {
-  static constexpr int kMaxPassBits = MaxPassBits;
-  static constexpr int kMinBlocksPerSM = MaxPassBits >= 5 ? 1 : 2;
-  template <class F>
-  __device__ __forceinline__ void for_each(int64_t n, F&& f) const {
-    // 32-bit loop: every n is below 2^31 (fused_unsupported_reason bounds the channel counts).
-    const int m = static_cast<int>(n);
-    for (int i = threadIdx.x; i < m; i += blockDim.x) f(i);
-  }
-  __device__ __forceinline__ void sync() const { __syncthreads(); }
-};
-
-template <typename T, typename In, fused::Phase Ph, int MaxPassBits>
-__global__ void __launch_bounds__(512, BlockGroup<MaxPassBits>::kMinBlocksPerSM) fused_kernel(const fused::Args<T, In> a, int64_t ny) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto* z = reinterpret_cast<fused::cplx<T>*>(smem_raw);
-  const int64_t i = blockIdx.x;
-  fused::run_phase(BlockGroup<MaxPassBits>{}, a, Ph, z, i / ny, i % ny);
-}
-
-// Threads per block: one butterfly of the FFT's largest radix each (d = 8192: 256 threads with
-// radix-32 passes, 512 with radix 8), at least a warp and at most 512.
-template <int MaxPassBits>
-int fused_threads(int64_t d) {
-  const int bits = fused::Schedule(fused::ilog2(d), MaxPassBits).max_bits();
-  return static_cast<int>(std::min<int64_t>(512, std::max<int64_t>(32, d >> bits)));
-}
-
-template <typename T, typename In, fused::Phase Ph>
-void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) {
-  fused::with_max_pass_bits(a.max_pass_bits, [&](auto bits) {
-    auto kernel = fused_kernel<T, In, Ph, decltype(bits)::value>;
-    if (smem > 48 * 1024)
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<groups, fused_threads<decltype(bits)::value>(a.d), smem, at::cuda::getCurrentCUDAStream()>>>(a, ny);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-}
 
 struct DeviceLaunch {
   template <typename T, typename In>

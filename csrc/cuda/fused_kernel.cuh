@@ -1,0 +1,74 @@
+#pragma once
+// The fused kernel (common/fused.h on a CUDA block) and its launch, included by one file per input
+// dtype (fused_f32.cu, ...), each instantiating the launches of its dtype's five phases with
+// CB_INSTANTIATE_FUSED: the kernels then compile in parallel, one file per core.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <algorithm>
+
+#include "cuda/fused_launch.h"
+
+namespace compact_bilinear {
+namespace fused_detail {
+
+// A CUDA block as the pipeline's thread group: one butterfly of the FFT's largest radix per
+// thread, up to 512 threads. Two blocks per SM are the design point at d = 8192 (102 KB of shared
+// memory each), which caps the registers: with radix-8 passes 512 threads of 64 registers, with
+// radix-32 passes 256 threads of 128 (launch bounds of 512 threads and one block per SM allow 128
+// registers; at d = 16384 a block has 512 threads, and shared memory allows one per SM anyway).
+template <int MaxPassBits>
+struct BlockGroup {
+  static constexpr int kMaxPassBits = MaxPassBits;
+  static constexpr int kMinBlocksPerSM = MaxPassBits >= 5 ? 1 : 2;
+  template <class F>
+  __device__ __forceinline__ void for_each(int64_t n, F&& f) const {
+    // 32-bit loop: every n is below 2^31 (fused_unsupported_reason bounds the channel counts).
+    const int m = static_cast<int>(n);
+    for (int i = threadIdx.x; i < m; i += blockDim.x) f(i);
+  }
+  __device__ __forceinline__ void sync() const { __syncthreads(); }
+};
+
+template <typename T, typename In, fused::Phase Ph, int MaxPassBits>
+__global__ void __launch_bounds__(512, BlockGroup<MaxPassBits>::kMinBlocksPerSM) fused_kernel(const fused::Args<T, In> a, int64_t ny) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  auto* z = reinterpret_cast<fused::cplx<T>*>(smem_raw);
+  const int64_t i = blockIdx.x;
+  fused::run_phase(BlockGroup<MaxPassBits>{}, a, Ph, z, i / ny, i % ny);
+}
+
+// Threads per block: one butterfly of the FFT's largest radix each (d = 8192: 256 threads with
+// radix-32 passes, 512 with radix 8), at least a warp and at most 512.
+template <int MaxPassBits>
+int fused_threads(int64_t d) {
+  const int bits = fused::Schedule(fused::ilog2(d), MaxPassBits).max_bits();
+  return static_cast<int>(std::min<int64_t>(512, std::max<int64_t>(32, d >> bits)));
+}
+
+}  // namespace fused_detail
+
+template <typename T, typename In, fused::Phase Ph>
+void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) {
+  fused::with_max_pass_bits(a.max_pass_bits, [&](auto bits) {
+    auto kernel = fused_detail::fused_kernel<T, In, Ph, decltype(bits)::value>;
+    if (smem > 48 * 1024)
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    kernel<<<groups, fused_detail::fused_threads<decltype(bits)::value>(a.d), smem, at::cuda::getCurrentCUDAStream()>>>(a, ny);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace compact_bilinear
+
+#define CB_INSTANTIATE_FUSED_PHASE(In, Ph)                                                  \
+  template void launch_phase<fused::acc_t<In>, In, fused::Phase::Ph>(int64_t, int64_t, int64_t, \
+                                                                     const fused::Args<fused::acc_t<In>, In>&);
+#define CB_INSTANTIATE_FUSED(In)                      \
+  namespace compact_bilinear {                        \
+  CB_INSTANTIATE_FUSED_PHASE(In, VectorSpectra)       \
+  CB_INSTANTIATE_FUSED_PHASE(In, Forward)             \
+  CB_INSTANTIATE_FUSED_PHASE(In, ForwardFinish)       \
+  CB_INSTANTIATE_FUSED_PHASE(In, Backward)            \
+  CB_INSTANTIATE_FUSED_PHASE(In, BackwardFinish)      \
+  }

@@ -1,0 +1,12 @@
+#pragma once
+// The launch of one phase of the fused kernel. Its kernels are compiled one input dtype per file
+// (fused_f32.cu, fused_f64.cu, fused_f16.cu, fused_bf16.cu, all from fused_kernel.cuh), so the
+// build runs them in parallel; cbp_kernel.cu only calls them.
+#include "common/fused_driver.h"
+
+namespace compact_bilinear {
+
+template <typename T, typename In, fused::Phase Ph>
+void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a);
+
+}  // namespace compact_bilinear
