@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <list>
 #include <map>
 #include <mutex>
@@ -50,14 +51,13 @@ struct HashCacheEntry {
 at::Tensor gather_codes(const at::Tensor& sorted_hash, const at::Tensor& perm, int64_t d) {
   const int64_t C = sorted_hash.numel();
   if (d > (int64_t{1} << fused::kMaxLog2d) || C >= (int64_t{1} << 30)) return at::Tensor();
-  auto same = at::zeros({C}, sorted_hash.options());  // 1 where position q has q - 1's bucket
-  if (C > 1) same.slice(0, 1).copy_(sorted_hash.slice(0, 1) == sorted_hash.slice(0, 0, -1));
-  auto next = at::zeros_like(same);  // 1 where position q + 1 has q's bucket
-  if (C > 1) next.slice(0, 0, -1).copy_(same.slice(0, 1));
-  // In int64, then the low 32 bits: kNotHead is the int32 sign bit.
-  auto word = sorted_hash + next * static_cast<int64_t>(fused::kRunContinues) + same * static_cast<int64_t>(fused::kNotHead);
-  word = word - (word >= (int64_t{1} << 31)).to(at::kLong) * (int64_t{1} << 32);
-  return at::stack({word.to(at::kInt), perm.to(at::kInt)}, 1).contiguous();
+  // run[q] = 1 where positions q - 1 and q share a bucket (q = 1 .. C - 1), 0 at both ends.
+  auto run = at::zeros({C + 1}, sorted_hash.options().dtype(at::kInt));
+  if (C > 1) run.slice(0, 1, C).copy_(sorted_hash.slice(0, 1) == sorted_hash.slice(0, 0, -1));
+  // bucket < 2^30, so the sum stays in int32 with kNotHead as its sign bit.
+  const auto word = sorted_hash.to(at::kInt) + run.slice(0, 1, C + 1) * static_cast<int32_t>(fused::kRunContinues) +
+                    run.slice(0, 0, C) * std::numeric_limits<int32_t>::min();
+  return at::stack({word, perm.to(at::kInt)}, 1).contiguous();
 }
 
 HashTables build_hash_tables(const at::Tensor& h_in, const at::Tensor& s_in, int64_t k, int64_t d,

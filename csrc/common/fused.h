@@ -488,14 +488,16 @@ CB_HD void zero(const G& g, cplx<T>* z, int64_t n) {
   g.for_each(n, [=](int64_t j) { z[j] = cplx<T>(0, 0); });
 }
 
-// Z = sketch(input ka) + i sketch(input kb) for sample b, location l (kb < 0: imaginary part 0).
+// Z = sketch(input ka at sample b, location l) + i sketch(input kb at sample bb, location lb)
+// (kb < 0: imaginary part 0): two inputs of one row, or one map input of two rows.
 template <typename T, typename In, class G>
-CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, int kb, int64_t b, int64_t l) {
+CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, int64_t b, int64_t l, int kb,
+                         int64_t bb, int64_t lb) {
   zero(g, z, z_size(a.d));
   g.sync();
   T* zr = reinterpret_cast<T*>(z);
   gather_sketch(g, a, zr, ka, 0, b, l);
-  if (kb >= 0) gather_sketch(g, a, zr, kb, 1, b, l);
+  if (kb >= 0) gather_sketch(g, a, zr, kb, 1, bb, lb);
   g.sync();
 }
 
@@ -515,7 +517,7 @@ CB_HD void fill_hermitian(const G& g, const Args<T, In>& a, cplx<T>* z, Half hal
 template <typename T, typename In, class G>
 CB_HD void vector_spectra(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t b, int64_t pair) {
   const int ia = static_cast<int>(2 * pair), ib = ia + 1 < a.nvec ? ia + 1 : -1;
-  load_sketches(g, a, z, a.vec_ids[ia], ib >= 0 ? a.vec_ids[ib] : -1, b, 0);
+  load_sketches(g, a, z, a.vec_ids[ia], b, 0, ib >= 0 ? a.vec_ids[ib] : -1, b, 0);
   fft_forward_dif(g, z, a.d, a.log2d, a.tw);
   g.for_each(a.F, [=, &a](int64_t f) {
     const BinPair pq = bins(f, a.d, a.log2d);
@@ -555,15 +557,10 @@ CB_HD void inverse_to_rows(const G& g, const Args<T, In>& a, cplx<T>* z, In* out
 template <typename T, typename In, class G>
 CB_HD void forward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* acc, int64_t r0, int64_t r1) {
   const int k = a.map_ids[0];
-  T* zr = reinterpret_cast<T*>(z);
   for (int64_t r = r0; r < r1; r += 2) {
     const bool two = r + 1 < r1;
     const int64_t rb0 = r / a.L, rb1 = (r + 1) / a.L;
-    zero(g, z, z_size(a.d));
-    g.sync();
-    gather_sketch(g, a, zr, k, 0, rb0, r % a.L);
-    if (two) gather_sketch(g, a, zr, k, 1, rb1, (r + 1) % a.L);
-    g.sync();
+    load_sketches(g, a, z, k, rb0, r % a.L, two ? k : -1, rb1, (r + 1) % a.L);
     fft_forward_dif(g, z, a.d, a.log2d, a.tw);
     g.for_each(a.F, [=, &a](int64_t f) {
       const BinPair pq = bins(f, a.d, a.log2d);
@@ -616,7 +613,7 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
       const bool hold = pair && r == r0;  // the first row of a pair: keep its product in `first`
       for (int gi = 0; gi < groups; ++gi) {
         const int ka = a.map_ids[2 * gi], kb = 2 * gi + 1 < a.nmap ? a.map_ids[2 * gi + 1] : -1;
-        load_sketches(g, a, z, ka, kb, rb, l);
+        load_sketches(g, a, z, ka, rb, l, kb, rb, l);
         fft_forward_dif(g, z, a.d, a.log2d, a.tw);
         const bool last = gi == groups - 1;
         g.for_each(a.F, [=, &a](int64_t f) {
@@ -659,10 +656,7 @@ CB_HD void forward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t 
     for (int64_t c = 0; c < a.nchunks; ++c) s += src[c * a.F + f];
     return s;
   });
-  const T scale = T(1) / static_cast<T>(a.d);
-  In* out = a.out + b * a.d;
-  fft_inverse_dit(g, z, a.d, a.log2d, a.tw,
-                  [=](Elem e, cplx<T> v) { (out + e.base)[e.off] = static_cast<In>(v.real() * scale); });
+  inverse_to_rows(g, a, z, a.out + b * a.d, /*pair=*/false);
 }
 
 // grad_x[k][b, i, l] = sign[i] * grad_cs[h[i]] for input k, with grad_cs = part `part` (0: Re,
@@ -745,7 +739,7 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
     const int ka = a.map_ids[last_first], kb = last_first + 1 < a.nmap ? a.map_ids[last_first + 1] : -1;
     for (int gi = 0; gi < groups; ++gi) {
       const int ia = 2 * gi, ib = 2 * gi + 1 < a.nmap ? 2 * gi + 1 : -1;
-      load_sketches(g, a, z, a.map_ids[ia], ib >= 0 ? a.map_ids[ib] : -1, b, l);
+      load_sketches(g, a, z, a.map_ids[ia], b, l, ib >= 0 ? a.map_ids[ib] : -1, b, l);
       fft_forward_dif(g, z, a.d, a.log2d, a.tw);
       if (gi == groups - 1) break;
       g.for_each(a.F, [=, &a](int64_t f) {
