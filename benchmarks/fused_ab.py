@@ -5,8 +5,9 @@
 The FFT in passes up to radix 32 (the default) and radix 8 (COMPACT_BILINEAR_FFT_RADIX=8: five
 passes at d = 8192, as in the kernel measured up to commit 6235626) for every case; unpooled forward with rows in pairs and
 one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forward at several rows per chunk
-(COMPACT_BILINEAR_POOLED_ROWS), and forward+backward with an NCHW-contiguous and a location-major
-upstream gradient, each beside the fft path. CUDA events,
+(COMPACT_BILINEAR_POOLED_ROWS), forward+backward with an NCHW-contiguous and a location-major
+upstream gradient, and map x vector forward+backward with rows in pairs and one at a time, each
+beside the fft path. CUDA events,
 median of many calls, inputs rotated so L2 does not hold them, random normal inputs, every
 variant checked against the fft path before it is timed.
 """
@@ -72,6 +73,14 @@ def main():
         variants += [("unpooled fwd+bwd", f"fft, {layout} grad", {}, ref, ref, sets),
                      ("unpooled fwd+bwd", f"fused, {layout} grad", {}, fwd_bwd("fused", g), ref, sets),
                      ("unpooled fwd+bwd", f"fused, {layout} grad, radix 8", radix8, fwd_bwd("fused", g), ref, sets)]
+    # One map input (map x vector): rows in pairs share the forward's transforms and, in the
+    # backward, the gradients' inverse; ROW_PAIRS=0 takes forward and backward a row at a time.
+    mv_sets = [[s[0], torch.randn(B, C, device="cuda", requires_grad=True)] for s in sets]
+    ref = fwd_bwd("fft")
+    variants += [("map x vec fwd+bwd", "fft, NCHW grad", {}, ref, ref, mv_sets),
+                 ("map x vec fwd+bwd", "fused, row pairs", {}, fwd_bwd("fused"), ref, mv_sets),
+                 ("map x vec fwd+bwd", "fused, single rows", {"COMPACT_BILINEAR_ROW_PAIRS": "0"}, fwd_bwd("fused"),
+                  ref, mv_sets)]
     print(f"{'case':18s} {'variant':34s} {'median':>10s}  rel err vs fft")
     for case, name, env, fn, ref, inputs in variants:
         os.environ.update(env)

@@ -319,14 +319,14 @@ FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit) {
     plan.nchunks = (L + plan.rows_per_chunk - 1) / plan.rows_per_chunk;
     plan.smem_bytes = elem * (fused::z_size(p.d) + plan.slots * p.F);
   };
+  // Unpooled rows go in pairs whose real outputs share one inverse FFT, where the memory that takes
+  // fits; COMPACT_BILINEAR_ROW_PAIRS=0 forces single rows (for A/B timing on a GPU).
+  const char* pairs_env = std::getenv("COMPACT_BILINEAR_ROW_PAIRS");
+  const bool pairs = !(pairs_env != nullptr && std::string(pairs_env) == "0");
   if (!backward) {
-    // Pooled: an accumulator slot. Unpooled: rows in pairs whose real outputs share one inverse
-    // FFT (the first row's product waits in a slot, except with a single map, whose two rows
-    // share the forward transform too), where that slot fits; else single rows.
-    // COMPACT_BILINEAR_ROW_PAIRS=0 forces single rows (for A/B timing on a GPU).
+    // Pooled: an accumulator slot. Unpooled: the first row's product of a pair waits in a slot,
+    // except with a single map, whose two rows share the forward transform too; else single rows.
     // COMPACT_BILINEAR_POOLED_ROWS=n (1..8) sets the pooled chunk's rows (benchmarks/fused_ab.py).
-    const char* pairs_env = std::getenv("COMPACT_BILINEAR_ROW_PAIRS");
-    const bool pairs = !(pairs_env != nullptr && std::string(pairs_env) == "0");
     const char* pooled_env = std::getenv("COMPACT_BILINEAR_POOLED_ROWS");
     const int64_t pooled_rows = pooled_env ? std::atoll(pooled_env) : 0;
     plan.rows_per_chunk = p.out_map ? 2 : (pooled_rows >= 1 && pooled_rows <= 8 ? pooled_rows : balanced);
@@ -339,10 +339,20 @@ FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit) {
       size();
     }
   } else {
-    plan.rows_per_chunk = (p.out_map && nvec == 0) ? 1 : balanced;
+    // Slots: the gradient's spectrum, the maps' outside the last pair, an accumulator per vector.
+    // A single map's rows go in pairs that share each transform (fused.h backward_rows_one_map);
+    // unpooled, the second row's gradient spectrum takes one more slot, where it fits.
+    // (Unpooled chunks serve to sum the vectors' gradients over locations; without vectors a
+    // chunk is a row, or a pair.)
     const int64_t last = nmap % 2 ? 1 : 2;
-    plan.slots = 1 + (nmap - last) + nvec;
-    size();
+    const auto plan_rows = [&](bool pair) {
+      plan.pair_rows = pair;
+      plan.rows_per_chunk = (p.out_map && nvec == 0) ? (pair ? 2 : 1) : balanced;
+      plan.slots = 1 + (nmap - last) + nvec + (pair && p.out_map ? 1 : 0);
+      size();
+    };
+    plan_rows(nmap == 1 && (pairs || !p.out_map));
+    if (plan.pair_rows && plan.smem_bytes > smem_limit) plan_rows(false);
   }
   return plan;
 }

@@ -77,6 +77,7 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
 // Fused path planning, shared by the host instance and the CUDA kernel.
 struct FusedPlan {
   int64_t rows_per_chunk = 1, nchunks = 1;
+  bool pair_rows = false;     // backward with one map input: rows in pairs (fused.h backward_rows_one_map)
   int64_t slots = 0;          // half spectra (F complex values each) kept beside the d-point buffer
   int64_t smem_bytes = 0;     // per thread group
   int max_pass_bits = 5;      // log2 of the FFT passes' largest radix (fused.h: Schedule)

@@ -73,6 +73,7 @@ struct Args {
   int64_t B = 0, L = 1, d = 0, F = 0;
   bool out_map = false;
   int64_t rows_per_chunk = 1, nchunks = 1;
+  bool pair_rows = false;          // backward, one map: a chunk's rows in pairs (backward_rows_one_map)
   int nmap = 0, nvec = 0;
   int map_ids[kMaxInputs] = {}, vec_ids[kMaxInputs] = {};  // inputs by kind, in input order
   bool is_map[kMaxInputs] = {};
@@ -677,12 +678,14 @@ CB_HD void scatter_grad(const G& g, const Args<T, In>& a, const T* zr, int k, in
   });
 }
 
+// The gradients of input ka at (b, l) from Re of Z and, if kb >= 0, of input kb at (bb, lb) from
+// Im (load_sketches' counterpart: two inputs of one row, or one map input of two rows).
 template <typename T, typename In, class G>
-CB_HD void scatter_grads(const G& g, const Args<T, In>& a, const cplx<T>* z, int ka, int kb, int64_t b,
-                         int64_t l) {
+CB_HD void scatter_grads(const G& g, const Args<T, In>& a, const cplx<T>* z, int ka, int64_t b, int64_t l, int kb,
+                         int64_t bb, int64_t lb) {
   const T* zr = reinterpret_cast<const T*>(z);
   scatter_grad(g, a, zr, ka, 0, b, l);
-  if (kb >= 0) scatter_grad(g, a, zr, kb, 1, b, l);
+  if (kb >= 0) scatter_grad(g, a, zr, kb, 1, bb, lb);
   g.sync();
 }
 
@@ -718,22 +721,62 @@ CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
   g.sync();
 }
 
-// Backward for one (sample b, chunk c). Slots: G, one per map input outside the last pair, one
-// accumulator per vector input. Map inputs' gradients are written directly; vector inputs' spectra
-// are summed over the chunk's locations into `partial` for backward_finish.
+// Backward of locations l0 .. l1 of sample b when a single input is a map (the others, if any, are
+// vectors), two rows at a time where the plan pairs them (a.pair_rows), as forward_rows_one_map
+// does: the pair's map sketches share one forward transform, in Re and Im, and its two real
+// gradients one inverse. A row then costs one transform plus its gradient's spectrum (half a
+// transform, unpooled; pooled, one per chunk) instead of two. Unpooled, the second row's gradient
+// spectrum takes slot G1. Vector input i's gradient spectrum is G conj(S) conj(W_i), with S the
+// map's spectrum and W_i the other vectors' product; W_i does not change with the location, so the
+// rows' G conj(S) are summed first.
 template <typename T, typename In, class G>
-CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c) {
+CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* G0, cplx<T>* G1,
+                                 cplx<T>* vslot, int64_t b, int64_t l0, int64_t l1) {
+  const int k = a.map_ids[0];
+  for (int64_t l = l0; l < l1; l += a.pair_rows ? 2 : 1) {
+    const bool two = a.pair_rows && l + 1 < l1;
+    if (a.out_map) {
+      grad_spectrum(g, a, z, G0, b, l);
+      if (two) grad_spectrum(g, a, z, G1, b, l + 1);
+    }
+    load_sketches(g, a, z, k, b, l, two ? k : -1, b, l + 1);
+    fft_forward_dif(g, z, a.d, a.log2d, a.tw);
+    g.for_each(a.F, [=, &a](int64_t f) {
+      const BinPair pq = bins(f, a.d, a.log2d);
+      cplx<T> A, B;
+      split(z[pq.p], z[pq.q], A, B);
+      const cplx<T> g0 = G0[f], g1 = a.out_map ? (two ? G1[f] : cplx<T>(0, 0)) : g0;
+      cplx<T> h = g0 * conj(A);
+      if (two) h += g1 * conj(B);
+      cplx<T> V(1, 0);  // the product of every vector's spectrum
+      if (a.nvec == 1) {
+        V = a.vspec[b * a.F + f];
+        vslot[f] += h;
+      } else {
+        for (int i = 0; i < a.nvec; ++i) {
+          cplx<T> W = V;  // the vectors before i, then those after it
+          for (int j = i + 1; j < a.nvec; ++j) W *= a.vspec[(j * a.B + b) * a.F + f];
+          vslot[i * a.F + f] += h * conj(W);
+          V *= a.vspec[(i * a.B + b) * a.F + f];
+        }
+      }
+      merge(z, pq, g0 * conj(V), g1 * conj(V));
+    });
+    g.sync();
+    fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
+    scatter_grads(g, a, z, k, b, l, two ? k : -1, b, l + 1);
+  }
+}
+
+// Backward of locations l0 .. l1 of sample b with two or more map inputs, a row at a time: each pair
+// of maps shares a forward transform, and so do their two real gradients an inverse; slot G holds
+// the row's gradient spectrum (pooled: the sample's), mslot the spectra of the maps outside the
+// last pair, then their gradients' spectra, vslot the vector inputs' sums.
+template <typename T, typename In, class G>
+CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* Gs, cplx<T>* mslot,
+                              cplx<T>* vslot, int64_t b, int64_t l0, int64_t l1) {
   const int groups = (a.nmap + 1) / 2;
   const int last_first = 2 * (groups - 1);  // index (among maps) of the first map of the last pair
-  cplx<T>* Gs = slots;
-  cplx<T>* mslot = slots + a.F;                  // maps 0 .. last_first-1
-  cplx<T>* vslot = mslot + last_first * a.F;     // vectors
-  if (a.nvec) {
-    g.for_each(a.nvec * a.F, [=, &a](int64_t i) { vslot[i] = cplx<T>(0, 0); });
-    g.sync();
-  }
-  if (!a.out_map) grad_spectrum(g, a, z, Gs, b, 0);
-  const int64_t l0 = c * a.rows_per_chunk, l1 = l0 + a.rows_per_chunk < a.L ? l0 + a.rows_per_chunk : a.L;
   for (int64_t l = l0; l < l1; ++l) {
     if (a.out_map) grad_spectrum(g, a, z, Gs, b, l);
     const int ka = a.map_ids[last_first], kb = last_first + 1 < a.nmap ? a.map_ids[last_first + 1] : -1;
@@ -760,14 +803,11 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
       const cplx<T> gf = Gs[f];
       cplx<T> qa, qb(0, 0);  // the last pair's Q, whose two real gradients share one inverse FFT
       if (a.K == 2) {
-        // Two inputs, the common case, without the per-bin arrays: each Q is G times the other
-        // input's conjugate spectrum (two maps: A and B from z; a map and a vector: A and vspec).
-        // ncu, canonical backward: the arrays' local-memory traffic was 6.7M warp instructions.
-        qa = gf * conj(kb >= 0 ? B : a.vspec[b * a.F + f]);
-        if (kb >= 0)
-          qb = gf * conj(A);
-        else
-          vslot[f] += gf * conj(A);
+        // Two maps, the common case, without the per-bin arrays: each Q is G times the other
+        // map's conjugate spectrum. ncu, canonical backward: the arrays' local-memory traffic
+        // was 6.7M warp instructions.
+        qa = gf * conj(B);
+        qb = gf * conj(A);
       } else {
         cplx<T> v[kMaxInputs], prefix[kMaxInputs + 1];
         for (int i = 0; i < a.nmap; ++i)
@@ -789,7 +829,7 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
     });
     g.sync();
     fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
-    scatter_grads(g, a, z, ka, kb, b, l);
+    scatter_grads(g, a, z, ka, b, l, kb, b, l);
     for (int gi = 0; gi < groups - 1; ++gi) {
       const int ia = 2 * gi, ib = 2 * gi + 1;
       g.for_each(a.F, [=, &a](int64_t f) {
@@ -798,9 +838,31 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
       });
       g.sync();
       fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
-      scatter_grads(g, a, z, a.map_ids[ia], a.map_ids[ib], b, l);
+      scatter_grads(g, a, z, a.map_ids[ia], b, l, a.map_ids[ib], b, l);
     }
   }
+}
+
+// Backward for one (sample b, chunk c) of locations. Slots: G, a second G where a single map's
+// unpooled rows go in pairs, one per map input outside the last pair, one accumulator per vector
+// input. Map inputs' gradients are written directly; vector inputs' spectra are summed over the
+// chunk's locations into `partial` for backward_finish.
+template <typename T, typename In, class G>
+CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c) {
+  const bool g_pair = a.nmap == 1 && a.out_map && a.pair_rows;
+  cplx<T>* Gs = slots;
+  cplx<T>* mslot = slots + (g_pair ? 2 : 1) * a.F;
+  cplx<T>* vslot = mslot + (a.nmap - (a.nmap % 2 ? 1 : 2)) * a.F;
+  if (a.nvec) {
+    g.for_each(a.nvec * a.F, [=, &a](int64_t i) { vslot[i] = cplx<T>(0, 0); });
+    g.sync();
+  }
+  if (!a.out_map) grad_spectrum(g, a, z, Gs, b, 0);
+  const int64_t l0 = c * a.rows_per_chunk, l1 = l0 + a.rows_per_chunk < a.L ? l0 + a.rows_per_chunk : a.L;
+  if (a.nmap == 1)
+    backward_rows_one_map(g, a, z, Gs, Gs + a.F, vslot, b, l0, l1);
+  else
+    backward_rows_maps(g, a, z, Gs, mslot, vslot, b, l0, l1);
   if (a.nvec) {
     g.for_each(a.nvec * a.F, [=, &a](int64_t i) {
       const int64_t v = i / a.F, f = i % a.F;
@@ -820,7 +882,7 @@ CB_HD void backward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t
     return s;
   });
   fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
-  scatter_grads(g, a, z, a.vec_ids[v], -1, b, 0);
+  scatter_grads(g, a, z, a.vec_ids[v], b, 0, -1, b, 0);
 }
 
 }  // namespace fused

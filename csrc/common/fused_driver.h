@@ -54,6 +54,7 @@ Args<T, In> make_args(const Problem& p, const FusedPlan& plan) {
   a.log2d = ilog2(p.d);
   a.out_map = p.out_map;
   a.rows_per_chunk = plan.rows_per_chunk;
+  a.pair_rows = plan.pair_rows;
   a.max_pass_bits = plan.max_pass_bits;
   a.nchunks = plan.nchunks;
   for (int k = 0; k < a.K; ++k) {

@@ -32,6 +32,9 @@ CASES = {
     "k3_pooled_broadcast": ((5, 7, 3), 128, [(3, 3), (), (3, 3)], True),
     "k3_pooled_prime_d": ((4, 6, 3), 17, [(2, 2), (2, 2), ()], True),
     "k1_count_sketch": ((9,), 16, [(2, 2)], False),
+    "k2_map_x_vector_pooled": ((6, 5), 64, [(2, 5), ()], True),
+    "k3_map_two_vectors": ((5, 4, 3), 32, [(3, 3), (), ()], False),
+    "k3_map_two_vectors_pooled": ((5, 4, 3), 16, [(3, 3), (), ()], True),
     "k4_mixed": ((3, 4, 2, 5), 32, [(2, 2), (), (), (2, 2)], False),
 }
 
@@ -176,18 +179,57 @@ def test_fused_largest_d_k2_maps(sum_pool, device):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5 * b.abs().max().item())
 
 
-@pytest.mark.parametrize("name", ["k2_maps", "k2_map_x_vector", "k4_mixed"])
+def forward_and_grads(fn, xs, w):
+    out = fn(xs)
+    return [out, *torch.autograd.grad((out * w).sum(), xs)]
+
+
+@pytest.mark.parametrize("name", ["k2_maps", "k2_map_x_vector", "k4_mixed", "k1_count_sketch", "k2_video_3d",
+                                  "k3_map_two_vectors"])
 def test_fused_row_pairs_match_single_rows(name, device, monkeypatch):
-    """Rows in pairs (one inverse FFT for two real rows) against rows one at a time
-    (COMPACT_BILINEAR_ROW_PAIRS=0), both against the definition; odd and even location counts."""
-    xs, hs, ss, d, _ = make(CASES[name], device)
+    """Unpooled rows in pairs against rows one at a time (COMPACT_BILINEAR_ROW_PAIRS=0), both
+    against the definition, forward and backward; odd and even location counts. The forward's
+    pairs share one inverse FFT for two real rows; with a single map input the pair's sketches
+    share each forward transform as well, and in the backward the pair's two real gradients
+    share the inverse."""
+    xs, hs, ss, d, _ = make(CASES[name], device, requires_grad=True)
     ref = explicit_outer_product_sketch(xs, hs, ss, d)
-    paired = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=ref.dtype).to(device)
+    expect = forward_and_grads(lambda x: compact_bilinear_pooling_reference(x, hs, ss, d), xs, w)
+    fused = lambda x: cb.compact_bilinear_pooling(x, hs, ss, d, algorithm="fused")
+    paired = forward_and_grads(fused, xs, w)
     monkeypatch.setenv("COMPACT_BILINEAR_ROW_PAIRS", "0")
-    single = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
-    for out in (paired, single):
-        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    assert not torch.equal(paired, single)  # really two schedules: they round differently
+    single = forward_and_grads(fused, xs, w)
+    torch.testing.assert_close(paired[0], ref, rtol=1e-10, atol=1e-10)
+    for got in (paired, single):
+        for a, b in zip(got, expect):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # Really two schedules, which round differently: the output, and where one map's backward
+    # pairs its rows, that map's gradient.
+    assert not torch.equal(paired[0], single[0])
+    one_map = sum(x.dim() > 2 for x in xs) == 1
+    map_grad = next(i for i, x in enumerate(xs) if x.dim() > 2) + 1
+    assert torch.equal(paired[map_grad], single[map_grad]) != one_map
+
+
+def test_fused_backward_single_rows_where_a_row_pair_does_not_fit(device, monkeypatch):
+    """A single map's backward keeps a second gradient spectrum for its rows in pairs. With three
+    vectors beside the map at d = 8192 (float32) that slot does not fit beside the vectors'
+    accumulators, so the rows go one at a time: bit-identical to COMPACT_BILINEAR_ROW_PAIRS=0,
+    and matching the reference."""
+    case = ((3, 4, 2, 5), 8192, [(2, 2), (), (), ()], False)
+    xs, hs, ss, d, _ = make(case, device, dtype=torch.float32, batch=1, requires_grad=True)
+    w = torch.randn(1, d, 2, 2, generator=torch.Generator().manual_seed(1)).to(device)
+    fused = lambda x: cb.compact_bilinear_pooling(x, hs, ss, d, algorithm="fused")
+    got = forward_and_grads(fused, xs, w)
+    monkeypatch.setenv("COMPACT_BILINEAR_ROW_PAIRS", "0")
+    single = forward_and_grads(fused, xs, w)
+    for a, b in zip(got[1:], single[1:]):
+        assert torch.equal(a, b)
+    x64 = [x.detach().double().requires_grad_() for x in xs]
+    expect = forward_and_grads(lambda x: compact_bilinear_pooling_reference(x, hs, ss, d), x64, w.double())
+    for a, b in zip(got, expect):
+        torch.testing.assert_close(a.double(), b, rtol=2e-5, atol=2e-5 * b.abs().max().item())
 
 
 def test_fused_single_rows_where_a_row_pair_does_not_fit(device):
@@ -202,7 +244,8 @@ def test_fused_single_rows_where_a_row_pair_does_not_fit(device):
 
 
 GRAD_CASES = ["k2_vectors_odd_d", "k2_maps", "k2_map_x_vector", "k3_map_vec_map", "k2_maps_pooled",
-              "k3_pooled_broadcast", "k3_pooled_prime_d", "k4_mixed", "k2_video_3d"]
+              "k3_pooled_broadcast", "k3_pooled_prime_d", "k4_mixed", "k2_video_3d", "k1_count_sketch",
+              "k2_map_x_vector_pooled", "k3_map_two_vectors", "k3_map_two_vectors_pooled"]
 
 
 @pytest.mark.parametrize("name,algo", [(n, a) for n in GRAD_CASES for a in case_algos(CASES[n])])
