@@ -119,7 +119,7 @@ timeout 180 $PY -m benchmarks --preset gpu-canonical --no-progress \
 step "A/B: the fused kernel's schedules side by side (benchmarks/fused_ab.py)"
 timeout 120 $PY benchmarks/fused_ab.py || { echo "fused_ab FAILED"; status=1; }
 
-step "Nsight Compute: the fused kernel's five canonical launches (benchmarks/ncu_cases.py)"
+step "Nsight Compute: the fused kernel's four canonical launches (benchmarks/ncu_cases.py)"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ]; then
     # --clock-control none: measure the card as found (never lock its clocks).
@@ -127,7 +127,7 @@ if [ -n "$NCU" ]; then
     for radix in 32 8; do
         [ "$radix" = 8 ] && [ "$(left)" -lt 120 ] && { echo "no time left for the radix-8 profile"; break; }
         echo "##### COMPACT_BILINEAR_FFT_RADIX=$radix" >>"$OUT/ncu.txt"
-        COMPACT_BILINEAR_FFT_RADIX=$radix timeout 150 "$NCU" --clock-control none -k regex:fused_kernel -c 5 \
+        COMPACT_BILINEAR_FFT_RADIX=$radix timeout 150 "$NCU" --clock-control none -k regex:fused_kernel -c 4 \
             --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
             --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
             --metrics l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed_op_shared_ld.sum,smsp__inst_executed_op_shared_st.sum,smsp__inst_executed_op_local_ld.sum,smsp__inst_executed_op_local_st.sum,smsp__inst_executed.sum \

@@ -1,9 +1,9 @@
 """The fused kernel's launches at the canonical size, for Nsight Compute (gpu_check.sh).
 
-    ncu -k regex:fused_kernel -c 5 python benchmarks/ncu_cases.py
+    ncu -k regex:fused_kernel -c 4 python benchmarks/ncu_cases.py
 
-Five launches, in this order: unpooled forward; pooled forward and its finishing pass; the
-forward and the backward of an unpooled forward+backward. Inputs are random normals (never
+Four launches, in this order: unpooled forward; pooled forward (whose last chunk of each sample
+finishes it); the forward and the backward of an unpooled forward+backward. Inputs are random normals (never
 zeros); each result is checked against the fft path so a profile is never of a wrong kernel.
 """
 import torch

@@ -152,8 +152,8 @@ def test_plots_keep_one_colour_per_implementation(tmp_path, monkeypatch):
 
 
 PTXAS_LOG = """\
-ptxas info    : Compiling entry function '_ZN16compact_bilinear46_GLOBAL__N__abe7e3d5_13_cbp_kernel_cu_26f2d3a312fused_kernelIffLNS_5fused5PhaseE3ELi5EEEvNS2_4ArgsIT_T0_EEl' for 'sm_90'
-ptxas info    : Function properties for _ZN16compact_bilinear46_GLOBAL__N__abe7e3d5_13_cbp_kernel_cu_26f2d3a312fused_kernelIffLNS_5fused5PhaseE3ELi5EEEvNS2_4ArgsIT_T0_EEl
+ptxas info    : Compiling entry function '_ZN16compact_bilinear46_GLOBAL__N__abe7e3d5_13_cbp_kernel_cu_26f2d3a312fused_kernelIffLNS_5fused5PhaseE2ELi5EEEvNS2_4ArgsIT_T0_EEl' for 'sm_90'
+ptxas info    : Function properties for _ZN16compact_bilinear46_GLOBAL__N__abe7e3d5_13_cbp_kernel_cu_26f2d3a312fused_kernelIffLNS_5fused5PhaseE2ELi5EEEvNS2_4ArgsIT_T0_EEl
     384 bytes stack frame, 568 bytes spill stores, 796 bytes spill loads
 ptxas info    : Used 128 registers, used 1 barriers, 384 bytes cumulative stack size
 ptxas info    : Compiling entry function '_ZN16compact_bilinear46_GLOBAL__N__abe7e3d5_13_cbp_kernel_cu_26f2d3a312fused_kernelIffLNS_5fused5PhaseE1ELi3EEEvNS2_4ArgsIT_T0_EEl' for 'sm_90'

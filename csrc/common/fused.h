@@ -22,6 +22,9 @@
 // threads touch neighbouring values where natural order put them d/32 apart, all in one bank.
 // Unpooled rows go in pairs whose real outputs share one inverse transform (forward_chunk); with
 // a single map input (map x vector) two rows' sketches share each forward transform as well.
+// Sums over a sample's locations (pooled outputs, vector inputs' gradients) are finished by the
+// last of the sample's chunks to end, in the same kernel, with a half-length inverse transform
+// (sum_chunks, inverse_real).
 // benchmarks/smem_model.py counts the wavefronts: per row of the canonical forward (d = 8192)
 // 6.2k with passes up to radix 32 and the output written by the inverse's last pass, 9.7k with
 // radix-8 passes, 14.3k with radix-4, 18.4k for single rows and 44.0k for single rows unpadded in
@@ -84,6 +87,7 @@ struct Args {
   const cplx<T>* tw = nullptr;   // twiddles: by transform size, then in slot order (tw_slot_offset)
   cplx<T>* vspec = nullptr;      // vector spectra [nvec][B][F] (when maps are present)
   cplx<T>* partial = nullptr;    // per-chunk spectra: forward [B][nchunks][F]; backward [nvec][B][nchunks][F]
+  int* arrivals = nullptr;       // per sample, its chunks done so far (zeroed per call; see sum_chunks)
   In* out = nullptr;             // (B, L, d) rows (returned as a (B, d, *S) view) or (B, d)
   const In* grad = nullptr;      // gradient of out, same layout
   int64_t grad_stride_b = 0, grad_stride_j = 0, grad_stride_l = 0;
@@ -502,16 +506,63 @@ CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, i
   g.sync();
 }
 
-// Z[p(f)] = S[f], Z[q(f)] = conj(S[f]) from a half spectrum given by `half(f)`.
-template <typename T, typename In, class G, class Half>
-CB_HD void fill_hermitian(const G& g, const Args<T, In>& a, cplx<T>* z, Half half) {
-  g.for_each(a.d / 2 + 1, [=, &a](int64_t f) {
-    const BinPair pq = bins(f, a.d, a.log2d);
-    const cplx<T> s = half(f);
-    z[pq.p] = s;
-    if (pq.q != pq.p) z[pq.q] = conj(s);
+// A value another thread group wrote in this kernel, read past the L1 (not coherent across SMs):
+// on the GPU a 128-byte line of it may sit in the L1 from an earlier read of a neighbour's values.
+template <typename T>
+CB_HD cplx<T> load_l2(const cplx<T>* p) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(T) == 4) {
+    const float2 v = __ldcg(reinterpret_cast<const float2*>(p));
+    return cplx<T>(v.x, v.y);
+  } else {
+    const double2 v = __ldcg(reinterpret_cast<const double2*>(p));
+    return cplx<T>(v.x, v.y);
+  }
+#else
+  return *p;
+#endif
+}
+
+// Chunks of one sample's locations run in separate thread groups, each leaving its half spectrum
+// in `src` [nchunks][F]; the last to finish (G::last_to_arrive on the sample's arrival counter)
+// sums them, in chunk order whichever group that is, into S, which holds its own chunk c's sum
+// already. A single chunk has nothing to add.
+template <typename T, typename In, class G>
+CB_HD void sum_chunks(const G& g, const Args<T, In>& a, cplx<T>* S, const cplx<T>* src, int64_t c) {
+  if (a.nchunks == 1) return;
+  g.for_each(a.F, [=, &a](int64_t f) {
+    cplx<T> s(0, 0);
+    for (int64_t i = 0; i < a.nchunks; ++i) s += i == c ? S[f] : load_l2(src + i * a.F + f);
+    S[f] = s;
   });
   g.sync();
+}
+
+// The real signal x of d points whose half spectrum (slot order) is S, by a d/2-point inverse
+// transform instead of a d-point one: with m = d/2, the spectra E and O of the even and odd
+// samples are E[k] = (S[k] + S[k + m]) / 2 and O[k] = (S[k] - S[k + m]) W_d^-k / 2 for k < m, and
+// S[k + m] = conj(S[m - k]) for a real signal. So Y = 2 (E + i O) in bit-reversed order gives,
+// through the unnormalised m-point inverse, d x[2n] in Re and d x[2n + 1] in Im of its element n:
+// `store` gets those (the full inverse's scale, then). Position t holds Y[k], k = bitrev(t) (log2 m
+// bits), which combines slot t (bin k) and the slot of bin m - k, and W_d^k is the twiddle
+// table's slot-order part at t (grad_spectrum's split, run backwards). Pooled outputs and the
+// vectors' gradients are real signals of one spectrum each: half the transform they took.
+template <typename T, typename In, class G, class Store>
+CB_HD void inverse_real(const G& g, const Args<T, In>& a, cplx<T>* z, const cplx<T>* S, Store store) {
+  const int d = static_cast<int>(a.d), m = d > 1 ? d / 2 : 1, log2m = a.log2d > 0 ? a.log2d - 1 : 0;
+  const cplx<T>* slot_tw = a.tw + tw_slot_offset(a.d);
+  g.for_each(m, [=](int64_t t64) {
+    const uint32_t t = static_cast<uint32_t>(t64);
+    if (d == 1) {  // x[0] = S[0]
+      z[0] = S[0];
+      return;
+    }
+    const uint32_t tm = t == 0 ? m : bit_reverse(m - bit_reverse(t, log2m), log2m);  // bin m - k
+    const cplx<T> s = S[t], c = conj(S[tm]);
+    z[zi(static_cast<int>(t))] = (s + c) + mul_pos_i(conj(slot_tw[t]) * (s - c));
+  });
+  g.sync();
+  fft_inverse_dit(g, z, m, log2m, a.tw, store);
 }
 
 // Forward of the vector inputs' spectra when maps are present: one group per (sample, pair).
@@ -584,6 +635,21 @@ CB_HD void forward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cp
   }
 }
 
+// Pooled forward, in the last of sample b's chunks to finish (this one, chunk c): the chunks'
+// spectra summed into `acc`, and the output row by one real inverse transform.
+template <typename T, typename In, class G>
+CB_HD void forward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* acc, int64_t b, int64_t c) {
+  sum_chunks(g, a, acc, a.partial + b * a.nchunks * a.F, c);
+  const T scale = T(1) / static_cast<T>(a.d);
+  const bool odd = a.d > 1;  // the odd samples (none at d = 1)
+  In* out = a.out + b * a.d;
+  inverse_real(g, a, z, acc, [=](Elem e, cplx<T> v) {
+    In* x = out + 2 * e.base;  // per thread; `e.off` is the same for the whole warp
+    x[2 * e.off] = static_cast<In>(v.real() * scale);
+    if (odd) x[2 * e.off + 1] = static_cast<In>(v.imag() * scale);
+  });
+}
+
 // Forward for one chunk of rows. Pooled: chunk c of sample b. Unpooled: chunk c of all B * L rows
 // (b is 0), so a pair may end one sample and start the next, and no sample's odd row count leaves
 // a block with a single row (at B = 32, L = 49: 784 blocks, 3 full waves on an H100, instead of
@@ -642,22 +708,13 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
     }
   }
   if (acc) {
-    cplx<T>* dst = a.partial + (b * a.nchunks + c) * a.F;
-    g.for_each(a.F, [=, &a](int64_t f) { dst[f] = acc[f]; });
-    g.sync();
+    if (a.nchunks > 1) {
+      cplx<T>* dst = a.partial + (b * a.nchunks + c) * a.F;
+      g.for_each(a.F, [=](int64_t f) { dst[f] = acc[f]; });
+    }
+    if (a.nchunks == 1 || g.last_to_arrive(a.arrivals + b, static_cast<int>(a.nchunks)))
+      forward_finish(g, a, z, acc, b, c);
   }
-}
-
-// Pooled forward, second pass: sum the chunks' spectra in order, one inverse FFT per sample.
-template <typename T, typename In, class G>
-CB_HD void forward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t b) {
-  const cplx<T>* src = a.partial + b * a.nchunks * a.F;
-  fill_hermitian(g, a, z, [&](int64_t f) {
-    cplx<T> s(0, 0);
-    for (int64_t c = 0; c < a.nchunks; ++c) s += src[c * a.F + f];
-    return s;
-  });
-  inverse_to_rows(g, a, z, a.out + b * a.d, /*pair=*/false);
 }
 
 // grad_x[k][b, i, l] = sign[i] * grad_cs[h[i]] for input k, with grad_cs = part `part` (0: Re,
@@ -665,7 +722,8 @@ CB_HD void forward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t 
 // from the GatherCodes: a map's gradient values lie L apart, so its stores take a sector each in
 // either order, and a vector's (once per sample) are few. SASS, sm_90: 26 instructions per
 // channel, 47 while each channel chose its input and read a 64-bit hash (sass_passes).
-template <typename T, typename In, class G>
+// With Half, grad_cs is inverse_real's output: value j in part j % 2 of Z's element j / 2.
+template <bool Half = false, typename T, typename In, class G>
 CB_HD void scatter_grad(const G& g, const Args<T, In>& a, const T* zr, int k, int part, int64_t b, int64_t l) {
   const T scale = T(1) / static_cast<T>(a.d);
   const int64_t Lk = a.is_map[k] ? a.L : 1;
@@ -674,7 +732,8 @@ CB_HD void scatter_grad(const G& g, const Args<T, In>& a, const T* zr, int k, in
   const T* sign = a.sorted_sign[k];
   g.for_each(a.C[k], [=](int64_t q) {
     const GatherCode c = code[q];
-    gx[c.channel * Lk] = static_cast<In>(sign[q] * zr[2 * zi(static_cast<int>(c.word & kBucketMask)) + part] * scale);
+    const int j = static_cast<int>(c.word & kBucketMask);
+    gx[c.channel * Lk] = static_cast<In>(sign[q] * zr[Half ? 2 * zi(j >> 1) + (j & 1) : 2 * zi(j) + part] * scale);
   });
 }
 
@@ -843,10 +902,20 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
   }
 }
 
+// Vector input v's gradient, in the last of sample b's chunks to finish (this one, chunk c): the
+// chunks' spectra summed into S (its accumulator), one real inverse transform, the scatter.
+template <typename T, typename In, class G>
+CB_HD void backward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* S, int64_t b, int v, int64_t c) {
+  sum_chunks(g, a, S, a.partial + (v * a.B + b) * a.nchunks * a.F, c);
+  inverse_real(g, a, z, S, ZStore<T>{z});
+  scatter_grad<true>(g, a, reinterpret_cast<const T*>(z), a.vec_ids[v], 0, b, 0);
+  g.sync();
+}
+
 // Backward for one (sample b, chunk c) of locations. Slots: G, a second G where a single map's
 // unpooled rows go in pairs, one per map input outside the last pair, one accumulator per vector
 // input. Map inputs' gradients are written directly; vector inputs' spectra are summed over the
-// chunk's locations into `partial` for backward_finish.
+// chunk's locations, and over the sample's chunks by the last to end (backward_finish).
 template <typename T, typename In, class G>
 CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c) {
   const bool g_pair = a.nmap == 1 && a.out_map && a.pair_rows;
@@ -864,25 +933,15 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
   else
     backward_rows_maps(g, a, z, Gs, mslot, vslot, b, l0, l1);
   if (a.nvec) {
-    g.for_each(a.nvec * a.F, [=, &a](int64_t i) {
-      const int64_t v = i / a.F, f = i % a.F;
-      a.partial[((v * a.B + b) * a.nchunks + c) * a.F + f] = vslot[i];
-    });
-    g.sync();
+    if (a.nchunks > 1) {
+      g.for_each(a.nvec * a.F, [=, &a](int64_t i) {
+        const int64_t v = i / a.F, f = i % a.F;
+        a.partial[((v * a.B + b) * a.nchunks + c) * a.F + f] = vslot[i];
+      });
+    }
+    if (a.nchunks == 1 || g.last_to_arrive(a.arrivals + b, static_cast<int>(a.nchunks)))
+      for (int v = 0; v < a.nvec; ++v) backward_finish(g, a, z, vslot + v * a.F, b, v, c);
   }
-}
-
-// Vector inputs' gradients: sum the chunks in order, one inverse FFT per (sample, vector).
-template <typename T, typename In, class G>
-CB_HD void backward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t b, int v) {
-  const cplx<T>* src = a.partial + (v * a.B + b) * a.nchunks * a.F;
-  fill_hermitian(g, a, z, [&](int64_t f) {
-    cplx<T> s(0, 0);
-    for (int64_t c = 0; c < a.nchunks; ++c) s += src[c * a.F + f];
-    return s;
-  });
-  fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
-  scatter_grads(g, a, z, a.vec_ids[v], b, 0, -1, b, 0);
 }
 
 }  // namespace fused

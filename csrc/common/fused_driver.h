@@ -6,6 +6,7 @@
 #include <ATen/Dispatch.h>
 
 #include <type_traits>
+#include <utility>
 
 #include "cbp.h"
 #include "common/fused.h"
@@ -13,7 +14,7 @@
 namespace compact_bilinear {
 namespace fused {
 
-enum class Phase { VectorSpectra, Forward, ForwardFinish, Backward, BackwardFinish };
+enum class Phase { VectorSpectra, Forward, Backward };
 
 // Runs phase `ph` for thread group (bx, by). z: d points; slots follow it.
 template <typename T, typename In, class G>
@@ -22,9 +23,7 @@ CB_HD void run_phase(const G& g, const Args<T, In>& a, Phase ph, cplx<T>* z, int
   switch (ph) {
     case Phase::VectorSpectra: vector_spectra(g, a, z, bx, by); break;
     case Phase::Forward: forward_chunk(g, a, z, slots, bx, by); break;
-    case Phase::ForwardFinish: forward_finish(g, a, z, bx); break;
     case Phase::Backward: backward_chunk(g, a, z, slots, bx, by); break;
-    case Phase::BackwardFinish: backward_finish(g, a, z, bx, static_cast<int>(by)); break;
   }
 }
 
@@ -94,25 +93,32 @@ at::Tensor launch_vector_spectra(const Problem& p, Args<T, In>& a, Launch&& laun
   return vspec;
 }
 
+// The chunks' spectra [n][B][nchunks][F] of n sums over each sample's locations, and the samples'
+// arrival counters, where a sample's locations span several chunks (fused.h sum_chunks). Both
+// live until the call returns, after its kernels on the GPU's stream.
+template <typename T, typename In>
+std::pair<at::Tensor, at::Tensor> chunk_sums(const Problem& p, Args<T, In>& a, int64_t n) {
+  if (n == 0 || a.nchunks == 1) return {};
+  const auto opt = p.x[0].options();
+  auto partial = at::empty({n, p.B, a.nchunks, p.F}, opt.dtype(complex_of<T>()));
+  auto arrivals = at::zeros({p.B}, opt.dtype(at::kInt));
+  a.partial = reinterpret_cast<cplx<T>*>(partial.data_ptr());
+  a.arrivals = arrivals.data_ptr<int>();
+  return {partial, arrivals};
+}
+
 template <typename T, typename In, class Launch>
 at::Tensor forward(const Problem& p, int64_t smem_limit, Launch&& launch) {
   auto out = empty_output(p);
   const auto plan = fused_plan(p, /*backward=*/false, smem_limit);
   auto a = make_args<T, In>(p, plan);
   a.out = out.data_ptr<In>();
-  const int64_t zbytes = z_size(p.d) * static_cast<int64_t>(sizeof(cplx<T>));
-  const auto copt = out.options().dtype(complex_of<T>());
   const at::Tensor vspec = launch_vector_spectra(p, a, launch);
-  at::Tensor partial;
-  if (!a.out_map) {
-    partial = at::empty({p.B, plan.nchunks, p.F}, copt);
-    a.partial = reinterpret_cast<cplx<T>*>(partial.data_ptr());
-  }
+  const auto sums = chunk_sums(p, a, a.out_map ? 0 : 1);  // pooled: the product, summed
   // Unpooled chunks count over all B * L rows (forward_chunk), pooled ones over each sample's L.
   const int64_t chunks = a.out_map ? (p.B * p.L + plan.rows_per_chunk - 1) / plan.rows_per_chunk
                                    : p.B * plan.nchunks;
   launch(Phase::Forward, chunks, a.out_map ? chunks : plan.nchunks, plan.smem_bytes, a);
-  if (!a.out_map) launch(Phase::ForwardFinish, p.B, 1, zbytes, a);
   return out;
 }
 
@@ -128,16 +134,9 @@ std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, i
   a.grad_stride_j = g3.stride(1);
   a.grad_stride_l = g3.stride(2);
   for (int k = 0; k < a.K; ++k) a.grad_x[k] = grads[k].data_ptr<In>();
-  const int64_t zbytes = z_size(p.d) * static_cast<int64_t>(sizeof(cplx<T>));
-  const auto copt = g3.options().dtype(complex_of<T>());
   const at::Tensor vspec = launch_vector_spectra(p, a, launch);
-  at::Tensor partial;
-  if (a.nvec) {
-    partial = at::empty({a.nvec, p.B, plan.nchunks, p.F}, copt);
-    a.partial = reinterpret_cast<cplx<T>*>(partial.data_ptr());
-  }
+  const auto sums = chunk_sums(p, a, a.nvec);  // the vectors' gradient spectra, summed
   launch(Phase::Backward, p.B * plan.nchunks, plan.nchunks, plan.smem_bytes, a);
-  if (a.nvec) launch(Phase::BackwardFinish, p.B * a.nvec, a.nvec, zbytes, a);
   return grads;
 }
 

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <functional>
 #include <string>
@@ -228,6 +229,12 @@ struct HostGroup {
         for (int64_t i = t; i < n; i += kHostThreads) f(i);
     }
     pending.clear();
+  }
+  // Thread groups run side by side on the CPU's threads (HostLaunch), so the count is atomic; the
+  // group's pending bodies (its partial spectrum) run first.
+  bool last_to_arrive(int* counter, int n) const {
+    sync();
+    return std::atomic_ref<int>(*counter).fetch_add(1, std::memory_order_acq_rel) == n - 1;
   }
 };
 

@@ -109,9 +109,7 @@ struct DeviceLaunch {
     switch (ph) {
       case fused::Phase::VectorSpectra: launch_phase<T, In, fused::Phase::VectorSpectra>(groups, ny, smem, a); break;
       case fused::Phase::Forward: launch_phase<T, In, fused::Phase::Forward>(groups, ny, smem, a); break;
-      case fused::Phase::ForwardFinish: launch_phase<T, In, fused::Phase::ForwardFinish>(groups, ny, smem, a); break;
       case fused::Phase::Backward: launch_phase<T, In, fused::Phase::Backward>(groups, ny, smem, a); break;
-      case fused::Phase::BackwardFinish: launch_phase<T, In, fused::Phase::BackwardFinish>(groups, ny, smem, a); break;
     }
   }
 };

@@ -28,6 +28,19 @@ struct BlockGroup {
     for (int i = threadIdx.x; i < m; i += blockDim.x) f(i);
   }
   __device__ __forceinline__ void sync() const { __syncthreads(); }
+  // Whether this block is the last of n to arrive at *counter (fused.h sum_chunks): every thread's
+  // global writes are fenced before thread 0 counts the block in, and the last block fences
+  // after its count, before any of its threads reads the others' writes (with load_l2).
+  __device__ __forceinline__ bool last_to_arrive(int* counter, int n) const {
+    __threadfence();
+    __syncthreads();
+    int last = 0;
+    if (threadIdx.x == 0) {
+      last = atomicAdd(counter, 1) == n - 1;
+      __threadfence();
+    }
+    return __syncthreads_or(last);
+  }
 };
 
 template <typename T, typename In, fused::Phase Ph, int MaxPassBits>
@@ -68,7 +81,5 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
   namespace compact_bilinear {                        \
   CB_INSTANTIATE_FUSED_PHASE(In, VectorSpectra)       \
   CB_INSTANTIATE_FUSED_PHASE(In, Forward)             \
-  CB_INSTANTIATE_FUSED_PHASE(In, ForwardFinish)       \
   CB_INSTANTIATE_FUSED_PHASE(In, Backward)            \
-  CB_INSTANTIATE_FUSED_PHASE(In, BackwardFinish)      \
   }

@@ -82,24 +82,27 @@ def test_output_shapes(device):
 RADICES = ["8", "32"]
 
 
+@pytest.mark.parametrize("sum_pool", [False, True])
 @pytest.mark.parametrize("radix", RADICES)
 @pytest.mark.parametrize("d", [2 ** e for e in range(0, 15)])
-def test_fused_every_supported_d(d, radix, device, monkeypatch):
-    """The fused kernel at every power of two, forward and backward, against the FFT path, with
-    the FFT in passes of radix up to 8 and up to 32 (every pass schedule of fused.h's Schedule)."""
+def test_fused_every_supported_d(d, radix, sum_pool, device, monkeypatch):
+    """The fused kernel at every power of two, forward and backward, unpooled and pooled, against
+    the FFT path, with the FFT in passes of radix up to 8 and up to 32 (every pass schedule of
+    fused.h's Schedule); the vector's gradient and the pooled output take the half-length real
+    inverse (inverse_real) at every d too."""
     monkeypatch.setenv("COMPACT_BILINEAR_FFT_RADIX", radix)
     # float64 needs twice the shared memory of float32, so the largest sizes run in float32.
     dtype, tol = (torch.float64, 1e-9) if d <= 2048 else (torch.float32, 2e-5)
     # Map x vector backward keeps one more half spectrum than map x map: at 16384 only the
     # latter fits in shared memory (auto falls back to the FFT path for the former).
-    case = ((6, 5), d, [(2, 3), ()] if d < 16384 else [(2, 3), (2, 3)], False)
+    case = ((6, 5), d, [(2, 3), ()] if d < 16384 else [(2, 3), (2, 3)], sum_pool)
     xs, hs, ss, d, sum_pool = make(case, device, dtype=dtype, batch=2, requires_grad=True)
     ref = explicit_outer_product_sketch(xs, hs, ss, d, sum_pool)
-    out = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
+    out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
     torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
     w = torch.randn_like(out)
     g_fused = torch.autograd.grad((out * w).sum(), xs)
-    out_fft = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fft")
+    out_fft = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fft")
     g_fft = torch.autograd.grad((out_fft * w).sum(), xs)
     for a, b in zip(g_fused, g_fft):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
@@ -210,6 +213,29 @@ def test_fused_row_pairs_match_single_rows(name, device, monkeypatch):
     one_map = sum(x.dim() > 2 for x in xs) == 1
     map_grad = next(i for i, x in enumerate(xs) if x.dim() > 2) + 1
     assert torch.equal(paired[map_grad], single[map_grad]) != one_map
+
+
+@pytest.mark.parametrize("spatial,rows", [((2, 4), "1"), ((2, 4), "3"), ((2, 4), "8"), ((9, 9), "")])
+def test_fused_sums_over_chunks_of_locations(spatial, rows, device, monkeypatch):
+    """A pooled output, and a vector input's gradient, sum over a sample's locations. Chunks of
+    locations run in separate thread groups, and the last of a sample's chunks to end sums their
+    spectra in chunk order and runs the (half-length) inverse transform. 8 locations pooled in
+    chunks of 1, 3 (the last one short) and 8 rows (one chunk: nothing to sum), and 81 in 11
+    chunks; the backward's vector gradient likewise (8 locations: one chunk, 81: eleven). Each
+    matches the definition, and repeated calls, whose chunks end in another order on the CPU's
+    threads or the GPU's SMs, are bit-identical."""
+    monkeypatch.setenv("COMPACT_BILINEAR_POOLED_ROWS", rows)
+    for sum_pool in (True, False):
+        xs, hs, ss, d, _ = make(((6, 5), 64, [spatial, ()], sum_pool), device, requires_grad=True)
+        ref = explicit_outer_product_sketch(xs, hs, ss, d, sum_pool)
+        w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=ref.dtype).to(device)
+        expect = forward_and_grads(lambda x: compact_bilinear_pooling_reference(x, hs, ss, d, sum_pool), xs, w)
+        fused = lambda x: cb.compact_bilinear_pooling(x, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
+        runs = [forward_and_grads(fused, xs, w) for _ in range(3)]
+        for a, b in zip(runs[0], expect):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        for run in runs[1:]:
+            assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
 
 
 def test_fused_backward_single_rows_where_a_row_pair_does_not_fit(device, monkeypatch):
