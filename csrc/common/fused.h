@@ -850,11 +850,8 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
       });
       g.sync();
     }
-    // Every spectrum at bin f is now in a slot, in z (last pair) or in vspec: form all Q_k.
-    // For K > 2, v, prefix and q are indexed at run time, so on the GPU they live in local memory
-    // (a 224-byte frame for float). Unrolling the loops to kMaxInputs puts them in registers but
-    // takes the float backward kernel from 64 to 94 registers: one 512-thread block per SM
-    // instead of two at d = 8192, so the frame stays (ptxas, sm_90).
+    // Every spectrum at bin f is now in a slot, in z (last pair) or in vspec: form all Q_k, each
+    // G times the conjugate product of the other inputs' spectra.
     g.for_each(a.F, [=, &a](int64_t f) {
       const BinPair pq = bins(f, a.d, a.log2d);
       cplx<T> A, B;
@@ -862,27 +859,38 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
       const cplx<T> gf = Gs[f];
       cplx<T> qa, qb(0, 0);  // the last pair's Q, whose two real gradients share one inverse FFT
       if (a.K == 2) {
-        // Two maps, the common case, without the per-bin arrays: each Q is G times the other
-        // map's conjugate spectrum. ncu, canonical backward: the arrays' local-memory traffic
-        // was 6.7M warp instructions.
+        // Two maps, the common case: each Q is G times the other map's conjugate spectrum.
         qa = gf * conj(B);
         qb = gf * conj(A);
       } else {
-        cplx<T> v[kMaxInputs], prefix[kMaxInputs + 1];
-        for (int i = 0; i < a.nmap; ++i)
-          v[a.map_ids[i]] = i < last_first ? mslot[i * a.F + f] : (i == last_first ? A : B);
-        for (int i = 0; i < a.nvec; ++i) v[a.vec_ids[i]] = a.vspec[(i * a.B + b) * a.F + f];
-        prefix[0] = cplx<T>(1, 0);
-        for (int k = 0; k < a.K; ++k) prefix[k + 1] = prefix[k] * v[k];
-        cplx<T> suffix(1, 0), q[kMaxInputs];
-        for (int k = a.K - 1; k >= 0; --k) {
-          q[k] = gf * conj(prefix[k] * suffix);
-          suffix *= v[k];
+        // More inputs, from partial products and no per-input arrays: arrays indexed at run time
+        // live in local memory on the GPU, and with them there the compiler kept some FFT
+        // passes' values in local memory too (ptxas, sm_90: a 208-byte frame and 546 local
+        // stores in the float radix-8 backward kernel, none without them).
+        const auto vspec = [&](int u) { return a.vspec[(u * a.B + b) * a.F + f]; };
+        cplx<T> M(1, 0);  // the maps outside the last pair
+        for (int i = 0; i < last_first; ++i) M *= mslot[i * a.F + f];
+        const cplx<T> AB = kb >= 0 ? A * B : A;
+        cplx<T> V(1, 0);  // the vectors before u, then all of them
+        for (int u = 0; u < a.nvec; ++u) {
+          cplx<T> W = V;  // the vectors other than u
+          for (int w = u + 1; w < a.nvec; ++w) W *= vspec(w);
+          vslot[u * a.F + f] += gf * conj(M * AB * W);
+          V *= vspec(u);
         }
-        for (int i = 0; i < a.nvec; ++i) vslot[i * a.F + f] += q[a.vec_ids[i]];
-        for (int i = 0; i < last_first; ++i) mslot[i * a.F + f] = q[a.map_ids[i]];
-        qa = q[ka];
-        if (kb >= 0) qb = q[kb];
+        qa = gf * conj(kb >= 0 ? M * B * V : M * V);
+        if (kb >= 0) qb = gf * conj(M * A * V);
+        // The maps outside the last pair, whose slots take their Q in turn: `left`, the product of
+        // those before i, keeps their spectra, read before they are overwritten.
+        const cplx<T> X = AB * V;
+        cplx<T> left(1, 0);
+        for (int i = 0; i < last_first; ++i) {
+          const cplx<T> vi = mslot[i * a.F + f];
+          cplx<T> right = X;
+          for (int j = i + 1; j < last_first; ++j) right *= mslot[j * a.F + f];
+          mslot[i * a.F + f] = gf * conj(left * right);
+          left *= vi;
+        }
       }
       merge(z, pq, qa, qb);
     });
