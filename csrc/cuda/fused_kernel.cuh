@@ -2,8 +2,10 @@
 // The fused kernel (common/fused.h on a CUDA block) and its launch, included by one file per input
 // dtype (fused_f32.cu, ...), each instantiating the launches of its dtype's five phases with
 // CB_INSTANTIATE_FUSED: the kernels then compile in parallel, one file per core.
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <algorithm>
 
@@ -67,7 +69,7 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
     auto kernel = fused_detail::fused_kernel<T, In, Ph, decltype(bits)::value>;
     if (smem > 48 * 1024)
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<groups, fused_detail::fused_threads<decltype(bits)::value>(a.d), smem, at::cuda::getCurrentCUDAStream()>>>(a, ny);
+    kernel<<<groups, fused_detail::fused_threads<decltype(bits)::value>(a.d), smem, c10::cuda::getCurrentCUDAStream()>>>(a, ny);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -2,7 +2,7 @@
 // The launch of one phase of the fused kernel. Its kernels are compiled one input dtype per file
 // (fused_f32.cu, fused_f64.cu, fused_f16.cu, fused_bf16.cu, all from fused_kernel.cuh), so the
 // build runs them in parallel; cbp_kernel.cu only calls them.
-#include "common/fused_driver.h"
+#include "common/fused_phases.h"
 
 namespace compact_bilinear {
 

@@ -1,0 +1,43 @@
+#pragma once
+// The fused pipeline's phases (one kernel each) and the group types a launch instantiates: what
+// the CUDA kernels' files need besides fused.h, without ATen (whose headers took most of each
+// file's compile time), so they include this and not fused_driver.h.
+#include <c10/util/Exception.h>
+
+#include <type_traits>
+
+#include "common/fused.h"
+
+namespace compact_bilinear {
+namespace fused {
+
+enum class Phase { VectorSpectra, Forward, Backward };
+
+// Runs phase `ph` for thread group (bx, by). z: d points; slots follow it.
+template <typename T, typename In, class G>
+CB_HD void run_phase(const G& g, const Args<T, In>& a, Phase ph, cplx<T>* z, int64_t bx, int64_t by) {
+  cplx<T>* slots = z + z_size(a.d);
+  switch (ph) {
+    case Phase::VectorSpectra: vector_spectra(g, a, z, bx, by); break;
+    case Phase::Forward: forward_chunk(g, a, z, slots, bx, by); break;
+    case Phase::Backward: backward_chunk(g, a, z, slots, bx, by); break;
+  }
+}
+
+// The largest radix of the FFT's passes is a compile-time property of a thread group (it sets the
+// registers a thread needs), so launchers instantiate a group type per value a plan can choose.
+template <class F>
+void with_max_pass_bits(int bits, F&& f) {
+  if (bits == 3) {
+    f(std::integral_constant<int, 3>{});
+  } else {
+    TORCH_CHECK(bits == 5, "compact_bilinear: no fused kernel for FFT passes of ", bits, " stages");
+    f(std::integral_constant<int, 5>{});
+  }
+}
+
+template <typename T>
+using acc_t = std::conditional_t<std::is_same<T, double>::value, double, float>;
+
+}  // namespace fused
+}  // namespace compact_bilinear
