@@ -794,10 +794,8 @@ CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, c
   const int k = a.map_ids[0];
   for (int64_t l = l0; l < l1; l += a.pair_rows ? 2 : 1) {
     const bool two = a.pair_rows && l + 1 < l1;
-    if (a.out_map) {
-      grad_spectrum(g, a, z, G0, b, l);
-      if (two) grad_spectrum(g, a, z, G1, b, l + 1);
-    }
+    // One call site: each call's transform is inlined, all its pass kinds.
+    for (int i = 0; i < (a.out_map ? 1 + two : 0); ++i) grad_spectrum(g, a, z, i ? G1 : G0, b, l + i);
     load_sketches(g, a, z, k, b, l, two ? k : -1, b, l + 1);
     fft_forward_dif(g, z, a.d, a.log2d, a.tw);
     g.for_each(a.F, [=, &a](int64_t f) {
