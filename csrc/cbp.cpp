@@ -357,7 +357,7 @@ FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit) {
   return plan;
 }
 
-std::string fused_unsupported_reason(const Problem& p, bool backward, int64_t smem_limit) {
+std::string fused_unsupported_reason(const Problem& p, bool backward, int64_t smem_limit, FusedPlan& plan) {
   constexpr int64_t max_d = int64_t{1} << fused::kMaxLog2d;  // the passes compiled (fused.h's pass_used)
   if ((p.d & (p.d - 1)) != 0 || p.d > max_d)
     return "the fused kernel needs output_dim to be a power of two <= " + std::to_string(max_d) + ", got " +
@@ -366,7 +366,7 @@ std::string fused_unsupported_reason(const Problem& p, bool backward, int64_t sm
   for (int64_t k = 0; k < p.K; ++k) channels += p.x[k].size(1);
   if (channels >= (int64_t{1} << 30))
     return "the fused kernel indexes channels with 32-bit integers, got " + std::to_string(channels) + " in all";
-  auto plan = fused_plan(p, backward, smem_limit);
+  plan = fused_plan(p, backward, smem_limit);
   if (plan.smem_bytes > smem_limit)
     return std::string("the fused ") + (backward ? "backward" : "forward") + " kernel would need " +
            std::to_string(plan.smem_bytes) + " bytes of shared memory for this call (output_dim " +

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include <optional>
 #include <utility>
 
 #include "cbp.h"
@@ -79,9 +80,8 @@ std::pair<at::Tensor, at::Tensor> chunk_sums(const Problem& p, Args<T, In>& a, i
 }
 
 template <typename T, typename In, class Launch>
-at::Tensor forward(const Problem& p, int64_t smem_limit, Launch&& launch) {
+at::Tensor forward(const Problem& p, const FusedPlan& plan, Launch&& launch) {
   auto out = empty_output(p);
-  const auto plan = fused_plan(p, /*backward=*/false, smem_limit);
   auto a = make_args<T, In>(p, plan);
   a.out = out.data_ptr<In>();
   const at::Tensor vspec = launch_vector_spectra(p, a, launch);
@@ -94,10 +94,9 @@ at::Tensor forward(const Problem& p, int64_t smem_limit, Launch&& launch) {
 }
 
 template <typename T, typename In, class Launch>
-std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, int64_t smem_limit,
+std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, const FusedPlan& plan,
                                  Launch&& launch) {
   auto grads = empty_input_grads(p);
-  const auto plan = fused_plan(p, /*backward=*/true, smem_limit);
   auto a = make_args<T, In>(p, plan);
   const auto g3 = grad_out.to(p.in_dtype).reshape({p.B, p.d, p.out_map ? p.L : 1});
   a.grad = g3.data_ptr<In>();
@@ -124,14 +123,19 @@ struct Backend {
   bool prefer_fused;                     // what 'auto' picks where the fused kernel applies
 };
 
-inline bool use_fused(const Problem& p, const std::string& algorithm, bool backward, const Backend& be) {
+// The fused kernel's plan where `algorithm` and the backend pick it for this call, else none (the
+// FFT path), made once per call.
+inline std::optional<FusedPlan> fused_choice(const Problem& p, const std::string& algorithm, bool backward,
+                                             const Backend& be) {
   TORCH_CHECK_VALUE(algorithm == "auto" || algorithm == "fft" || algorithm == "fused",
                     "compact_bilinear: algorithm must be 'auto', 'fused' or 'fft', got '", algorithm, "'");
-  if (algorithm == "fft") return false;
-  const auto why = fused_unsupported_reason(p, backward, be.smem_limit);
+  if (algorithm == "fft") return std::nullopt;
+  FusedPlan plan;
+  const auto why = fused_unsupported_reason(p, backward, be.smem_limit, plan);
   TORCH_CHECK_VALUE(algorithm == "auto" || why.empty(), "compact_bilinear: algorithm='fused' cannot run this call: ",
                     why, "; use algorithm='auto' or 'fft'");
-  return why.empty() && (algorithm == "fused" || be.prefer_fused);
+  if (!why.empty() || !(algorithm == "fused" || be.prefer_fused)) return std::nullopt;
+  return plan;
 }
 
 // The two algorithms for a validated problem. Validation (make_problem) happens in the callers,
@@ -141,19 +145,19 @@ inline bool use_fused(const Problem& p, const std::string& algorithm, bool backw
 inline bool nothing_to_compute(const Problem& p) { return p.B == 0 || p.L == 0; }
 
 template <class Launch>
-at::Tensor run_forward(const Problem& p, bool fused, const Backend& be, Launch&& launch) {
+at::Tensor run_forward(const Problem& p, const std::optional<FusedPlan>& fused, const Backend& be, Launch&& launch) {
   if (nothing_to_compute(p)) return empty_output(p).zero_();
   if (!fused) return fft_forward(p, *be.fft, be.fft_chunk(p));
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.in_dtype, "compact_bilinear_fused_forward", [&] {
-    out = fused::forward<fused::acc_t<scalar_t>, scalar_t>(p, be.smem_limit, launch);
+    out = fused::forward<fused::acc_t<scalar_t>, scalar_t>(p, *fused, launch);
   });
   return out;
 }
 
 template <class Launch>
-std::vector<at::Tensor> run_backward(const Problem& p, const at::Tensor& grad_out, bool fused, const Backend& be,
-                                     Launch&& launch) {
+std::vector<at::Tensor> run_backward(const Problem& p, const at::Tensor& grad_out,
+                                     const std::optional<FusedPlan>& fused, const Backend& be, Launch&& launch) {
   std::vector<at::Tensor> grads;
   if (nothing_to_compute(p)) {
     grads = empty_input_grads(p);
@@ -162,7 +166,7 @@ std::vector<at::Tensor> run_backward(const Problem& p, const at::Tensor& grad_ou
     grads = fft_backward(p, grad_out, *be.fft, be.fft_chunk(p));
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.in_dtype, "compact_bilinear_fused_backward", [&] {
-      grads = fused::backward<fused::acc_t<scalar_t>, scalar_t>(p, grad_out, be.smem_limit, launch);
+      grads = fused::backward<fused::acc_t<scalar_t>, scalar_t>(p, grad_out, *fused, launch);
     });
   }
   return grads;

@@ -273,7 +273,7 @@ const Backend kCpuBackend{&kCpuKernels, cpu_chunk, kHostSharedMemoryLimit, /*pre
 at::Tensor forward_cpu(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs,
                        int64_t output_dim, bool sum_pool, c10::string_view algorithm) {
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
-  return run_forward(p, use_fused(p, std::string(algorithm), false, kCpuBackend), kCpuBackend, HostLaunch{});
+  return run_forward(p, fused_choice(p, std::string(algorithm), false, kCpuBackend), kCpuBackend, HostLaunch{});
 }
 
 std::vector<at::Tensor> backward_cpu(const at::Tensor& grad_out, at::TensorList inputs, at::TensorList hash_indices,
@@ -281,7 +281,7 @@ std::vector<at::Tensor> backward_cpu(const at::Tensor& grad_out, at::TensorList 
                                      c10::string_view algorithm) {
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
   check_grad_out(p, grad_out);
-  const bool fused = use_fused(p, std::string(algorithm), true, kCpuBackend);
+  const auto fused = fused_choice(p, std::string(algorithm), true, kCpuBackend);
   return shape_like_inputs(run_backward(p, grad_out, fused, kCpuBackend, HostLaunch{}), inputs);
 }
 

@@ -13,7 +13,7 @@ at::Tensor forward_cuda(at::TensorList inputs, at::TensorList hash_indices, at::
   TORCH_CHECK_VALUE(!inputs.empty(), "compact_bilinear: inputs must hold at least one tensor, got none");
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
   const c10::cuda::CUDAGuard guard(p.x[0].device());
-  return cuda_forward(p, use_fused(p, std::string(algorithm), false, cuda_backend()));
+  return cuda_forward(p, fused_choice(p, std::string(algorithm), false, cuda_backend()));
 }
 
 std::vector<at::Tensor> backward_cuda(const at::Tensor& grad_out, at::TensorList inputs, at::TensorList hash_indices,
@@ -23,8 +23,8 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad_out, at::TensorList
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
   check_grad_out(p, grad_out);
   const c10::cuda::CUDAGuard guard(p.x[0].device());
-  const bool fused = use_fused(p, std::string(algorithm), true, cuda_backend());
-  return shape_like_inputs(cuda_backward(p, grad_out, fused), inputs);
+  return shape_like_inputs(cuda_backward(p, grad_out, fused_choice(p, std::string(algorithm), true, cuda_backend())),
+                           inputs);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 namespace compact_bilinear {
 Backend cuda_backend();
-at::Tensor cuda_forward(const Problem& p, bool fused);
-std::vector<at::Tensor> cuda_backward(const Problem& p, const at::Tensor& grad_out, bool fused);
+at::Tensor cuda_forward(const Problem& p, const std::optional<FusedPlan>& fused);
+std::vector<at::Tensor> cuda_backward(const Problem& p, const at::Tensor& grad_out,
+                                      const std::optional<FusedPlan>& fused);
 }  // namespace compact_bilinear

@@ -124,9 +124,12 @@ Backend cuda_backend() {
                  /*prefer_fused=*/true};
 }
 
-at::Tensor cuda_forward(const Problem& p, bool fused) { return run_forward(p, fused, cuda_backend(), DeviceLaunch{}); }
+at::Tensor cuda_forward(const Problem& p, const std::optional<FusedPlan>& fused) {
+  return run_forward(p, fused, cuda_backend(), DeviceLaunch{});
+}
 
-std::vector<at::Tensor> cuda_backward(const Problem& p, const at::Tensor& grad_out, bool fused) {
+std::vector<at::Tensor> cuda_backward(const Problem& p, const at::Tensor& grad_out,
+                                      const std::optional<FusedPlan>& fused) {
   return run_backward(p, grad_out, fused, cuda_backend(), DeviceLaunch{});
 }
 
