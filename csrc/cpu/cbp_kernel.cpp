@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <functional>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -248,18 +249,26 @@ Order host_order() {
   return Order::Immediate;
 }
 
+// Each group's shared memory is followed by a guard of two half spectra, checked after every group:
+// a plan with fewer slots than the kernel uses (which on the GPU would touch another block's
+// memory or fault) is then an error here rather than a corrupted heap.
 struct HostLaunch {
   template <typename T, typename In>
   void operator()(fused::Phase ph, int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) const {
     const auto order = host_order();
+    const c10::complex<T> mark(std::numeric_limits<T>::max(), -std::numeric_limits<T>::max());
     fused::with_max_pass_bits(a.max_pass_bits, [&](auto bits) {
       at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-        std::vector<c10::complex<T>> buf(smem / sizeof(c10::complex<T>));
+        const int64_t n = smem / static_cast<int64_t>(sizeof(c10::complex<T>));
+        std::vector<c10::complex<T>> buf(n + 2 * a.F, mark);
         HostGroup<decltype(bits)::value> group;
         group.order = order;
         for (int64_t i = g0; i < g1; ++i) {
           fused::run_phase(group, a, ph, buf.data(), i / ny, i % ny);
           group.sync();  // the end of a kernel is a barrier
+          TORCH_CHECK(std::all_of(buf.begin() + n, buf.end(), [&](c10::complex<T> v) { return v == mark; }),
+                      "compact_bilinear: the fused kernel wrote past the ", smem,
+                      " bytes of shared memory its plan gives a thread group");
         }
       });
     });
