@@ -30,16 +30,18 @@ struct BlockGroup {
     for (int i = threadIdx.x; i < m; i += blockDim.x) f(i);
   }
   __device__ __forceinline__ void sync() const { __syncthreads(); }
-  // Whether this block is the last of n to arrive at *counter (fused.h sum_chunks): every thread's
-  // global writes are fenced before thread 0 counts the block in, and the last block fences
-  // after its count, before any of its threads reads the others' writes (with load_l2).
+  // Whether this block is the last of n to arrive at *counter (fused.h sum_chunks). The pattern of
+  // cooperative groups' grid barrier: the block's threads meet at a barrier, thread 0 fences (a
+  // release of every write the barrier ordered before it, fences being cumulative), counts the
+  // block in and, in the last block, fences again before the block's threads, past a second
+  // barrier, read the others' writes (with load_l2).
   __device__ __forceinline__ bool last_to_arrive(int* counter, int n) const {
-    __threadfence();
     __syncthreads();
     int last = 0;
     if (threadIdx.x == 0) {
-      last = atomicAdd(counter, 1) == n - 1;
       __threadfence();
+      last = atomicAdd(counter, 1) == n - 1;
+      if (last) __threadfence();
     }
     return __syncthreads_or(last);
   }
