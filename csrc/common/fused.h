@@ -780,14 +780,33 @@ CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
   g.sync();
 }
 
+// Vector input u's gradient spectrum at bin f is h conj(W_u), with h = G conj(the maps' product) and
+// W_u the other vectors' product, which does not change with the location: adds it to each
+// vector's accumulator and returns the product of all the vectors' spectra (1 without vectors).
+template <typename T, typename In>
+CB_HD cplx<T> add_vector_grads(const Args<T, In>& a, cplx<T>* vslot, int64_t b, int64_t f, cplx<T> h) {
+  const auto vspec = [&](int u) { return a.vspec[(u * a.B + b) * a.F + f]; };
+  if (a.nvec == 1) {
+    vslot[f] += h;
+    return vspec(0);
+  }
+  cplx<T> V(1, 0);  // the vectors before u, then all of them
+  for (int u = 0; u < a.nvec; ++u) {
+    cplx<T> W = V;  // the vectors other than u
+    for (int w = u + 1; w < a.nvec; ++w) W *= vspec(w);
+    vslot[u * a.F + f] += h * conj(W);
+    V *= vspec(u);
+  }
+  return V;
+}
+
 // Backward of locations l0 .. l1 of sample b when a single input is a map (the others, if any, are
 // vectors), two rows at a time where the plan pairs them (a.pair_rows), as forward_rows_one_map
 // does: the pair's map sketches share one forward transform, in Re and Im, and its two real
 // gradients one inverse. A row then costs one transform plus its gradient's spectrum (half a
 // transform, unpooled; pooled, one per chunk) instead of two. Unpooled, the second row's gradient
-// spectrum takes slot G1. Vector input i's gradient spectrum is G conj(S) conj(W_i), with S the
-// map's spectrum and W_i the other vectors' product; W_i does not change with the location, so the
-// rows' G conj(S) are summed first.
+// spectrum takes slot G1. The vectors' gradients take the rows' G conj(S) summed, with S the map's
+// spectrum (add_vector_grads).
 template <typename T, typename In, class G>
 CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* G0, cplx<T>* G1,
                                  cplx<T>* vslot, int64_t b, int64_t l0, int64_t l1) {
@@ -805,18 +824,7 @@ CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, c
       const cplx<T> g0 = G0[f], g1 = a.out_map ? (two ? G1[f] : cplx<T>(0, 0)) : g0;
       cplx<T> h = g0 * conj(A);
       if (two) h += g1 * conj(B);
-      cplx<T> V(1, 0);  // the product of every vector's spectrum
-      if (a.nvec == 1) {
-        V = a.vspec[b * a.F + f];
-        vslot[f] += h;
-      } else {
-        for (int i = 0; i < a.nvec; ++i) {
-          cplx<T> W = V;  // the vectors before i, then those after it
-          for (int j = i + 1; j < a.nvec; ++j) W *= a.vspec[(j * a.B + b) * a.F + f];
-          vslot[i * a.F + f] += h * conj(W);
-          V *= a.vspec[(i * a.B + b) * a.F + f];
-        }
-      }
+      const cplx<T> V = add_vector_grads(a, vslot, b, f, h);
       merge(z, pq, g0 * conj(V), g1 * conj(V));
     });
     g.sync();
@@ -865,17 +873,10 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
         // live in local memory on the GPU, and with them there the compiler kept some FFT
         // passes' values in local memory too (ptxas, sm_90: a 208-byte frame and 546 local
         // stores in the float radix-8 backward kernel, none without them).
-        const auto vspec = [&](int u) { return a.vspec[(u * a.B + b) * a.F + f]; };
         cplx<T> M(1, 0);  // the maps outside the last pair
         for (int i = 0; i < last_first; ++i) M *= mslot[i * a.F + f];
         const cplx<T> AB = kb >= 0 ? A * B : A;
-        cplx<T> V(1, 0);  // the vectors before u, then all of them
-        for (int u = 0; u < a.nvec; ++u) {
-          cplx<T> W = V;  // the vectors other than u
-          for (int w = u + 1; w < a.nvec; ++w) W *= vspec(w);
-          vslot[u * a.F + f] += gf * conj(M * AB * W);
-          V *= vspec(u);
-        }
+        const cplx<T> V = add_vector_grads(a, vslot, b, f, gf * conj(M * AB));
         qa = gf * conj(kb >= 0 ? M * B * V : M * V);
         if (kb >= 0) qb = gf * conj(M * A * V);
         // The maps outside the last pair, whose slots take their Q in turn: `left`, the product of
