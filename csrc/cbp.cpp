@@ -298,7 +298,8 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
   return grads;
 }
 
-FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit) {
+// The fused kernel's plan: rows per chunk, slots and shared memory, the FFT's largest radix.
+static FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit) {
   int64_t nmap = 0;
   for (int64_t k = 0; k < p.K; ++k) nmap += p.is_map[k];
   const int64_t nvec = p.K - nmap, groups = (nmap + 1) / 2;

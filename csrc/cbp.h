@@ -85,9 +85,8 @@ struct FusedPlan {
 // Largest shared memory per block that the fused kernel may use on the host instance; the CUDA
 // kernel uses the device's own opt-in limit (227 KiB on H100/H200 as well).
 constexpr int64_t kHostSharedMemoryLimit = 227 * 1024;
-// The plan for a thread group's shared memory of at most smem_limit bytes (where one exists).
-FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit);
-// Empty if the fused kernel applies, with its plan in `plan`, else why not.
+// Empty if the fused kernel applies, with its plan in `plan` (for a thread group's shared memory of
+// at most smem_limit bytes), else why not.
 std::string fused_unsupported_reason(const Problem& p, bool backward, int64_t smem_limit, FusedPlan& plan);
 // The fused FFT's twiddles (layout: fused.h tw_slot_offset), in the compute dtype, on the inputs'
 // device (cached).
