@@ -46,7 +46,9 @@ EOF
 
 step "build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
 if ! timeout 330 $PY setup.py build_ext --inplace >/tmp/gpu_check_build.txt 2>&1; then
-    tail -40 /tmp/gpu_check_build.txt
+    # The compiler's errors, not just the Python traceback that ends the log.
+    grep -A6 -E "error( |:)" /tmp/gpu_check_build.txt | head -80
+    tail -5 /tmp/gpu_check_build.txt
     echo "BUILD FAILED"
     exit 1
 fi

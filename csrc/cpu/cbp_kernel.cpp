@@ -5,7 +5,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
 #include <functional>
 #include <limits>
@@ -232,10 +231,11 @@ struct HostGroup {
     pending.clear();
   }
   // Thread groups run side by side on the CPU's threads (HostLaunch), so the count is atomic; the
-  // group's pending bodies (its partial spectrum) run first.
+  // group's pending bodies (its partial spectrum) run first. The GCC/Clang builtin, not C++20's
+  // std::atomic_ref: torch before 2.14 builds extensions as C++17.
   bool last_to_arrive(int* counter, int n) const {
     sync();
-    return std::atomic_ref<int>(*counter).fetch_add(1, std::memory_order_acq_rel) == n - 1;
+    return __atomic_fetch_add(counter, 1, __ATOMIC_ACQ_REL) == n - 1;
   }
 };
 
