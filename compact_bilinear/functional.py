@@ -74,7 +74,8 @@ def compact_bilinear_pooling(
         raise ValueError(f"compact_bilinear_pooling: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if not isinstance(output_dim, int) or isinstance(output_dim, bool):
         raise TypeError(f"compact_bilinear_pooling: output_dim must be an int, got {type(output_dim).__name__}")
-    autocast = bool(inputs) and torch.is_autocast_enabled(inputs[0].device.type)
+    # len(), not bool(): torch 2.11's Dynamo cannot trace bool() of a list (fullgraph compile failed)
+    autocast = len(inputs) > 0 and torch.is_autocast_enabled(inputs[0].device.type)
     if autocast:
         # Under autocast, run in the autocast dtype: the kernels accumulate in float32 anyway.
         dtype = torch.get_autocast_dtype(inputs[0].device.type)
