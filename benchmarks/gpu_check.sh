@@ -2,7 +2,8 @@
 # Everything a lent GPU is used for, in one call (see GPU.md / docs/benchmarks.md):
 # versions and nvidia-smi, an in-place build of the extension for the card, the CUDA tests,
 # the gpu-canonical preset (issue 3's targets), the fused kernel's A/B timings and Nsight Compute
-# profiles (the default radix-32 FFT, then radix 8) and, if time is left, the default grid on CUDA.
+# profiles with the stall reasons (the default build and an A/B build, GPU_CHECK_AB_ENV) and, if
+# time is left, the default grid on CUDA.
 # $OUT gets at most 8 files (the device tool returns no more): log.txt (everything printed,
 # tables included), tests.txt, gpu-canonical.json, ncu.txt
 # (Nsight Compute on the fused kernel), grid-cuda.json and the grid's two plots.
@@ -12,7 +13,9 @@
 # Environment: OUT (default /tmp/gpu_check), PYTHON (default python3), TORCH_CUDA_ARCH_LIST
 # (default 9.0), MAX_JOBS (default: all cores), COMPACT_BILINEAR_COMMIT (the commit to record
 # when the tree travels without .git), GPU_CHECK_TEST_ARGS (default: "tests -q -x -k cuda"),
-# GPU_CHECK_BUDGET_S (default 420: later steps are skipped once this much time has passed).
+# GPU_CHECK_BUDGET_S (default 420: later steps are skipped once this much time has passed),
+# GPU_CHECK_AB_ENV (e.g. "COMPACT_BILINEAR_INLINE_FFT_PASSES=1": a second copy of the tree is built
+# with these variables beside the first, and fused_ab.py and Nsight Compute run on both builds).
 set -u -o pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -44,7 +47,14 @@ except Exception as e:
 EOF
 (nvcc --version | tail -2) || true
 
-step "build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
+step "build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS${GPU_CHECK_AB_ENV:+; and $GPU_CHECK_AB_ENV in /tmp/cb_ab})"
+AB=${GPU_CHECK_AB_ENV:+/tmp/cb_ab}
+if [ -n "$AB" ]; then
+    rm -rf "$AB" && mkdir -p "$AB" && tar -c --exclude=./build --exclude=./.git . | tar -x -C "$AB"
+    # shellcheck disable=SC2086
+    (cd "$AB" && env $GPU_CHECK_AB_ENV timeout 330 $PY setup.py build_ext --inplace >/tmp/gpu_check_build_ab.txt 2>&1) &
+    ab_build=$!
+fi
 if ! timeout 330 $PY setup.py build_ext --inplace >/tmp/gpu_check_build.txt 2>&1; then
     # The compiler's errors, not just the Python traceback that ends the log.
     grep -A6 -E "error( |:)" /tmp/gpu_check_build.txt | head -80
@@ -55,6 +65,15 @@ fi
 tail -3 /tmp/gpu_check_build.txt
 $PY -c "import compact_bilinear as cb; print('compact_bilinear', cb.__version__, 'imported')" \
     || { echo "IMPORT FAILED"; exit 1; }
+if [ -n "$AB" ]; then
+    if wait "$ab_build"; then
+        echo "A/B build ($GPU_CHECK_AB_ENV): $(tail -1 /tmp/gpu_check_build_ab.txt | cut -c1-100)"
+    else
+        grep -A6 -E "error( |:)" /tmp/gpu_check_build_ab.txt | head -40
+        echo "A/B BUILD FAILED ($GPU_CHECK_AB_ENV)"
+        AB=
+    fi
+fi
 
 step "toolchain: compiler, the library's dependencies, libstdc++ code inside it"
 $PY -c "import sysconfig as s; print('CXX', s.get_config_var('CXX'), '| LDSHARED', s.get_config_var('LDSHARED'))"
@@ -120,22 +139,37 @@ timeout 180 $PY -m benchmarks --preset gpu-canonical --no-progress \
 
 step "A/B: the fused kernel's schedules side by side (benchmarks/fused_ab.py)"
 timeout 120 $PY benchmarks/fused_ab.py || { echo "fused_ab FAILED"; status=1; }
+if [ -n "$AB" ]; then
+    echo "--- the same, built with $GPU_CHECK_AB_ENV"
+    PYTHONPATH="$AB" timeout 120 $PY "$AB/benchmarks/fused_ab.py" || { echo "fused_ab (A/B build) FAILED"; status=1; }
+fi
 
 step "Nsight Compute: the fused kernel's four canonical launches (benchmarks/ncu_cases.py)"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ]; then
-    # --clock-control none: measure the card as found (never lock its clocks).
-    # The default FFT (radix 32), then, time allowing, the radix-8 schedule it replaced.
-    for radix in 32 8; do
-        [ "$radix" = 8 ] && [ "$(left)" -lt 120 ] && { echo "no time left for the radix-8 profile"; break; }
-        echo "##### COMPACT_BILINEAR_FFT_RADIX=$radix" >>"$OUT/ncu.txt"
-        COMPACT_BILINEAR_FFT_RADIX=$radix timeout 150 "$NCU" --clock-control none -k regex:fused_kernel -c 4 \
+    # --clock-control none: measure the card as found (never lock its clocks). The default build,
+    # then the A/B build if there is one; then the default build's stall reasons (raw metrics of
+    # the warp-state section: cycles per issued instruction spent in each stall).
+    ncu_sections() {
+        timeout 150 "$NCU" --clock-control none -k regex:fused_kernel -c 4 \
             --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
             --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
             --metrics l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed_op_shared_ld.sum,smsp__inst_executed_op_shared_st.sum,smsp__inst_executed_op_local_ld.sum,smsp__inst_executed_op_local_st.sum,smsp__inst_executed.sum \
-            $PY benchmarks/ncu_cases.py >>"$OUT/ncu.txt" 2>&1 || echo "ncu exited $?"
-    done
-    grep -E "#####|fused_kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Memory Throughput|Compute \(SM\)|wavefronts_mem_shared|bank_conflicts|op_local|smsp__inst_executed.sum|rel err|Stall|Warp Cycles Per Issued" "$OUT/ncu.txt" | head -300
+            $PY "$1/benchmarks/ncu_cases.py" >>"$OUT/ncu.txt" 2>&1 || echo "ncu exited $?"
+    }
+    echo "##### default build" >>"$OUT/ncu.txt"
+    ncu_sections .
+    if [ -n "$AB" ] && [ "$(left)" -gt 45 ]; then
+        echo "##### A/B build: $GPU_CHECK_AB_ENV" >>"$OUT/ncu.txt"
+        PYTHONPATH="$AB" ncu_sections "$AB"
+    fi
+    if [ "$(left)" -gt 30 ]; then
+        echo "##### default build: stall reasons" >>"$OUT/ncu.txt"
+        timeout 100 "$NCU" --clock-control none -k regex:fused_kernel -c 4 --section WarpStateStats --page raw \
+            $PY benchmarks/ncu_cases.py 2>&1 | grep -E "fused_kernel|issue_stalled.*per_issue_active|rel err" \
+            >>"$OUT/ncu.txt" || echo "ncu (stall reasons) exited $?"
+    fi
+    grep -E "#####|fused_kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Memory Throughput|Compute \(SM\)|wavefronts_mem_shared|bank_conflicts|op_local|smsp__inst_executed.sum|rel err|Stall|Warp Cycles Per Issued|issue_stalled" "$OUT/ncu.txt" | head -300
 else
     echo "no ncu on this machine"
 fi

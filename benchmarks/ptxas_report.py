@@ -42,7 +42,9 @@ def nvcc_command(arch: str, obj: str, source: str, output: str = "-c") -> list:
     return ([os.path.join(cuda_home, "bin", "nvcc")] + [f"-I{i}" for i in includes] + COMMON_NVCC_FLAGS
             + ["-O3", "-lineinfo", "-std=c++20", f"-gencode=arch=compute_{arch},code=sm_{arch}",
                "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C", "-Xptxas", "-v",
-               output, source, "-o", obj])
+               output, source, "-o", obj]
+            + (["-DCOMPACT_BILINEAR_INLINE_FFT_PASSES"] if os.environ.get("COMPACT_BILINEAR_INLINE_FFT_PASSES") == "1"
+               else []))
 
 
 def demangle(names: list) -> list:

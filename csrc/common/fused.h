@@ -300,7 +300,7 @@ struct ZStore {
 // virtual thread, at base + m h. Index math is 32-bit shifts and masks (n <= 2^14): 64-bit
 // division would cost more than the butterfly itself on the GPU.
 template <int R, bool Inv, Span Sp, typename T, class G, class Load, class Store>
-CB_HD void fft_pass(const G& g, int n, int lh, const cplx<T>* tw, Load load, Store store) {
+CB_HD_PASS void fft_pass(const G& g, int n, int lh, const cplx<T>* tw, Load load, Store store) {
   constexpr int r = ilog2(R);
   constexpr bool unit = Sp == Span::Unit;
   g.for_each(n / R, [=](int64_t t64) {
