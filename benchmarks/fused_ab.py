@@ -3,13 +3,13 @@
     python benchmarks/fused_ab.py
 
 The FFT in passes up to radix 32 (the default) and radix 8 (COMPACT_BILINEAR_FFT_RADIX=8: five
-passes at d = 8192, as in the kernel measured up to commit 6235626) for every case; unpooled forward with rows in pairs and
-one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forward at several rows per chunk
-(COMPACT_BILINEAR_POOLED_ROWS), forward+backward with an NCHW-contiguous and a location-major
-upstream gradient, and map x vector forward+backward with rows in pairs and one at a time, each
-beside the fft path. CUDA events,
-median of many calls, inputs rotated so L2 does not hold them, random normal inputs, every
-variant checked against the fft path before it is timed.
+passes at d = 8192, as in the kernel measured up to commit 6235626) for every case; unpooled
+forward with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forward at
+several rows per chunk (COMPACT_BILINEAR_POOLED_ROWS), forward+backward with an NCHW-contiguous
+and a location-major upstream gradient, and map x vector forward+backward with rows in pairs and
+one at a time, each beside the fft path. CUDA events; a case's variants are timed in turn over 15
+rounds (the median round per variant), inputs rotated so L2 does not hold them, random normal
+inputs, every variant checked against the fft path before it is timed.
 """
 import os
 import statistics
@@ -22,21 +22,45 @@ from compact_bilinear.reference import random_hashes
 B, C, D, S = 32, 1024, 8192, (7, 7)
 
 
-def timed(fn, sets, reps=15, calls=6):
-    """Median over `reps` of the mean time of `calls` back-to-back calls (one per input set), so
-    the host's launch work overlaps the device's and is not counted the way a lone call counts it."""
-    for s in sets[:2]:
+def timed(fn, sets, calls=6):
+    """Mean time of `calls` back-to-back calls (one per input set), so the host's launch work
+    overlaps the device's and is not counted the way a lone call counts it."""
+    t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0.record()
+    for s in sets[:calls]:
         fn(s)
-    times = []
+    t1.record()
+    t1.synchronize()
+    return t0.elapsed_time(t1) * 1e3 / calls
+
+
+def with_env(env, fn, *args):
+    os.environ.update(env)
+    try:
+        return fn(*args)
+    finally:
+        for k in env:
+            del os.environ[k]
+
+
+def compare(group, reps=15):
+    """One case's variants timed in turn, `reps` rounds (A B C A B C ...), so a drift of the card's
+    clock or temperature during the case reaches every variant alike; the median round per variant."""
+    times = {name: [] for _, name, *_ in group}
+    for case, name, env, fn, ref, inputs in group:
+        got, want = with_env(env, fn, inputs[0]), ref(inputs[0])
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        err = max(((a - b).norm() / b.norm()).item() for a, b in zip(got, want))
+        assert err < 1e-5, f"{case} {name}: rel err {err:.1e}"
+        times[name].append(err)
+        for s in inputs[:2]:  # warm-up
+            with_env(env, fn, s)
     for _ in range(reps):
-        t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        t0.record()
-        for s in sets[:calls]:
-            fn(s)
-        t1.record()
-        t1.synchronize()
-        times.append(t0.elapsed_time(t1) * 1e3 / calls)
-    return statistics.median(times)
+        for _, name, env, fn, _, inputs in group:
+            times[name].append(with_env(env, timed, fn, inputs))
+    for case, name, *_ in group:
+        err, *t = times[name]
+        print(f"{case:18s} {name:34s} {statistics.median(t):8.1f} us  {err:.1e}", flush=True)
 
 
 def main():
@@ -82,17 +106,9 @@ def main():
                  ("map x vec fwd+bwd", "fused, single rows", {"COMPACT_BILINEAR_ROW_PAIRS": "0"}, fwd_bwd("fused"),
                   ref, mv_sets)]
     print(f"{'case':18s} {'variant':34s} {'median':>10s}  rel err vs fft")
-    for case, name, env, fn, ref, inputs in variants:
-        os.environ.update(env)
-        try:
-            got, want = fn(inputs[0]), ref(inputs[0])
-            got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
-            err = max(((a - b).norm() / b.norm()).item() for a, b in zip(got, want))
-            assert err < 1e-5, f"{case} {name}: rel err {err:.1e}"
-            print(f"{case:18s} {name:34s} {timed(fn, inputs):8.1f} us  {err:.1e}")
-        finally:
-            for k in env:
-                del os.environ[k]
+    for case in dict.fromkeys(v[0] for v in variants):
+        compare([v for v in variants if v[0] == case])
+
 
 if __name__ == "__main__":
     main()
