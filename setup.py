@@ -58,8 +58,8 @@ def extension():
     # --threads=0: nvcc compiles the architectures of TORCH_CUDA_ARCH_LIST in parallel, one per
     # core (the default two: a clean build on 2 cores took 3 min 29 s without it, 2 min 35 s with).
     nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "--threads=0"]
-    if os.environ.get("COMPACT_BILINEAR_INLINE_FFT_PASSES", "0") == "1":  # A/B builds (common/macros.h)
-        nvcc.append("-DCOMPACT_BILINEAR_INLINE_FFT_PASSES")
+    if os.environ.get("COMPACT_BILINEAR_OUTLINE_FFT_PASSES", "0") == "1":  # quick builds (common/macros.h)
+        nvcc.append("-DCOMPACT_BILINEAR_OUTLINE_FFT_PASSES")
     return CUDAExtension(
         "compact_bilinear._C",
         sources,

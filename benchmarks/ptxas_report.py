@@ -43,7 +43,7 @@ def nvcc_command(arch: str, obj: str, source: str, output: str = "-c") -> list:
             + ["-O3", "-lineinfo", "-std=c++20", f"-gencode=arch=compute_{arch},code=sm_{arch}",
                "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C", "-Xptxas", "-v",
                output, source, "-o", obj]
-            + (["-DCOMPACT_BILINEAR_INLINE_FFT_PASSES"] if os.environ.get("COMPACT_BILINEAR_INLINE_FFT_PASSES") == "1"
+            + (["-DCOMPACT_BILINEAR_OUTLINE_FFT_PASSES"] if os.environ.get("COMPACT_BILINEAR_OUTLINE_FFT_PASSES") == "1"
                else []))
 
 
