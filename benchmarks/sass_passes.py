@@ -12,7 +12,7 @@ sum over passes of (d / radix / 32 warps) x the pass's instructions. The fused f
 transforms per row (one forward per row, one inverse per row pair), the backward a d/2-point
 transform of the gradient row and two d-point ones; instruction issue is what bounds the kernel
 (docs/benchmarks.md), so these are the numbers to lower. Last, one trip round the loops of
-zeroing Z, the sketch's gather and the backward's scatter of gradients (inner loops left out),
+zeroing Z, the gather of a row's two sketches and the backward's scatter of gradients (inner loops left out),
 and their warp instructions per row.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(512, MB >= 5 ? 1 : 2) pass_kernel(const cplx<f
   auto* z = reinterpret_cast<cplx<float>*>(smem_raw);
   fft_pass<R, Inv, static_cast<Span>(Sp)>(Group<MB>{}, n, lh, tw, ZLoad<float>{z}, ZStore<float>{z});
 }
-// Three of a row's other phases: zeroing Z, the sketch's gather of one input and the backward's
+// Three of a row's other phases: zeroing Z, the sketches' gather of two inputs and the backward's
 // scatter of one input's gradient.
 __global__ void __launch_bounds__(512, 1) zero_kernel(int64_t n) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -56,7 +56,9 @@ __global__ void __launch_bounds__(512, 1) zero_kernel(int64_t n) {
 }
 __global__ void __launch_bounds__(512, 1) gather_kernel(const Args<float, float> a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  gather_sketch(Group<5>{}, a, reinterpret_cast<float*>(smem_raw), 0, 0, blockIdx.x, blockIdx.y);
+  gather_sketches(Group<5>{}, reinterpret_cast<float*>(smem_raw),
+                  Sketches<float, float, 2>{{sketch_of(a, 0, 0, blockIdx.x, blockIdx.y),
+                                             sketch_of(a, 1, 1, blockIdx.x, blockIdx.y)}});
 }
 __global__ void __launch_bounds__(512, 1) scatter_kernel(const Args<float, float> a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -200,11 +202,11 @@ def main(argv=None) -> int:
               f"{inv:.0f} inverse; a forward row (1.5 transforms) {fwd + inv / 2:.0f}; the backward's "
               f"gradient row (d/2 points) {half:.0f}")
     # A row's zeroing of Z (z_size = d + d/16 values, two per trip) and its gather of two inputs
-    # of --channels each (kGather = 4 positions per trip).
+    # of --channels each (4 positions of each input per trip with radix-32 passes, fused.h gather_width).
     zero_trips = (args.d + args.d // 16) / 2 / 32
-    gather_trips = 2 * -(-args.channels // 4) / 32
+    gather_trips = -(-args.channels // 4) / 32
     print(f"zero Z: {table['zero'][0]} instructions per trip (2 values), {zero_trips * table['zero'][0]:.0f} warp "
-          f"instructions per row; gather: {table['gather'][0]} per trip (4 positions, buckets of one channel), "
+          f"instructions per row; gather: {table['gather'][0]} per trip (4 positions of each input, buckets of one channel), "
           f"{gather_trips * table['gather'][0]:.0f} per row of two inputs of {args.channels} channels; "
           f"the backward's scatter: {table['scatter'][0]} per trip (1 channel), "
           f"{2 * args.channels / 32 * table['scatter'][0]:.0f} per row")

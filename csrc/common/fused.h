@@ -432,48 +432,83 @@ CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
 // ---------------------------------------------------------------------------------------------
 // Phases.
 
-// The count sketch of input k at sample b, location l, into part `part` (0: Re, 1: Im) of Z:
-// bucket_sum's gather (spectral.h) from the input's GatherCodes. The position that starts a
-// bucket's run of sorted channels sums the run in channel order, as add_run does, so every path's
-// sketches are identical; other positions do nothing, and buckets no channel hits keep their 0.
-// The loads form a chain (code and sign, then the input value), so a virtual thread takes
-// kGather positions, i + u * per, and issues each step's loads for all of them before it uses
-// any: one chain's latency for kGather channels. Consecutive threads keep consecutive positions,
-// so a warp's loads stay coalesced. One input per loop keeps its pointers and strides the same for
-// every thread.
-constexpr int kGather = 4;
+// Count sketches into Re (part 0) and Im (part 1) of Z: bucket_sum's gather (spectral.h) from
+// each input's GatherCodes. The position that starts a bucket's run of sorted channels sums the
+// run in channel order, as add_run does, so every path's sketches are identical; other positions
+// do nothing, and buckets no channel hits keep their 0. The loads form a chain (code and sign, then
+// the input value), so a virtual thread takes W positions of each input, i + u * per, and issues
+// each step's loads for all of them, both inputs of a pair included, before it uses any: one
+// chain's latency for a row's two sketches, where one input per loop waited for two chains (the
+// second loop's loads cannot pass the first's stores to Z). W = 4 with radix-32 passes (256
+// threads of 128 registers at d = 8192: 1024 channels in one trip), 2 with radix 8 (512 threads of
+// 64 registers, which four positions of two inputs would spill). Consecutive threads keep
+// consecutive positions, so a warp's loads stay coalesced.
+template <class G>
+CB_HD constexpr int gather_width() { return G::kMaxPassBits >= 5 ? 4 : 2; }
 
-template <typename T, typename In, class G>
-CB_HD void gather_sketch(const G& g, const Args<T, In>& a, T* zr, int k, int part, int64_t b, int64_t l) {
-  const In* x = a.x[k] + b * a.stride_b[k] + (a.is_map[k] ? l * a.stride_l[k] : 0);
-  const int64_t sc = a.stride_c[k];
-  const GatherCode* code = a.gather[k];
-  const T* sign = a.sorted_sign[k];
+// One sketch to gather: input k at sample b, location l, into `part` of Z.
+template <typename T, typename In>
+struct Sketch {
+  const In* x;
+  int64_t sc;  // channel stride
+  const GatherCode* code;
+  const T* sign;
+  int C, part;  // channels; Re or Im
+};
+
+template <typename T, typename In>
+CB_HD Sketch<T, In> sketch_of(const Args<T, In>& a, int k, int part, int64_t b, int64_t l) {
   // 32-bit positions: channel counts are below 2^30 (fused_unsupported_reason).
-  const int C = static_cast<int>(a.C[k]), per = (C + kGather - 1) / kGather;
-  g.for_each(per, [=](int64_t i) {
-    GatherCode c[kGather];
-    T v[kGather];
+  return {a.x[k] + b * a.stride_b[k] + (a.is_map[k] ? l * a.stride_l[k] : 0), a.stride_c[k], a.gather[k],
+          a.sorted_sign[k], static_cast<int>(a.C[k]), part};
+}
+
+template <typename T, typename In, int N>
+struct Sketches {
+  Sketch<T, In> s[N];
+};
+
+template <typename T, typename In, int N, class G>
+CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
+  constexpr int W = gather_width<G>();
+  int per = 0;  // each input's positions i + u * per_s (u < W) go to virtual thread i
+  for (int s = 0; s < N; ++s) per = (all.s[s].C + W - 1) / W > per ? (all.s[s].C + W - 1) / W : per;
+  g.for_each(per, [=](int64_t i64) {
+    const Sketch<T, In>* sk = all.s;
+    const int i = static_cast<int>(i64);
+    int pers[N];
+    GatherCode c[N][W];
+    T v[N][W];
     CB_UNROLL
-    for (int u = 0; u < kGather; ++u) {  // code and sign of each position
-      const int q = static_cast<int>(i) + u * per;
-      c[u] = q < C ? code[q] : GatherCode{kNotHead, 0};
-      v[u] = q < C ? sign[q] : T(0);
+    for (int s = 0; s < N; ++s) {  // code and sign of each position
+      pers[s] = (sk[s].C + W - 1) / W;
+      CB_UNROLL
+      for (int u = 0; u < W; ++u) {
+        const int q = i + u * pers[s];
+        const bool in = i < pers[s] && q < sk[s].C;
+        c[s][u] = in ? sk[s].code[q] : GatherCode{kNotHead, 0};
+        v[s][u] = in ? sk[s].sign[q] : T(0);
+      }
     }
     CB_UNROLL
-    for (int u = 0; u < kGather; ++u)  // the input values of the runs' heads
-      if (!(c[u].word & kNotHead)) v[u] = T(0) + v[u] * static_cast<T>(x[c[u].channel * sc]);
+    for (int s = 0; s < N; ++s)  // the input values of the runs' heads
+      CB_UNROLL
+      for (int u = 0; u < W; ++u)
+        if (!(c[s][u].word & kNotHead)) v[s][u] = T(0) + v[s][u] * static_cast<T>(sk[s].x[c[s][u].channel * sk[s].sc]);
     CB_UNROLL
-    for (int u = 0; u < kGather; ++u) {  // the rest of each run (buckets rarely hold two channels)
-      if (c[u].word & kNotHead) continue;
-      T sum = v[u];
-      int q = static_cast<int>(i) + u * per;
-      for (uint32_t w = c[u].word; w & kRunContinues;) {
-        const GatherCode next = code[++q];
-        sum += sign[q] * static_cast<T>(x[next.channel * sc]);
-        w = next.word;
+    for (int s = 0; s < N; ++s) {
+      CB_UNROLL
+      for (int u = 0; u < W; ++u) {  // the rest of each run (buckets rarely hold two channels)
+        if (c[s][u].word & kNotHead) continue;
+        T sum = v[s][u];
+        int q = i + u * pers[s];
+        for (uint32_t w = c[s][u].word; w & kRunContinues;) {
+          const GatherCode next = sk[s].code[++q];
+          sum += sk[s].sign[q] * static_cast<T>(sk[s].x[next.channel * sk[s].sc]);
+          w = next.word;
+        }
+        zr[2 * zi(static_cast<int>(c[s][u].word & kBucketMask)) + sk[s].part] = sum;
       }
-      zr[2 * zi(static_cast<int>(c[u].word & kBucketMask)) + part] = sum;
     }
   });
 }
@@ -501,8 +536,11 @@ CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, i
   zero(g, z, z_size(a.d));
   g.sync();
   T* zr = reinterpret_cast<T*>(z);
-  gather_sketch(g, a, zr, ka, 0, b, l);
-  if (kb >= 0) gather_sketch(g, a, zr, kb, 1, bb, lb);
+  if (kb >= 0) {
+    gather_sketches(g, zr, Sketches<T, In, 2>{{sketch_of(a, ka, 0, b, l), sketch_of(a, kb, 1, bb, lb)}});
+  } else {
+    gather_sketches(g, zr, Sketches<T, In, 1>{{sketch_of(a, ka, 0, b, l)}});
+  }
   g.sync();
 }
 

@@ -125,7 +125,7 @@ CB_HD void spectral_product_backward(const SpectralArgs<T>& a, int64_t b, int64_
 // run sums the run in channel order and returns true with (bucket, sum); other positions return
 // false. Work is O(C) per row, no atomics, and every bucket sums its channels in channel order:
 // the order of the CPU's sequential scatter, so every path produces identical sketches. Unset
-// buckets are zero. The fused kernel's gather (fused.h gather_sketch) walks the same runs in the
+// buckets are zero. The fused kernel's gather (fused.h gather_sketches) walks the same runs in the
 // same order from a packed copy of these tables, so its sketches are the same too.
 template <typename T, typename In, typename I>
 CB_HD T add_run(const In* x, int64_t stride_c, const int64_t* perm, const int64_t* sorted_hash, const T* sorted_sign,
