@@ -2,8 +2,8 @@
 
     python benchmarks/fused_ab.py
 
-The FFT in passes up to radix 32 (the default) and radix 8 (COMPACT_BILINEAR_FFT_RADIX=8: five
-passes at d = 8192, as in the kernel measured up to commit 6235626) for every case; unpooled
+The FFT in passes up to radix 32 (the forward's default) and radix 8 (the backward's default;
+COMPACT_BILINEAR_FFT_RADIX=8 or 32 sets both: five or three passes at d = 8192); unpooled
 forward with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forward at
 several rows per chunk (COMPACT_BILINEAR_POOLED_ROWS), forward+backward with an NCHW-contiguous
 and a location-major upstream gradient, and map x vector forward+backward with rows in pairs and
@@ -60,7 +60,7 @@ def compare(group, reps=15):
             times[name].append(with_env(env, timed, fn, inputs))
     for case, name, *_ in group:
         err, *t = times[name]
-        print(f"{case:18s} {name:34s} {statistics.median(t):8.1f} us  {err:.1e}", flush=True)
+        print(f"{case:18s} {name:36s} {statistics.median(t):8.1f} us  {err:.1e}", flush=True)
 
 
 def main():
@@ -81,7 +81,7 @@ def main():
 
     # (case, variant, environment, call, the fft path's call it must match, input sets)
     unpooled, pooled = fwd("fft", False), fwd("fft", True)
-    radix8 = {"COMPACT_BILINEAR_FFT_RADIX": "8"}
+    radix8, radix32 = {"COMPACT_BILINEAR_FFT_RADIX": "8"}, {"COMPACT_BILINEAR_FFT_RADIX": "32"}
     variants = [
         ("unpooled fwd", "fft", {}, unpooled, unpooled, plain),
         ("unpooled fwd", "fused, row pairs", {}, fwd("fused", False), unpooled, plain),
@@ -96,7 +96,9 @@ def main():
         ref = fwd_bwd("fft", g)
         variants += [("unpooled fwd+bwd", f"fft, {layout} grad", {}, ref, ref, sets),
                      ("unpooled fwd+bwd", f"fused, {layout} grad", {}, fwd_bwd("fused", g), ref, sets),
-                     ("unpooled fwd+bwd", f"fused, {layout} grad, radix 8", radix8, fwd_bwd("fused", g), ref, sets)]
+                     ("unpooled fwd+bwd", f"fused, {layout} grad, radix 8", radix8, fwd_bwd("fused", g), ref, sets),
+                     ("unpooled fwd+bwd", f"fused, {layout} grad, radix 32", radix32, fwd_bwd("fused", g), ref,
+                      sets)]
     # One map input (map x vector): rows in pairs share the forward's transforms and, in the
     # backward, the gradients' inverse; ROW_PAIRS=0 takes forward and backward a row at a time.
     mv_sets = [[s[0], torch.randn(B, C, device="cuda", requires_grad=True)] for s in sets]
@@ -105,7 +107,7 @@ def main():
                  ("map x vec fwd+bwd", "fused, row pairs", {}, fwd_bwd("fused"), ref, mv_sets),
                  ("map x vec fwd+bwd", "fused, single rows", {"COMPACT_BILINEAR_ROW_PAIRS": "0"}, fwd_bwd("fused"),
                   ref, mv_sets)]
-    print(f"{'case':18s} {'variant':34s} {'median':>10s}  rel err vs fft")
+    print(f"{'case':18s} {'variant':36s} {'median':>10s}  rel err vs fft")
     for case in dict.fromkeys(v[0] for v in variants):
         compare([v for v in variants if v[0] == case])
 

@@ -202,7 +202,7 @@ def main(argv=None) -> int:
               f"{inv:.0f} inverse; a forward row (1.5 transforms) {fwd + inv / 2:.0f}; the backward's "
               f"gradient row (d/2 points) {half:.0f}")
     # A row's zeroing of Z (z_size = d + d/16 values, two per trip) and its gather of two inputs
-    # of --channels each (4 positions of each input per trip with radix-32 passes, fused.h gather_width).
+    # of --channels each in one loop (4 positions of each input per trip, fused.h kGather).
     zero_trips = (args.d + args.d // 16) / 2 / 32
     gather_trips = -(-args.channels // 4) / 32
     print(f"zero Z: {table['zero'][0]} instructions per trip (2 values), {zero_trips * table['zero'][0]:.0f} warp "

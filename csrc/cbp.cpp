@@ -308,12 +308,15 @@ static FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit)
   const int64_t L = std::max<int64_t>(p.L, 1), balanced = (L + (L + 7) / 8 - 1) / ((L + 7) / 8);
   const int64_t elem = p.acc_dtype == at::kDouble ? 16 : 8;
   FusedPlan plan;
-  // The FFT's largest radix: 32 (d = 8192 in three passes), whose 32 complex values take 64 of the
-  // 128 registers a thread may have at two 256-thread blocks per SM in float; in double they
-  // would take all 128, so double runs radix-8 passes. COMPACT_BILINEAR_FFT_RADIX=8 or 32
-  // overrides this, for A/B timing on a GPU (benchmarks/fused_ab.py) and the host tests.
+  // The FFT's largest radix. The forward takes radix 32 (d = 8192 in three passes), whose 32
+  // complex values take 64 of the 128 registers a thread may have at two 256-thread blocks per SM
+  // in float. The backward takes radix 8 (five passes, 512 threads of 64 registers): on an H100
+  // (run 10, benchmarks/fused_ab.py, variants timed in turn) its kernel was 8-10 % faster so, its
+  // twice as many warps hiding the gradient rows' and sketches' loads, where the forward was 13 %
+  // slower. Double would need all 128 registers for radix 32: radix 8 throughout.
+  // COMPACT_BILINEAR_FFT_RADIX=8 or 32 sets both, for A/B timing on a GPU and the host tests.
   const char* radix_env = std::getenv("COMPACT_BILINEAR_FFT_RADIX");
-  const std::string radix = radix_env ? radix_env : (p.acc_dtype == at::kDouble ? "8" : "32");
+  const std::string radix = radix_env ? radix_env : (p.acc_dtype == at::kDouble || backward ? "8" : "32");
   TORCH_CHECK_VALUE(radix == "8" || radix == "32", "COMPACT_BILINEAR_FFT_RADIX must be '8' or '32', got '", radix, "'");
   plan.max_pass_bits = radix == "8" ? 3 : 5;
   const auto size = [&] {

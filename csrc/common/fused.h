@@ -436,15 +436,11 @@ CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
 // each input's GatherCodes. The position that starts a bucket's run of sorted channels sums the
 // run in channel order, as add_run does, so every path's sketches are identical; other positions
 // do nothing, and buckets no channel hits keep their 0. The loads form a chain (code and sign, then
-// the input value), so a virtual thread takes W positions of each input, i + u * per, and issues
-// each step's loads for all of them, both inputs of a pair included, before it uses any: one
-// chain's latency for a row's two sketches, where one input per loop waited for two chains (the
-// second loop's loads cannot pass the first's stores to Z). W = 4 with radix-32 passes (256
-// threads of 128 registers at d = 8192: 1024 channels in one trip), 2 with radix 8 (512 threads of
-// 64 registers, which four positions of two inputs would spill). Consecutive threads keep
-// consecutive positions, so a warp's loads stay coalesced.
-template <class G>
-CB_HD constexpr int gather_width() { return G::kMaxPassBits >= 5 ? 4 : 2; }
+// the input value), so a virtual thread takes kGather positions of each of its N inputs,
+// i + u * per, and issues each step's loads for all of them before it uses any: one chain's latency
+// for N sketches (a second loop's loads could not pass the first's stores to Z). Consecutive
+// threads keep consecutive positions, so a warp's loads stay coalesced.
+constexpr int kGather = 4;
 
 // One sketch to gather: input k at sample b, location l, into `part` of Z.
 template <typename T, typename In>
@@ -470,20 +466,21 @@ struct Sketches {
 
 template <typename T, typename In, int N, class G>
 CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
-  constexpr int W = gather_width<G>();
-  int per = 0;  // each input's positions i + u * per_s (u < W) go to virtual thread i
-  for (int s = 0; s < N; ++s) per = (all.s[s].C + W - 1) / W > per ? (all.s[s].C + W - 1) / W : per;
+  // Input s's positions i + u * per_s (u < kGather) go to virtual thread i.
+  const auto per_of = [](const Sketch<T, In>& sk) { return (sk.C + kGather - 1) / kGather; };
+  int per = 0;
+  for (int s = 0; s < N; ++s) per = per_of(all.s[s]) > per ? per_of(all.s[s]) : per;
   g.for_each(per, [=](int64_t i64) {
     const Sketch<T, In>* sk = all.s;
     const int i = static_cast<int>(i64);
     int pers[N];
-    GatherCode c[N][W];
-    T v[N][W];
+    GatherCode c[N][kGather];
+    T v[N][kGather];
     CB_UNROLL
     for (int s = 0; s < N; ++s) {  // code and sign of each position
-      pers[s] = (sk[s].C + W - 1) / W;
+      pers[s] = per_of(sk[s]);
       CB_UNROLL
-      for (int u = 0; u < W; ++u) {
+      for (int u = 0; u < kGather; ++u) {
         const int q = i + u * pers[s];
         const bool in = i < pers[s] && q < sk[s].C;
         c[s][u] = in ? sk[s].code[q] : GatherCode{kNotHead, 0};
@@ -493,12 +490,12 @@ CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
     CB_UNROLL
     for (int s = 0; s < N; ++s)  // the input values of the runs' heads
       CB_UNROLL
-      for (int u = 0; u < W; ++u)
+      for (int u = 0; u < kGather; ++u)
         if (!(c[s][u].word & kNotHead)) v[s][u] = T(0) + v[s][u] * static_cast<T>(sk[s].x[c[s][u].channel * sk[s].sc]);
     CB_UNROLL
     for (int s = 0; s < N; ++s) {
       CB_UNROLL
-      for (int u = 0; u < W; ++u) {  // the rest of each run (buckets rarely hold two channels)
+      for (int u = 0; u < kGather; ++u) {  // the rest of each run (buckets rarely hold two channels)
         if (c[s][u].word & kNotHead) continue;
         T sum = v[s][u];
         int q = i + u * pers[s];
@@ -536,10 +533,13 @@ CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, i
   zero(g, z, z_size(a.d));
   g.sync();
   T* zr = reinterpret_cast<T*>(z);
-  if (kb >= 0) {
+  // Both sketches in one loop where a thread has 128 registers (radix-32 passes); with 64 (radix
+  // 8) the eight chains spilled the backward's loop state (ptxas: 56 bytes), so one loop each.
+  if (kb >= 0 && G::kMaxPassBits >= 5) {
     gather_sketches(g, zr, Sketches<T, In, 2>{{sketch_of(a, ka, 0, b, l), sketch_of(a, kb, 1, bb, lb)}});
   } else {
     gather_sketches(g, zr, Sketches<T, In, 1>{{sketch_of(a, ka, 0, b, l)}});
+    if (kb >= 0) gather_sketches(g, zr, Sketches<T, In, 1>{{sketch_of(a, kb, 1, bb, lb)}});
   }
   g.sync();
 }

@@ -80,7 +80,8 @@ def test_output_shapes(device):
     assert cb.compact_bilinear_pooling([torch.randn(2, 4, device=device), v], hs, ss, 10).shape == (2, 10)
 
 
-# The fused FFT's largest radix (COMPACT_BILINEAR_FFT_RADIX): 32 by default in float, 8 in double.
+# The fused FFT's largest radix (COMPACT_BILINEAR_FFT_RADIX, both phases): by default 32 in the float forward,
+# 8 in the backward and in double.
 RADICES = ["8", "32"]
 
 
@@ -156,6 +157,29 @@ def test_fused_fft_radices_agree_at_the_canonical_d(sum_pool, device, monkeypatc
         torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-5 * ref.abs().max().item())
         outs[radix] = out
     assert not torch.equal(outs["8"], outs["32"])
+
+
+def test_fused_default_radix_is_32_forward_and_8_backward(monkeypatch):
+    """In float, the forward runs radix-32 passes and the backward radix-8 ones (cbp.cpp
+    fused_plan, as measured on an H100): the default's output is bit-identical to
+    COMPACT_BILINEAR_FFT_RADIX=32's, its gradients to radix 8's, and the two schedules differ."""
+    xs, hs, ss, d, _ = make(((6, 5), 8192, [(2, 3), (2, 3)], False), "cpu", dtype=torch.float32, batch=2,
+                            requires_grad=True)
+
+    w = torch.randn(2, d, 2, 3, generator=torch.Generator().manual_seed(0))  # the same upstream gradient
+
+    def run():
+        out = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
+        return out, torch.autograd.grad(out, xs, w)
+
+    out, grads = run()
+    by_radix = {}
+    for radix in RADICES:
+        monkeypatch.setenv("COMPACT_BILINEAR_FFT_RADIX", radix)
+        by_radix[radix] = run()
+    assert torch.equal(out, by_radix["32"][0]) and not torch.equal(out, by_radix["8"][0])
+    for g, g8, g32 in zip(grads, by_radix["8"][1], by_radix["32"][1]):
+        assert torch.equal(g, g8) and not torch.equal(g, g32)
 
 
 def test_fft_radix_rejects_other_values(monkeypatch):
