@@ -2,8 +2,8 @@
 # Everything a lent GPU is used for, in one call (see GPU.md / docs/benchmarks.md):
 # versions and nvidia-smi, an in-place build of the extension for the card, the CUDA tests,
 # the gpu-canonical preset (issue 3's targets), the fused kernel's A/B timings and Nsight Compute
-# profiles with the stall reasons (the default build and an A/B build, GPU_CHECK_AB_ENV) and, if
-# time is left, the default grid on CUDA.
+# profiles with the stall reasons (the default build and an A/B build, GPU_CHECK_AB_ENV; then the
+# forward's stall samples by source line) and, if time is left, the default grid on CUDA.
 # $OUT gets at most 8 files (the device tool returns no more): log.txt (everything printed,
 # tables included), tests.txt, gpu-canonical.json, ncu.txt
 # (Nsight Compute on the fused kernel), grid-cuda.json and the grid's two plots.
@@ -169,7 +169,16 @@ if [ -n "$NCU" ]; then
             $PY benchmarks/ncu_cases.py 2>&1 | grep -E "fused_kernel|issue_stalled.*per_issue_active|rel err" \
             >>"$OUT/ncu.txt" || echo "ncu (stall reasons) exited $?"
     fi
-    grep -E "#####|fused_kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Memory Throughput|Compute \(SM\)|wavefronts_mem_shared|bank_conflicts|op_local|smsp__inst_executed.sum|rel err|Stall|Warp Cycles Per Issued|issue_stalled" "$OUT/ncu.txt" | head -300
+    if [ "$(left)" -gt 30 ]; then
+        # Where the canonical forward's warps stall, by source line (the build has -lineinfo).
+        echo "##### default build: the canonical forward's stall samples by source line" >>"$OUT/ncu.txt"
+        timeout 120 "$NCU" --clock-control none -k regex:fused_kernel -c 1 --section SourceCounters \
+            --import-source yes -f -o /tmp/ncu_source $PY benchmarks/ncu_cases.py >/dev/null 2>&1 \
+            && timeout 60 "$NCU" --import /tmp/ncu_source.ncu-rep --page source --csv --print-source cuda \
+                >/tmp/ncu_source.csv 2>&1
+        $PY benchmarks/ncu_source_top.py /tmp/ncu_source.csv >>"$OUT/ncu.txt" 2>&1 || echo "no source-line profile"
+    fi
+    grep -E "#####|fused_kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Memory Throughput|Compute \(SM\)|wavefronts_mem_shared|bank_conflicts|op_local|smsp__inst_executed.sum|rel err|Stall|Warp Cycles Per Issued|issue_stalled|warp stall samples|^ +[0-9]+ +[0-9.]+%  " "$OUT/ncu.txt" | head -330
 else
     echo "no ncu on this machine"
 fi

@@ -225,3 +225,21 @@ def test_sass_passes_loop_body_leaves_out_inner_loops():
             (0x70, "EXIT")]
     assert loop_body(code) == 4
     assert loop_body(code[:1] + code[-1:]) == 2  # no loop: the whole function
+
+
+def test_ncu_source_top_ranks_source_lines_by_stall_samples(tmp_path, capsys):
+    from benchmarks.ncu_source_top import main
+
+    csv_file = tmp_path / "source.csv"
+    csv_file.write_text('==PROF== Disconnected\n'
+                        '"# Address","Source","Warp Stall Sampling (All Samples)","Instructions Executed"\n'
+                        '"1","for (;;)","1,200","10"\n"2","c = code[q];","5,000","20"\n"3","x = y;","0","5"\n')
+    assert main([str(csv_file), "--top", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "6200 warp stall samples" in lines[0]
+    assert lines[1].split()[:2] == ["5000", "80.6%"] and lines[1].endswith("c = code[q];")
+    assert lines[2].split()[:2] == ["1200", "19.4%"] and len(lines) == 3
+    # A page without the columns prints its beginning, so the format can be read off the run.
+    csv_file.write_text("a,b\n1,2\n")
+    assert main([str(csv_file)]) == 1
+    assert "a,b" in capsys.readouterr().out
