@@ -311,9 +311,9 @@ static FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit)
   // The FFT's largest radix. The forward takes radix 32 (d = 8192 in three passes), whose 32
   // complex values take 64 of the 128 registers a thread may have at two 256-thread blocks per SM
   // in float. The backward takes radix 8 (five passes, 512 threads of 64 registers): on an H100
-  // (run 10, benchmarks/fused_ab.py, variants timed in turn) its kernel was 8-10 % faster so, its
-  // twice as many warps hiding the gradient rows' and sketches' loads, where the forward was 13 %
-  // slower. Double would need all 128 registers for radix 32: radix 8 throughout.
+  // (run 10, benchmarks/fused_ab.py, variants timed in turn) it took 8-10 % less time than with
+  // radix 32, twice the warps per SM hiding its loads, while the forward took 13 % more. Double
+  // would need all 128 registers for radix 32: radix 8 throughout.
   // COMPACT_BILINEAR_FFT_RADIX=8 or 32 sets both, for A/B timing on a GPU and the host tests.
   const char* radix_env = std::getenv("COMPACT_BILINEAR_FFT_RADIX");
   const std::string radix = radix_env ? radix_env : (p.acc_dtype == at::kDouble || backward ? "8" : "32");

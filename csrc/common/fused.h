@@ -533,8 +533,9 @@ CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, i
   zero(g, z, z_size(a.d));
   g.sync();
   T* zr = reinterpret_cast<T*>(z);
-  // Both sketches in one loop where a thread has 128 registers (radix-32 passes); with 64 (radix
-  // 8) the eight chains spilled the backward's loop state (ptxas: 56 bytes), so one loop each.
+  // Both sketches in one loop where a thread has 128 registers (radix-32 passes). With 64 (radix
+  // 8) two inputs in one loop spilled the backward's loop state (ptxas: 56 to 104 bytes, with two
+  // or four positions per input), so there each input has its own loop.
   if (kb >= 0 && G::kMaxPassBits >= 5) {
     gather_sketches(g, zr, Sketches<T, In, 2>{{sketch_of(a, ka, 0, b, l), sketch_of(a, kb, 1, bb, lb)}});
   } else {
