@@ -90,7 +90,7 @@ def main():
          plain),
         ("pooled fwd", "fft", {}, pooled, pooled, plain),
     ] + [("pooled fwd", f"fused, {n} rows per chunk", {"COMPACT_BILINEAR_POOLED_ROWS": n}, fwd("fused", True), pooled,
-          plain) for n in ("1", "2", "4", "7", "8")] + [
+          plain) for n in ("1", "2", "4", "5", "6", "7", "8")] + [
         ("pooled fwd", "fused, 7 rows, radix 8", radix8, fwd("fused", True), pooled, plain)]
     for layout, g in (("NCHW", grad), ("location-major", grad_rows)):
         ref = fwd_bwd("fft", g)
