@@ -46,21 +46,19 @@ def with_env(env, fn, *args):
 def compare(group, reps=15):
     """One case's variants timed in turn, `reps` rounds (A B C A B C ...), so a drift of the card's
     clock or temperature during the case reaches every variant alike; the median round per variant."""
-    times = {name: [] for _, name, *_ in group}
+    errs, times = {}, {name: [] for _, name, *_ in group}
     for case, name, env, fn, ref, inputs in group:
         got, want = with_env(env, fn, inputs[0]), ref(inputs[0])
         got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
-        err = max(((a - b).norm() / b.norm()).item() for a, b in zip(got, want))
-        assert err < 1e-5, f"{case} {name}: rel err {err:.1e}"
-        times[name].append(err)
+        errs[name] = max(((a - b).norm() / b.norm()).item() for a, b in zip(got, want))
+        assert errs[name] < 1e-5, f"{case} {name}: rel err {errs[name]:.1e}"
         for s in inputs[:2]:  # warm-up
             with_env(env, fn, s)
     for _ in range(reps):
         for _, name, env, fn, _, inputs in group:
             times[name].append(with_env(env, timed, fn, inputs))
     for case, name, *_ in group:
-        err, *t = times[name]
-        print(f"{case:18s} {name:36s} {statistics.median(t):8.1f} us  {err:.1e}", flush=True)
+        print(f"{case:18s} {name:36s} {statistics.median(times[name]):8.1f} us  {errs[name]:.1e}", flush=True)
 
 
 def main():

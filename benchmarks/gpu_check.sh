@@ -150,8 +150,9 @@ if [ -n "$NCU" ]; then
     # --clock-control none: measure the card as found (never lock its clocks). The default build,
     # then the A/B build if there is one; then the default build's stall reasons (raw metrics of
     # the warp-state section: cycles per issued instruction spent in each stall).
+    profile=("$NCU" --clock-control none -k regex:fused_kernel)
     ncu_sections() {
-        timeout 150 "$NCU" --clock-control none -k regex:fused_kernel -c 4 \
+        timeout 150 "${profile[@]}" -c 4 \
             --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
             --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
             --metrics l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed_op_shared_ld.sum,smsp__inst_executed_op_shared_st.sum,smsp__inst_executed_op_local_ld.sum,smsp__inst_executed_op_local_st.sum,smsp__inst_executed.sum \
@@ -165,14 +166,14 @@ if [ -n "$NCU" ]; then
     fi
     if [ "$(left)" -gt 30 ]; then
         echo "##### default build: stall reasons" >>"$OUT/ncu.txt"
-        timeout 100 "$NCU" --clock-control none -k regex:fused_kernel -c 4 --section WarpStateStats --page raw \
+        timeout 100 "${profile[@]}" -c 4 --section WarpStateStats --page raw \
             $PY benchmarks/ncu_cases.py 2>&1 | grep -E "fused_kernel|issue_stalled.*per_issue_active|rel err" \
             >>"$OUT/ncu.txt" || echo "ncu (stall reasons) exited $?"
     fi
     if [ "$(left)" -gt 30 ]; then
         # Where the canonical forward's warps stall, by source line (the build has -lineinfo).
         echo "##### default build: the canonical forward's stall samples by source line" >>"$OUT/ncu.txt"
-        timeout 120 "$NCU" --clock-control none -k regex:fused_kernel -c 1 --section SourceCounters \
+        timeout 120 "${profile[@]}" -c 1 --section SourceCounters \
             --import-source yes -f -o /tmp/ncu_source $PY benchmarks/ncu_cases.py >/dev/null 2>&1 \
             && timeout 60 "$NCU" --import /tmp/ncu_source.ncu-rep --page source --csv --print-source cuda \
                 >/tmp/ncu_source.csv 2>&1

@@ -12,8 +12,8 @@ sum over passes of (d / radix / 32 warps) x the pass's instructions. The fused f
 transforms per row (one forward per row, one inverse per row pair), the backward a d/2-point
 transform of the gradient row and two d-point ones; instruction issue is what bounds the kernel
 (docs/benchmarks.md), so these are the numbers to lower. Last, one trip round the loops of
-zeroing Z, the gather of a row's two sketches and the backward's scatter of gradients (inner loops left out),
-and their warp instructions per row.
+zeroing Z, the gather of a row's two sketches and the backward's scatter of gradients (inner
+loops left out), and their warp instructions per row.
 """
 from __future__ import annotations
 
