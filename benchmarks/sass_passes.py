@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(512, 1) zero_kernel(int64_t n) {
 }
 __global__ void __launch_bounds__(512, 1) gather_kernel(const Args<float, float> a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  gather_sketches(Group<5>{}, reinterpret_cast<float*>(smem_raw),
+  gather_sketches<4>(Group<5>{}, reinterpret_cast<float*>(smem_raw),
                   Sketches<float, float, 2>{{sketch_of(a, 0, 0, blockIdx.x, blockIdx.y),
                                              sketch_of(a, 1, 1, blockIdx.x, blockIdx.y)}});
 }
@@ -114,7 +114,7 @@ def count_sass(sass: str) -> dict:
 
 def loop_body(code: list) -> int:
     """Instructions of one trip round a function's outermost loop, less the loops inside it (a
-    gather's walk along a bucket's further channels, which buckets of one channel skip): the
+    gather's walk along a bucket's third and further channels, which most buckets skip): the
     instructions one iteration issues when no inner loop runs, counting both sides of its
     forward branches, so an upper bound."""
     back = [(re.search(r"BRA 0x([0-9a-f]+)", t), a) for a, t in code]
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     zero_trips = (args.d + args.d // 16) / 2 / 32
     gather_trips = -(-args.channels // 4) / 32
     print(f"zero Z: {table['zero'][0]} instructions per trip (2 values), {zero_trips * table['zero'][0]:.0f} warp "
-          f"instructions per row; gather: {table['gather'][0]} per trip (4 positions of each input, buckets of one channel), "
+          f"instructions per row; gather: {table['gather'][0]} per trip (4 positions of each input, buckets of one or two channels), "
           f"{gather_trips * table['gather'][0]:.0f} per row of two inputs of {args.channels} channels; "
           f"the backward's scatter: {table['scatter'][0]} per trip (1 channel), "
           f"{2 * args.channels / 32 * table['scatter'][0]:.0f} per row")

@@ -436,11 +436,17 @@ CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
 // each input's GatherCodes. The position that starts a bucket's run of sorted channels sums the
 // run in channel order, as add_run does, so every path's sketches are identical; other positions
 // do nothing, and buckets no channel hits keep their 0. The loads form a chain (code and sign, then
-// the input value), so a virtual thread takes kGather positions of each of its N inputs,
+// the input value), so a virtual thread takes U positions of each of its N inputs,
 // i + u * per, and issues each step's loads for all of them before it uses any: one chain's latency
 // for N sketches (a second loop's loads could not pass the first's stores to Z). Consecutive
 // threads keep consecutive positions, so a warp's loads stay coalesced.
-constexpr int kGather = 4;
+// A run's second channel joins the same chain: each position also loads the next position's code
+// and sign (its neighbour's, from the same cache lines), and a head whose run continues loads that
+// channel's value beside its own. Walking the run instead cost a warp two more dependent loads
+// (code, then value) for each of its U x N slots where any of its 32 positions heads a run
+// of two or more channels: with random hashes, C = 1024 and d = 8192, 59 of an input's 1024
+// positions do, and 87 % of the slots waited, one after another. Runs of three or more (2.4 per
+// input there) still walk the rest.
 
 // One sketch to gather: input k at sample b, location l, into `part` of Z.
 template <typename T, typename In>
@@ -464,45 +470,54 @@ struct Sketches {
   Sketch<T, In> s[N];
 };
 
-template <typename T, typename In, int N, class G>
+template <int U, typename T, typename In, int N, class G>
 CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
-  // Input s's positions i + u * per_s (u < kGather) go to virtual thread i.
-  const auto per_of = [](const Sketch<T, In>& sk) { return (sk.C + kGather - 1) / kGather; };
+  // Input s's positions i + u * per_s (u < U) go to virtual thread i.
+  const auto per_of = [](const Sketch<T, In>& sk) { return (sk.C + U - 1) / U; };
   int per = 0;
   for (int s = 0; s < N; ++s) per = per_of(all.s[s]) > per ? per_of(all.s[s]) : per;
   g.for_each(per, [=](int64_t i64) {
     const Sketch<T, In>* sk = all.s;
     const int i = static_cast<int>(i64);
     int pers[N];
-    GatherCode c[N][kGather];
-    T v[N][kGather];
+    GatherCode c[N][U], c2[N][U];  // each position's code and the next position's
+    T v[N][U], v2[N][U];                       // their signs, then their signed values
     CB_UNROLL
-    for (int s = 0; s < N; ++s) {  // code and sign of each position
+    for (int s = 0; s < N; ++s) {  // codes and signs
       pers[s] = per_of(sk[s]);
       CB_UNROLL
-      for (int u = 0; u < kGather; ++u) {
+      for (int u = 0; u < U; ++u) {
         const int q = i + u * pers[s];
-        const bool in = i < pers[s] && q < sk[s].C;
+        const bool in = i < pers[s] && q < sk[s].C, next = in && q + 1 < sk[s].C;
         c[s][u] = in ? sk[s].code[q] : GatherCode{kNotHead, 0};
         v[s][u] = in ? sk[s].sign[q] : T(0);
+        c2[s][u] = next ? sk[s].code[q + 1] : GatherCode{kNotHead, 0};
+        v2[s][u] = next ? sk[s].sign[q + 1] : T(0);
       }
     }
+    T x2[N][U];  // the input value of a run's second channel
     CB_UNROLL
-    for (int s = 0; s < N; ++s)  // the input values of the runs' heads
+    for (int s = 0; s < N; ++s)  // the input values of the runs' heads and of their second channels
       CB_UNROLL
-      for (int u = 0; u < kGather; ++u)
-        if (!(c[s][u].word & kNotHead)) v[s][u] = T(0) + v[s][u] * static_cast<T>(sk[s].x[c[s][u].channel * sk[s].sc]);
+      for (int u = 0; u < U; ++u) {
+        const bool head = !(c[s][u].word & kNotHead), two = head && (c[s][u].word & kRunContinues);
+        if (head) v[s][u] = T(0) + v[s][u] * static_cast<T>(sk[s].x[c[s][u].channel * sk[s].sc]);
+        x2[s][u] = two ? static_cast<T>(sk[s].x[c2[s][u].channel * sk[s].sc]) : T(0);
+      }
     CB_UNROLL
     for (int s = 0; s < N; ++s) {
       CB_UNROLL
-      for (int u = 0; u < kGather; ++u) {  // the rest of each run (buckets rarely hold two channels)
+      for (int u = 0; u < U; ++u) {
         if (c[s][u].word & kNotHead) continue;
         T sum = v[s][u];
-        int q = i + u * pers[s];
-        for (uint32_t w = c[s][u].word; w & kRunContinues;) {
-          const GatherCode next = sk[s].code[++q];
-          sum += sk[s].sign[q] * static_cast<T>(sk[s].x[next.channel * sk[s].sc]);
-          w = next.word;
+        if (c[s][u].word & kRunContinues) {
+          sum += v2[s][u] * x2[s][u];
+          int q = i + u * pers[s] + 1;
+          for (uint32_t w = c2[s][u].word; w & kRunContinues;) {  // the rest of a run of three or more
+            const GatherCode next = sk[s].code[++q];
+            sum += sk[s].sign[q] * static_cast<T>(sk[s].x[next.channel * sk[s].sc]);
+            w = next.word;
+          }
         }
         zr[2 * zi(static_cast<int>(c[s][u].word & kBucketMask)) + sk[s].part] = sum;
       }
@@ -533,14 +548,18 @@ CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, i
   zero(g, z, z_size(a.d));
   g.sync();
   T* zr = reinterpret_cast<T*>(z);
-  // Both sketches in one loop where a thread has 128 registers (radix-32 passes). With 64 (radix
-  // 8) two inputs in one loop spilled the backward's loop state (ptxas: 56 to 104 bytes, with two
-  // or four positions per input), so there each input has its own loop.
+  // The positions a thread takes at once are set by its registers (fused_kernel.cuh BlockGroup).
+  // With 128 (radix-32 passes, 256 threads at d = 8192): both sketches in one loop, four positions
+  // of each. With 64 (radix 8, 512 threads): two positions of one input per loop. There, two
+  // inputs in one loop spilled the backward's loop state (ptxas, sm_90: 56 to 104 bytes), and so
+  // did four positions of one (56 to 60 bytes, with each position's 7 registers of values and
+  // codes); two positions keep every thread of 512 busy at C = 1024.
   if (kb >= 0 && G::kMaxPassBits >= 5) {
-    gather_sketches(g, zr, Sketches<T, In, 2>{{sketch_of(a, ka, 0, b, l), sketch_of(a, kb, 1, bb, lb)}});
+    gather_sketches<4>(g, zr, Sketches<T, In, 2>{{sketch_of(a, ka, 0, b, l), sketch_of(a, kb, 1, bb, lb)}});
   } else {
-    gather_sketches(g, zr, Sketches<T, In, 1>{{sketch_of(a, ka, 0, b, l)}});
-    if (kb >= 0) gather_sketches(g, zr, Sketches<T, In, 1>{{sketch_of(a, kb, 1, bb, lb)}});
+    constexpr int U = G::kMaxPassBits >= 5 ? 4 : 2;
+    gather_sketches<U>(g, zr, Sketches<T, In, 1>{{sketch_of(a, ka, 0, b, l)}});
+    if (kb >= 0) gather_sketches<U>(g, zr, Sketches<T, In, 1>{{sketch_of(a, kb, 1, bb, lb)}});
   }
   g.sync();
 }
