@@ -15,7 +15,10 @@
 # when the tree travels without .git), GPU_CHECK_TEST_ARGS (default: "tests -q -x -k cuda"),
 # GPU_CHECK_BUDGET_S (default 420: later steps are skipped once this much time has passed),
 # GPU_CHECK_AB_ENV (e.g. "COMPACT_BILINEAR_OUTLINE_FFT_PASSES=1": a second copy of the tree is built
-# with these variables beside the first, and fused_ab.py and Nsight Compute run on both builds).
+# with these variables beside the first, and fused_ab.py and Nsight Compute run on both builds),
+# GPU_CHECK_AB_TREE (a tar of another commit's tree, made with `git archive -o .ab/base.tar <commit>`
+# in a folder the device tool carries: that tree is the second build instead, with
+# GPU_CHECK_AB_ENV's variables if any).
 set -u -o pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -47,12 +50,19 @@ except Exception as e:
 EOF
 (nvcc --version | tail -2) || true
 
-step "build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS${GPU_CHECK_AB_ENV:+; and $GPU_CHECK_AB_ENV in /tmp/cb_ab})"
-AB=${GPU_CHECK_AB_ENV:+/tmp/cb_ab}
+AB_TREE=${GPU_CHECK_AB_TREE:-}
+AB_LABEL="${AB_TREE:+the tree of $AB_TREE}${AB_TREE:+${GPU_CHECK_AB_ENV:+, }}${GPU_CHECK_AB_ENV:-}"
+AB=${AB_LABEL:+/tmp/cb_ab}
+step "build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS${AB:+; and $AB_LABEL in $AB})"
 if [ -n "$AB" ]; then
-    rm -rf "$AB" && mkdir -p "$AB" && tar -c --exclude=./build --exclude=./.git . | tar -x -C "$AB"
+    rm -rf "$AB" && mkdir -p "$AB"
+    if [ -n "$AB_TREE" ]; then
+        tar -x -f "$AB_TREE" -C "$AB" || { echo "cannot unpack GPU_CHECK_AB_TREE=$AB_TREE"; exit 1; }
+    else
+        tar -c --exclude=./build --exclude=./.git . | tar -x -C "$AB"
+    fi
     # shellcheck disable=SC2086
-    (cd "$AB" && env $GPU_CHECK_AB_ENV timeout 330 $PY setup.py build_ext --inplace >/tmp/gpu_check_build_ab.txt 2>&1) &
+    (cd "$AB" && env ${GPU_CHECK_AB_ENV:-} timeout 330 $PY setup.py build_ext --inplace >/tmp/gpu_check_build_ab.txt 2>&1) &
     ab_build=$!
 fi
 if ! timeout 330 $PY setup.py build_ext --inplace >/tmp/gpu_check_build.txt 2>&1; then
@@ -67,10 +77,10 @@ $PY -c "import compact_bilinear as cb; print('compact_bilinear', cb.__version__,
     || { echo "IMPORT FAILED"; exit 1; }
 if [ -n "$AB" ]; then
     if wait "$ab_build"; then
-        echo "A/B build ($GPU_CHECK_AB_ENV): $(tail -1 /tmp/gpu_check_build_ab.txt | cut -c1-100)"
+        echo "A/B build ($AB_LABEL): $(tail -1 /tmp/gpu_check_build_ab.txt | cut -c1-100)"
     else
         grep -A6 -E "error( |:)" /tmp/gpu_check_build_ab.txt | head -40
-        echo "A/B BUILD FAILED ($GPU_CHECK_AB_ENV)"
+        echo "A/B BUILD FAILED ($AB_LABEL)"
         AB=
     fi
 fi
@@ -140,7 +150,7 @@ timeout 180 $PY -m benchmarks --preset gpu-canonical --no-progress \
 step "A/B: the fused kernel's schedules side by side (benchmarks/fused_ab.py)"
 timeout 120 $PY benchmarks/fused_ab.py || { echo "fused_ab FAILED"; status=1; }
 if [ -n "$AB" ]; then
-    echo "--- the same, built with $GPU_CHECK_AB_ENV"
+    echo "--- the same, A/B build: $AB_LABEL"
     PYTHONPATH="$AB" timeout 120 $PY "$AB/benchmarks/fused_ab.py" || { echo "fused_ab (A/B build) FAILED"; status=1; }
 fi
 
@@ -161,7 +171,7 @@ if [ -n "$NCU" ]; then
     echo "##### default build" >>"$OUT/ncu.txt"
     ncu_sections .
     if [ -n "$AB" ] && [ "$(left)" -gt 45 ]; then
-        echo "##### A/B build: $GPU_CHECK_AB_ENV" >>"$OUT/ncu.txt"
+        echo "##### A/B build: $AB_LABEL" >>"$OUT/ncu.txt"
         PYTHONPATH="$AB" ncu_sections "$AB"
     fi
     if [ "$(left)" -gt 30 ]; then
@@ -171,15 +181,16 @@ if [ -n "$NCU" ]; then
             >>"$OUT/ncu.txt" || echo "ncu (stall reasons) exited $?"
     fi
     if [ "$(left)" -gt 30 ]; then
-        # Where the canonical forward's warps stall, by source line (the build has -lineinfo).
-        echo "##### default build: the canonical forward's stall samples by source line" >>"$OUT/ncu.txt"
+        # Where the canonical forward's warps stall and what they issue, by source line (the build
+        # has -lineinfo).
+        echo "##### default build: the canonical forward's stall samples and instructions by source line" >>"$OUT/ncu.txt"
         timeout 120 "${profile[@]}" -c 1 --section SourceCounters \
             --import-source yes -f -o /tmp/ncu_source $PY benchmarks/ncu_cases.py >/dev/null 2>&1 \
             && timeout 60 "$NCU" --import /tmp/ncu_source.ncu-rep --page source --csv --print-source cuda \
                 >/tmp/ncu_source.csv 2>&1
         $PY benchmarks/ncu_source_top.py /tmp/ncu_source.csv >>"$OUT/ncu.txt" 2>&1 || echo "no source-line profile"
     fi
-    grep -E "#####|fused_kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Memory Throughput|Compute \(SM\)|wavefronts_mem_shared|bank_conflicts|op_local|smsp__inst_executed.sum|rel err|Stall|Warp Cycles Per Issued|issue_stalled|warp stall samples|^ +[0-9]+ +[0-9.]+%  " "$OUT/ncu.txt" | head -330
+    grep -E "#####|fused_kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Memory Throughput|Compute \(SM\)|wavefronts_mem_shared|bank_conflicts|op_local|smsp__inst_executed.sum|rel err|Stall|Warp Cycles Per Issued|issue_stalled|warp stall samples|warp instructions executed|^ +[0-9]+ +[0-9.]+%  " "$OUT/ncu.txt" | head -330
 else
     echo "no ncu on this machine"
 fi

@@ -44,9 +44,9 @@ def top_rows(rows: list, column: str, n: int, exact: bool = False):
     return source, ranked, total
 
 
-def print_table(found, what: str) -> None:
+def print_table(found, what: str, unit: str) -> None:
     source, ranked, total = found
-    print(f"{what:>9s} {'share':>6s}  source  (of {total:.0f})")
+    print(f"{what:>9s} {'share':>6s}  source  (of {total:.0f} {unit})")
     for n, row in ranked:
         print(f"{n:9.0f} {100 * n / max(total, 1):5.1f}%  {row[source].strip()[:140]}")
 
@@ -66,11 +66,11 @@ def main(argv=None) -> int:
         print("no 'Warp Stall Sampling (All Samples)' and 'Source' columns; the file begins:")
         print("\n".join(l[:200] for l in lines[:20]))
         return 1
-    print_table(stalls, "samples")
+    print_table(stalls, "samples", "warp stall samples")
     instructions = top_rows(rows, INSTRUCTIONS, args.top, exact=True)
     if instructions is not None:
         print()
-        print_table(instructions, "warp inst")
+        print_table(instructions, "inst", "warp instructions executed")
     return 0
 
 

@@ -236,11 +236,11 @@ def test_ncu_source_top_ranks_source_lines_by_stall_samples(tmp_path, capsys):
                         '"1","for (;;)","1,200","10"\n"2","c = code[q];","5,000","20"\n"3","x = y;","0","5"\n')
     assert main([str(csv_file), "--top", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[0] == "samples" and "(of 6200)" in lines[0]
+    assert lines[0].split()[0] == "samples" and "(of 6200 warp stall samples)" in lines[0]
     assert lines[1].split()[:2] == ["5000", "80.6%"] and lines[1].endswith("c = code[q];")
     assert lines[2].split()[:2] == ["1200", "19.4%"] and lines[3] == ""
     # Then the lines that issue the most warp instructions.
-    assert lines[4].split()[:2] == ["warp", "inst"] and "(of 35)" in lines[4]
+    assert lines[4].split()[0] == "inst" and "(of 35 warp instructions executed)" in lines[4]
     assert lines[5].split()[:2] == ["20", "57.1%"] and lines[5].endswith("c = code[q];")
     assert lines[6].split()[:2] == ["10", "28.6%"] and lines[6].endswith("for (;;)") and len(lines) == 7
     # A page without the columns prints its beginning, so the format can be read off the run.
