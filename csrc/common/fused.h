@@ -639,10 +639,11 @@ CB_HD void vector_spectra(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t 
   g.sync();
 }
 
+// The product of the vector inputs' spectra at bin f of sample b (a.nvec >= 1).
 template <typename T, typename In>
 CB_HD cplx<T> vector_product(const Args<T, In>& a, int64_t b, int64_t f) {
-  cplx<T> v(1, 0);
-  for (int i = 0; i < a.nvec; ++i) v *= a.vspec[(i * a.B + b) * a.F + f];
+  cplx<T> v = a.vspec[b * a.F + f];
+  for (int i = 1; i < a.nvec; ++i) v *= a.vspec[(i * a.B + b) * a.F + f];
   return v;
 }
 
@@ -676,9 +677,10 @@ CB_HD void forward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cp
       const BinPair pq = bins(f, a.d, a.log2d);
       cplx<T> A, B;
       split(z[pq.p], z[pq.q], A, B);
-      if (a.nvec) {
-        A *= vector_product(a, rb0, f);
-        if (two) B *= vector_product(a, rb1, f);
+      if (a.nvec) {  // the vectors' product, loaded once where both rows are of one sample
+        const cplx<T> v0 = vector_product(a, rb0, f);
+        A *= v0;
+        if (two) B *= rb1 == rb0 ? v0 : vector_product(a, rb1, f);
       }
       if (acc) {
         cplx<T> sum = acc[f] + A;
@@ -708,6 +710,57 @@ CB_HD void forward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
   });
 }
 
+// Where forward_chunk puts the product of a row's last pair of maps, bin by bin: added to the
+// pooled accumulator, held for the second row of a pair, or merged into Z for the inverse transform
+// with the held one (a pair) or alone.
+enum class Sink { Acc, Hold, Merge, MergePair };
+
+// The product phase of pair gi of a row's maps (their spectra in Z; kb < 0: a single map): the
+// pairs before it in P (gi > 0), this one's product into P unless it is the last, else times the
+// vectors' product into `dst` as S says. With Plain (one pair of maps, no vectors: K = 2 maps, the
+// common case) and the sink fixed at compile time, the loop does only its own case's work: with
+// them as run-time conditions, the others' work was predicated off but still issued, 77
+// instructions per bin where a pair's product is merged and 62 where it is held (SASS, sm_90).
+template <bool Plain, Sink S, typename T, typename In, class G>
+CB_HD void map_product(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* P, cplx<T>* dst, int64_t rb, int gi,
+                       int kb, bool last) {
+  g.for_each(a.F, [=, &a](int64_t f) {
+    const BinPair pq = bins(f, a.d, a.log2d);
+    cplx<T> A, B;
+    split(z[pq.p], z[pq.q], A, B);
+    cplx<T> prod = Plain || kb >= 0 ? A * B : A;
+    if constexpr (!Plain) {
+      if (gi > 0) prod *= P[f];
+      if (!last) {
+        P[f] = prod;
+        return;
+      }
+      if (a.nvec) prod *= vector_product(a, rb, f);
+    }
+    if constexpr (S == Sink::Acc) {
+      dst[f] += prod;
+    } else if constexpr (S == Sink::Hold) {
+      dst[f] = prod;
+    } else if constexpr (S == Sink::MergePair) {
+      merge(z, pq, dst[f], prod);
+    } else {
+      merge(z, pq, prod, cplx<T>(0, 0));
+    }
+  });
+  g.sync();
+}
+
+template <bool Plain, typename T, typename In, class G>
+CB_HD void map_product(const G& g, const Args<T, In>& a, Sink sink, cplx<T>* z, cplx<T>* P, cplx<T>* dst, int64_t rb,
+                       int gi, int kb, bool last) {
+  switch (sink) {
+    case Sink::Acc: return map_product<Plain, Sink::Acc>(g, a, z, P, dst, rb, gi, kb, last);
+    case Sink::Hold: return map_product<Plain, Sink::Hold>(g, a, z, P, dst, rb, gi, kb, last);
+    case Sink::MergePair: return map_product<Plain, Sink::MergePair>(g, a, z, P, dst, rb, gi, kb, last);
+    case Sink::Merge: return map_product<Plain, Sink::Merge>(g, a, z, P, dst, rb, gi, kb, last);
+  }
+}
+
 // Forward for one chunk of rows. Pooled: chunk c of sample b. Unpooled: chunk c of all B * L rows
 // (b is 0), so a pair may end one sample and start the next, and no sample's odd row count leaves
 // a block with a single row (at B = 32, L = 49: 784 blocks, 3 full waves on an H100, instead of
@@ -733,34 +786,21 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
     forward_rows_one_map(g, a, z, acc, r0, r1);
   } else {
     const bool pair = first != nullptr && r1 - r0 == 2;
+    const bool plain = groups == 1 && a.nvec == 0;  // two maps (groups == 1 and nmap > 1)
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t rb = r / a.L, l = r % a.L;
       const bool hold = pair && r == r0;  // the first row of a pair: keep its product in `first`
+      const Sink sink = acc ? Sink::Acc : hold ? Sink::Hold : pair ? Sink::MergePair : Sink::Merge;
+      cplx<T>* dst = acc ? acc : first;
       for (int gi = 0; gi < groups; ++gi) {
         const int ka = a.map_ids[2 * gi], kb = 2 * gi + 1 < a.nmap ? a.map_ids[2 * gi + 1] : -1;
         load_sketches(g, a, z, ka, rb, l, kb, rb, l);
         fft_forward_dif(g, z, a.d, a.log2d, a.tw);
         const bool last = gi == groups - 1;
-        g.for_each(a.F, [=, &a](int64_t f) {
-          const BinPair pq = bins(f, a.d, a.log2d);
-          cplx<T> A, B;
-          split(z[pq.p], z[pq.q], A, B);
-          cplx<T> prod = kb >= 0 ? A * B : A;
-          if (gi > 0) prod *= P[f];
-          if (!last) {
-            P[f] = prod;
-            return;
-          }
-          if (a.nvec) prod *= vector_product(a, rb, f);
-          if (acc) {
-            acc[f] += prod;
-          } else if (hold) {
-            first[f] = prod;
-          } else {
-            merge(z, pq, pair ? first[f] : prod, pair ? prod : cplx<T>(0, 0));
-          }
-        });
-        g.sync();
+        if (plain)
+          map_product<true>(g, a, sink, z, P, dst, rb, gi, kb, last);
+        else
+          map_product<false>(g, a, sink, z, P, dst, rb, gi, kb, last);
       }
       if (!acc && !hold) inverse_to_rows(g, a, z, a.out + (pair ? r0 : r) * a.d, pair);
     }
@@ -915,28 +955,35 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
       g.sync();
     }
     // Every spectrum at bin f is now in a slot, in z (last pair) or in vspec: form all Q_k, each
-    // G times the conjugate product of the other inputs' spectra.
-    g.for_each(a.F, [=, &a](int64_t f) {
-      const BinPair pq = bins(f, a.d, a.log2d);
-      cplx<T> A, B;
-      split(z[pq.p], z[pq.q], A, B);
-      const cplx<T> gf = Gs[f];
-      cplx<T> qa, qb(0, 0);  // the last pair's Q, whose two real gradients share one inverse FFT
-      if (a.K == 2) {
-        // Two maps, the common case: each Q is G times the other map's conjugate spectrum.
-        qa = gf * conj(B);
-        qb = gf * conj(A);
-      } else {
-        // More inputs, from partial products and no per-input arrays: arrays indexed at run time
-        // live in local memory on the GPU, and with them there the compiler kept some FFT
-        // passes' values in local memory too (ptxas, sm_90: a 208-byte frame and 546 local
-        // stores in the float radix-8 backward kernel, none without them).
+    // G times the conjugate product of the other inputs' spectra; the last pair's two Q share one
+    // inverse FFT, as their real gradients. Two maps, the common case, have a loop of their own:
+    // each Q is G times the other map's conjugate spectrum. (In one loop with the general case
+    // below, its bins took about 70 SASS instructions each, sm_90: the large body kept the loop's
+    // invariants out of registers.)
+    if (a.K == 2) {
+      g.for_each(a.F, [=, &a](int64_t f) {
+        const BinPair pq = bins(f, a.d, a.log2d);
+        cplx<T> A, B;
+        split(z[pq.p], z[pq.q], A, B);
+        const cplx<T> gf = Gs[f];
+        merge(z, pq, gf * conj(B), gf * conj(A));
+      });
+    } else {
+      g.for_each(a.F, [=, &a](int64_t f) {
+        const BinPair pq = bins(f, a.d, a.log2d);
+        cplx<T> A, B;
+        split(z[pq.p], z[pq.q], A, B);
+        const cplx<T> gf = Gs[f];
+        // From partial products and no per-input arrays: arrays indexed at run time live in local
+        // memory on the GPU, and with them there the compiler kept some FFT passes' values in
+        // local memory too (ptxas, sm_90: a 208-byte frame and 546 local stores in the float
+        // radix-8 backward kernel, none without them).
         cplx<T> M(1, 0);  // the maps outside the last pair
         for (int i = 0; i < last_first; ++i) M *= mslot[i * a.F + f];
         const cplx<T> AB = kb >= 0 ? A * B : A;
         const cplx<T> V = add_vector_grads(a, vslot, b, f, gf * conj(M * AB));
-        qa = gf * conj(kb >= 0 ? M * B * V : M * V);
-        if (kb >= 0) qb = gf * conj(M * A * V);
+        const cplx<T> qa = gf * conj(kb >= 0 ? M * B * V : M * V);
+        const cplx<T> qb = kb >= 0 ? gf * conj(M * A * V) : cplx<T>(0, 0);
         // The maps outside the last pair, whose slots take their Q in turn: `left`, the product of
         // those before i, keeps their spectra, read before they are overwritten.
         const cplx<T> X = AB * V;
@@ -948,9 +995,9 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
           mslot[i * a.F + f] = gf * conj(left * right);
           left *= vi;
         }
-      }
-      merge(z, pq, qa, qb);
-    });
+        merge(z, pq, qa, qb);
+      });
+    }
     g.sync();
     fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
     scatter_grads(g, a, z, ka, b, l, kb, b, l);
