@@ -247,3 +247,40 @@ def test_ncu_source_top_ranks_source_lines_by_stall_samples(tmp_path, capsys):
     csv_file.write_text("a,b\n1,2\n")
     assert main([str(csv_file)]) == 1
     assert "a,b" in capsys.readouterr().out
+
+
+def test_sass_regions_splits_at_barriers_and_counts_loop_trips():
+    from benchmarks.sass_regions import describe, functions_of_lines, loops, parse, regions
+
+    listing = """
+	.section	.text._Z6other,"ax",@progbits
+.text._Z6other:
+        /*0000*/                   FADD R1, R1, R1 ;
+	.section	.text._Z6kernelv,"ax",@progbits
+.text._Z6kernelv:
+	//## File "/x/csrc/common/fused.h", line 3
+        /*0000*/                   MOV R1, RZ ;
+        /*0010*/                   NOP ;
+.L_x_1:
+	//## File "/x/csrc/common/fused.h", line 5
+        /*0020*/                   FADD R1, R1, R2 ;
+        /*0030*/                   ISETP.GE.AND P0, PT, R1, R3, PT ;
+        /*0040*/              @!P0 BRA `(.L_x_1) ;
+	//## File "/x/csrc/cuda/fused_kernel.cuh", line 9
+        /*0050*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0060*/                   STS [R1], R2 ;
+        /*0070*/                   BRA `(.L_x_2) ;
+.L_x_2:
+        /*0080*/                   EXIT ;
+"""
+    code, labels = parse(listing, "_Z6kernelv")
+    assert [a for a, _, _ in code] == [0x00, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80]  # NOP and other kernels left out
+    assert code[1][2] == ("fused.h", 5) and labels == {".L_x_1": 0x20, ".L_x_2": 0x80}
+    parts = regions(code)
+    assert [len(p) for p in parts] == [5, 3]  # split after the barrier
+    assert loops(code, labels, 0, 0x80) == [(0x20, 0x40, 3)]  # the forward branch is no loop
+    funcs = functions_of_lines("// x\nCB_HD void zero(int n) {\n  a;\nCB_HD_PASS void fft_pass(int) {\n  b;\n")
+    assert funcs[3] == "zero" and funcs[5] == "fft_pass"
+    lines = describe(code, labels, funcs, min_size=4)
+    assert lines[0].split()[:2] == ["0x00000", "5"] and "fft_pass 3" in lines[0] and "zero 1" in lines[0]
+    assert lines[1].strip() == "loop 0x00020..0x00040: 3 instructions per trip" and len(lines) == 2

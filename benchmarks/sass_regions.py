@@ -1,0 +1,162 @@
+"""The whole fused kernel's SASS, split at its barriers: where a row's instructions go, without a GPU.
+
+    CUDA_HOME=/usr/local/cuda python -m benchmarks.sass_regions [--phase forward] [--radix 32]
+        [--dtype float] [--arch 90] [--min 40]
+
+Compiles the fused kernels of one input dtype (csrc/cuda/fused_<dtype>.cu, the extension's flags,
+-lineinfo; about 70 s on 2 cores), disassembles the kernel of the given phase and largest radix
+with its line table (nvdisasm -g) and splits it at every barrier (BAR.SYNC, BAR.RED): each region
+is the code between two of a thread group's sync() calls, so a phase or an FFT pass. For each
+region of at least --min instructions it prints its first address, its size and the fused.h
+functions (other files by name) its instructions come from, then every loop inside it (a backward
+branch) with its instructions per trip. The canonical path's regions times their trips give the
+kernel's warp instructions per row (docs/benchmarks.md, "Where a row's warp instructions go"):
+static counts, both sides of every branch included, so an upper bound for code with branches.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.ptxas_report import REPO, nvcc_command
+
+PHASES = {"vector": 0, "forward": 1, "backward": 2}  # fused_driver.h Phase
+BARRIER = re.compile(r"\bBAR\.(SYNC|RED)")
+
+
+def nvdisasm() -> str:
+    """nvdisasm from CUDA_HOME, or the copy that ships with triton (torch's dependency)."""
+    cand = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvdisasm"
+    if cand.exists():
+        return str(cand)
+    try:
+        import triton
+        cand = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+        if cand.exists():
+            return str(cand)
+    except ImportError:
+        pass
+    sys.exit("nvdisasm not found: set CUDA_HOME to a CUDA toolkit that has it")
+
+
+def parse(listing: str, kernel: str):
+    """([(address, instruction, (file, line))], {label: address}) of the function whose section name
+    contains `kernel`, from an `nvdisasm -g -c` listing. NOPs are left out."""
+    code, labels, pending, on, where = [], {}, [], False, None
+    for line in listing.splitlines():
+        m = re.match(r"\s*\.text\.(\S+):", line)
+        if m:
+            on = kernel in m.group(1)
+            continue
+        if not on:
+            continue
+        m = re.search(r'//## File "([^"]+)", line (\d+)', line)
+        if m:
+            where = (os.path.basename(m.group(1)), int(m.group(2)))
+            continue
+        m = re.match(r"\s*(\.L_x_\d+):", line)
+        if m:
+            pending.append(m.group(1))
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
+        if m and not m.group(2).startswith("NOP"):
+            address = int(m.group(1), 16)
+            for label in pending:
+                labels[label] = address
+            pending = []
+            code.append((address, m.group(2), where))
+    return code, labels
+
+
+def functions_of_lines(source: str) -> dict:
+    """{line: name of the function (or struct) it is in} for a header in fused.h's style."""
+    out, current = {}, "?"
+    for i, line in enumerate(source.splitlines(), 1):
+        m = re.match(r"(?:CB_HD|CB_HD_PASS)\s+.*?(\w+)\(", line) or re.match(r"(?:struct|enum class)\s+(\w+)", line)
+        if m:
+            current = m.group(1)
+        out[i] = current
+    return out
+
+
+def regions(code: list) -> list:
+    """The code split after each barrier: [[(address, instruction, where)]]."""
+    out, current = [], []
+    for ins in code:
+        current.append(ins)
+        if BARRIER.search(ins[1]):
+            out.append(current)
+            current = []
+    if current:
+        out.append(current)
+    return out
+
+
+def loops(code: list, labels: dict, lo: int, hi: int) -> list:
+    """(first address, branch address, instructions per trip) of each backward branch in [lo, hi]."""
+    out = []
+    for address, text, _ in code:
+        m = re.search(r"BRA `\((\.L_x_\d+)\)", text)
+        if lo <= address <= hi and m and labels.get(m.group(1), address) < address:
+            start = labels[m.group(1)]
+            out.append((start, address, sum(1 for a, _, _ in code if start <= a <= address)))
+    return out
+
+
+def describe(code: list, labels: dict, funcs: dict, min_size: int, top: int = 5) -> list:
+    """One line per region of at least min_size instructions, then one per loop inside it."""
+    lines = []
+    for region in regions(code):
+        if len(region) < min_size:
+            continue
+        names = collections.Counter(
+            (funcs.get(w[1], "?") if w[0] == "fused.h" else w[0]) if w else "?" for _, _, w in region)
+        lines.append(f"{region[0][0]:#07x} {len(region):6d}  " + ", ".join(f"{k} {n}" for k, n in names.most_common(top)))
+        for start, end, n in loops(code, labels, region[0][0], region[-1][0]):
+            if start >= region[0][0]:  # loops that begin in this region (outer loops span many)
+                lines.append(f"{'':8s}loop {start:#07x}..{end:#07x}: {n} instructions per trip")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.sass_regions", description=__doc__.split("\n")[0])
+    ap.add_argument("--phase", choices=sorted(PHASES), default="forward")
+    ap.add_argument("--radix", type=int, choices=(8, 32), default=32, help="the kernel's largest FFT radix")
+    ap.add_argument("--dtype", choices=("f32", "f16", "bf16", "f64"), default="f32", help="input dtype's source file")
+    ap.add_argument("--arch", default="90")
+    ap.add_argument("--min", type=int, default=40, help="smallest region shown (instructions)")
+    args = ap.parse_args(argv)
+    source = REPO / "csrc" / "cuda" / f"fused_{args.dtype}.cu"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "fused.cubin")
+        proc = subprocess.run(nvcc_command(args.arch, cubin, str(source), "-cubin"), capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(proc.stderr[-4000:])
+        listing = subprocess.run([nvdisasm(), "-g", "-c", cubin], capture_output=True, text=True, check=True).stdout
+    bits = {8: 3, 32: 5}[args.radix]
+    # Mangled: fused_kernel<T, In, Phase, MaxPassBits>; compute type float unless the input is double.
+    compute = "d" if args.dtype == "f64" else "f"
+    kernel = f"fused_kernelI{compute}"
+    tag = f"PhaseE{PHASES[args.phase]}ELi{bits}E"
+    code, labels = [], {}
+    for name in re.findall(r"\.text\.(\S+):", listing):
+        if kernel in name and tag in name:
+            code, labels = parse(listing, name)
+            break
+    if not code:
+        sys.exit(f"no {args.phase} kernel of radix {args.radix} in {source.name}")
+    funcs = functions_of_lines((REPO / "csrc" / "common" / "fused.h").read_text())
+    print(f"{args.phase} kernel, radix {args.radix}, {source.name}, sm_{args.arch}: {len(code)} instructions; "
+          f"regions between barriers of at least {args.min}, by source function")
+    print("\n".join(describe(code, labels, funcs, args.min)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
