@@ -481,7 +481,7 @@ CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
     const int i = static_cast<int>(i64);
     int pers[N];
     GatherCode c[N][U], c2[N][U];  // each position's code and the next position's
-    T v[N][U], v2[N][U];                       // their signs, then their signed values
+    T v[N][U], v2[N][U];           // their signs, then their signed values
     CB_UNROLL
     for (int s = 0; s < N; ++s) {  // codes and signs
       pers[s] = per_of(sk[s]);
@@ -719,8 +719,9 @@ enum class Sink { Acc, Hold, Merge, MergePair };
 // pairs before it in P (gi > 0), this one's product into P unless it is the last, else times the
 // vectors' product into `dst` as S says. With Plain (one pair of maps, no vectors: K = 2 maps, the
 // common case) and the sink fixed at compile time, the loop does only its own case's work: with
-// them as run-time conditions, the others' work was predicated off but still issued, 77
-// instructions per bin where a pair's product is merged and 62 where it is held (SASS, sm_90).
+// them as run-time conditions, the others' work was predicated off but still issued: 77
+// instructions per bin where a pair's product is merged and 62 where it is held (SASS, sm_90),
+// now 44 and 37.
 template <bool Plain, Sink S, typename T, typename In, class G>
 CB_HD void map_product(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* P, cplx<T>* dst, int64_t rb, int gi,
                        int kb, bool last) {
@@ -957,9 +958,8 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
     // Every spectrum at bin f is now in a slot, in z (last pair) or in vspec: form all Q_k, each
     // G times the conjugate product of the other inputs' spectra; the last pair's two Q share one
     // inverse FFT, as their real gradients. Two maps, the common case, have a loop of their own:
-    // each Q is G times the other map's conjugate spectrum. (In one loop with the general case
-    // below, its bins took about 70 SASS instructions each, sm_90: the large body kept the loop's
-    // invariants out of registers.)
+    // each Q is G times the other map's conjugate spectrum (SASS, sm_90: 54 instructions per bin,
+    // 68 in one loop with the general case below).
     if (a.K == 2) {
       g.for_each(a.F, [=, &a](int64_t f) {
         const BinPair pq = bins(f, a.d, a.log2d);
