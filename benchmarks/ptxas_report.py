@@ -47,6 +47,22 @@ def nvcc_command(arch: str, obj: str, source: str, output: str = "-c") -> list:
                else []))
 
 
+def cuda_tool(name: str) -> str:
+    """A CUDA binary tool (cuobjdump, nvdisasm) from CUDA_HOME, or the copy that ships with triton
+    (torch's dependency)."""
+    cand = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / name
+    if cand.exists():
+        return str(cand)
+    try:
+        import triton
+        cand = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+        if cand.exists():
+            return str(cand)
+    except ImportError:
+        pass
+    sys.exit(f"{name} not found: set CUDA_HOME to a CUDA toolkit that has it")
+
+
 def demangle(names: list) -> list:
     if not shutil.which("c++filt"):
         sys.exit("c++filt (binutils) is needed to read the kernels' names")

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.ptxas_report import demangle, nvcc_command
+from benchmarks.ptxas_report import cuda_tool, demangle, nvcc_command
 from benchmarks.smem_model import schedule
 
 SPANS = ("Unit", "Wide", "Narrow")  # fused.h's Span, in order
@@ -57,8 +57,8 @@ __global__ void __launch_bounds__(512, 1) zero_kernel(int64_t n) {
 __global__ void __launch_bounds__(512, 1) gather_kernel(const Args<float, float> a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   gather_sketches<4>(Group<5>{}, reinterpret_cast<float*>(smem_raw),
-                  Sketches<float, float, 2>{{sketch_of(a, 0, 0, blockIdx.x, blockIdx.y),
-                                             sketch_of(a, 1, 1, blockIdx.x, blockIdx.y)}});
+                     Sketches<float, float, 2>{{sketch_of(a, 0, 0, blockIdx.x, blockIdx.y),
+                                                sketch_of(a, 1, 1, blockIdx.x, blockIdx.y)}});
 }
 __global__ void __launch_bounds__(512, 1) scatter_kernel(const Args<float, float> a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -126,21 +126,6 @@ def loop_body(code: list) -> int:
     return inside(lo, hi) - sum(inside(a0, a1) for a0, a1 in back if lo < a0 and a1 < hi)
 
 
-def cuobjdump() -> str:
-    """cuobjdump from CUDA_HOME, or the copy that ships with triton (torch's dependency)."""
-    cand = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "cuobjdump"
-    if cand.exists():
-        return str(cand)
-    try:
-        import triton
-        cand = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-        if cand.exists():
-            return str(cand)
-    except ImportError:
-        pass
-    sys.exit("cuobjdump not found: set CUDA_HOME to a CUDA toolkit that has it")
-
-
 def measure(arch: str) -> dict:
     """{(max_bits, bits, span, inverse): (instructions, registers)} for every used pass, and
     {"zero" | "gather" | "scatter": (instructions per loop trip, registers)}."""
@@ -157,7 +142,7 @@ def measure(arch: str) -> dict:
             sys.exit(proc.stderr[-4000:])
         regs = dict(re.findall(r"Compiling entry function '(\S+)'.*?Used (\d+) registers",
                                proc.stdout + proc.stderr, flags=re.S))
-        sass = subprocess.run([cuobjdump(), "-sass", cubin], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([cuda_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True).stdout
     code = listing(sass)
     names = list(code)
     result = {}
@@ -202,7 +187,8 @@ def main(argv=None) -> int:
               f"{inv:.0f} inverse; a forward row (1.5 transforms) {fwd + inv / 2:.0f}; the backward's "
               f"gradient row (d/2 points) {half:.0f}")
     # A row's zeroing of Z (z_size = d + d/16 values, two per trip) and its gather of two inputs
-    # of --channels each in one loop (4 positions of each input per trip, fused.h kGather).
+    # of --channels each in one loop (4 positions of each input per trip, as load_sketches takes
+    # them with radix-32 passes).
     zero_trips = (args.d + args.d // 16) / 2 / 32
     gather_trips = -(-args.channels // 4) / 32
     print(f"zero Z: {table['zero'][0]} instructions per trip (2 values), {zero_trips * table['zero'][0]:.0f} warp "

@@ -22,27 +22,11 @@ import re
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
-from benchmarks.ptxas_report import REPO, nvcc_command
+from benchmarks.ptxas_report import REPO, cuda_tool, nvcc_command
 
 PHASES = {"vector": 0, "forward": 1, "backward": 2}  # fused_driver.h Phase
 BARRIER = re.compile(r"\bBAR\.(SYNC|RED)")
-
-
-def nvdisasm() -> str:
-    """nvdisasm from CUDA_HOME, or the copy that ships with triton (torch's dependency)."""
-    cand = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvdisasm"
-    if cand.exists():
-        return str(cand)
-    try:
-        import triton
-        cand = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
-        if cand.exists():
-            return str(cand)
-    except ImportError:
-        pass
-    sys.exit("nvdisasm not found: set CUDA_HOME to a CUDA toolkit that has it")
 
 
 def parse(listing: str, kernel: str):
@@ -138,7 +122,7 @@ def main(argv=None) -> int:
         proc = subprocess.run(nvcc_command(args.arch, cubin, str(source), "-cubin"), capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(proc.stderr[-4000:])
-        listing = subprocess.run([nvdisasm(), "-g", "-c", cubin], capture_output=True, text=True, check=True).stdout
+        listing = subprocess.run([cuda_tool("nvdisasm"), "-g", "-c", cubin], capture_output=True, text=True, check=True).stdout
     bits = {8: 3, 32: 5}[args.radix]
     # Mangled: fused_kernel<T, In, Phase, MaxPassBits>; compute type float unless the input is double.
     compute = "d" if args.dtype == "f64" else "f"
