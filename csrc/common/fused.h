@@ -554,10 +554,11 @@ CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, i
   // inputs in one loop spilled the backward's loop state (ptxas, sm_90: 56 to 104 bytes), and so
   // did four positions of one (56 to 60 bytes, with each position's 7 registers of values and
   // codes); two positions keep every thread of 512 busy at C = 1024.
-  if (kb >= 0 && G::kMaxPassBits >= 5) {
-    gather_sketches<4>(g, zr, Sketches<T, In, 2>{{sketch_of(a, ka, 0, b, l), sketch_of(a, kb, 1, bb, lb)}});
+  constexpr bool wide = G::kMaxPassBits >= 5;  // 128 registers a thread
+  constexpr int U = wide ? 4 : 2;
+  if (kb >= 0 && wide) {
+    gather_sketches<U>(g, zr, Sketches<T, In, 2>{{sketch_of(a, ka, 0, b, l), sketch_of(a, kb, 1, bb, lb)}});
   } else {
-    constexpr int U = G::kMaxPassBits >= 5 ? 4 : 2;
     gather_sketches<U>(g, zr, Sketches<T, In, 1>{{sketch_of(a, ka, 0, b, l)}});
     if (kb >= 0) gather_sketches<U>(g, zr, Sketches<T, In, 1>{{sketch_of(a, kb, 1, bb, lb)}});
   }
