@@ -229,11 +229,13 @@ def grid_quick() -> list[Case]:
 
 def grid_cuda() -> list[Case]:
     """Default grid on a GPU: the CPU grid plus the canonical case (DESIGN.md section 4), pooled
-    and not, and its map x vector variant (one map: two rows share each forward transform)."""
+    and not, and its map x vector variant (one map: two rows share each forward transform), also at
+    d = 16384, where the fused backward keeps its half spectra in global memory."""
     return grid_default() + [
         canonical(tag="canonical"),
         canonical(sum_pool=True, tag="canonical-pooled"),
         canonical(is_map=(True, False), tag="canonical-map-x-vector"),
+        canonical(is_map=(True, False), d=16384, tag="map-x-vector-16384"),
     ]
 
 

@@ -6,8 +6,8 @@ nvcc but no GPU.
 Compiles the fused kernels' sources (csrc/cuda/fused_*.cu, one per input dtype, in parallel) for
 sm_<arch> with `-Xptxas -v` and the flags of the extension build (about 2 minutes on 2 cores; the
 float64 file only with --all-dtypes) and prints one line per fused kernel: compute type,
-input type, phase, the FFT's largest radix, registers per thread, stack frame and spill stores
-in bytes. At two blocks per SM (the canonical d = 8192 plan) a thread may have 64 registers at
+input type, phase, the FFT's largest radix, where the slots are (shared memory, or global memory
+where they do not fit beside Z), registers per thread, stack frame and spill stores in bytes. At two blocks per SM (the canonical d = 8192 plan) a thread may have 64 registers at
 512 threads (radix 8) and 128 at 256 threads (radix 32); spills are local-memory traffic that
 shares the L1's data path with shared memory. Float64 kernels are left out unless --all-dtypes.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ["vector spectra", "forward", "backward"]  # fused_driver.h Phase
-KERNEL = re.compile(r"fused_kernel<(\w+), ([\w:]+), \(compact_bilinear::fused::Phase\)(\d), (\d)>")
+KERNEL = re.compile(r"fused_kernel<(\w+), ([\w:]+), \(compact_bilinear::fused::Phase\)(\d), (\d), (true|false)>")
 
 
 def nvcc_command(arch: str, obj: str, source: str, output: str = "-c") -> list:
@@ -71,7 +71,8 @@ def demangle(names: list) -> list:
 
 
 def parse(log: str) -> list:
-    """(compute type, input type, phase, radix, registers, stack bytes, spill-store bytes) per kernel."""
+    """(compute type, input type, phase, radix, slots (shared or global memory), registers, stack bytes,
+    spill-store bytes) per kernel."""
     entries, current = [], None
     for line in log.splitlines():
         m = re.search(r"Compiling entry function '(\S+)'", line)
@@ -93,7 +94,8 @@ def parse(log: str) -> list:
         m = KERNEL.search(name)
         if m:
             rows.append((m.group(1), m.group(2).split("::")[-1], PHASES[int(m.group(3))], 2 ** int(m.group(4)),
-                         e["regs"], e.get("stack", 0), e.get("spill", 0)))
+                         "global" if m.group(5) == "true" else "shared", e["regs"], e.get("stack", 0),
+                         e.get("spill", 0)))
     return sorted(rows)
 
 
@@ -115,9 +117,10 @@ def main(argv=None) -> int:
             return p.returncode
     rows = [r for r in parse("\n".join(logs)) if args.all_dtypes or r[0] != "double"]
     print(f"fused kernels, ptxas sm_{args.arch}")
-    print(f"{'compute':8s} {'input':9s} {'phase':16s} {'radix':>5s} {'registers':>9s} {'stack B':>8s} {'spill B':>8s}")
+    print(f"{'compute':8s} {'input':9s} {'phase':16s} {'radix':>5s} {'slots':>6s} {'registers':>9s} {'stack B':>8s} "
+          f"{'spill B':>8s}")
     for r in rows:
-        print(f"{r[0]:8s} {r[1]:9s} {r[2]:16s} {r[3]:5d} {r[4]:9d} {r[5]:8d} {r[6]:8d}")
+        print(f"{r[0]:8s} {r[1]:9s} {r[2]:16s} {r[3]:5d} {r[4]:>6s} {r[5]:9d} {r[6]:8d} {r[7]:8d}")
     return 0
 
 

@@ -124,10 +124,11 @@ def main(argv=None) -> int:
             sys.exit(proc.stderr[-4000:])
         listing = subprocess.run([cuda_tool("nvdisasm"), "-g", "-c", cubin], capture_output=True, text=True, check=True).stdout
     bits = {8: 3, 32: 5}[args.radix]
-    # Mangled: fused_kernel<T, In, Phase, MaxPassBits>; compute type float unless the input is double.
+    # Mangled: fused_kernel<T, In, Phase, MaxPassBits, GlobalSlots = false>; compute type float
+    # unless the input is double.
     compute = "d" if args.dtype == "f64" else "f"
     kernel = f"fused_kernelI{compute}"
-    tag = f"PhaseE{PHASES[args.phase]}ELi{bits}E"
+    tag = f"PhaseE{PHASES[args.phase]}ELi{bits}ELb0E"
     code, labels = [], {}
     for name in re.findall(r"\.text\.(\S+):", listing):
         if kernel in name and tag in name:

@@ -358,6 +358,15 @@ static FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit)
     plan_rows(nmap == 1 && (pairs || !p.out_map));
     if (plan.pair_rows && plan.smem_bytes > smem_limit) plan_rows(false);
   }
+  // Slots that do not fit beside Z go to global memory, a workspace of each concurrent thread
+  // group's own (in L2 on a GPU: 64 KiB a slot at d = 16384): float at d = 16384 with more than
+  // one slot (the backward with a vector input or more than two maps, the pooled forward of more
+  // than two maps), double at d = 8192. Those kernels are compiled with radix-8 passes only.
+  if (plan.smem_bytes > smem_limit) {
+    plan.global_slots = true;
+    plan.max_pass_bits = 3;
+    plan.smem_bytes = elem * fused::z_size(p.d);
+  }
   return plan;
 }
 

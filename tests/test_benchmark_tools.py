@@ -152,12 +152,12 @@ def test_plots_keep_one_colour_per_implementation(tmp_path, monkeypatch):
 
 
 PTXAS_LOG = """\
-ptxas info    : Compiling entry function '_ZN16compact_bilinear46_GLOBAL__N__abe7e3d5_13_cbp_kernel_cu_26f2d3a312fused_kernelIffLNS_5fused5PhaseE2ELi5EEEvNS2_4ArgsIT_T0_EEl' for 'sm_90'
-ptxas info    : Function properties for _ZN16compact_bilinear46_GLOBAL__N__abe7e3d5_13_cbp_kernel_cu_26f2d3a312fused_kernelIffLNS_5fused5PhaseE2ELi5EEEvNS2_4ArgsIT_T0_EEl
+ptxas info    : Compiling entry function '_ZN16compact_bilinear12fused_detail12fused_kernelIffLNS_5fused5PhaseE2ELi5ELb0EEEvNS2_4ArgsIT_T0_EEllPN3c107complexIS5_EE' for 'sm_90'
+ptxas info    : Function properties for _ZN16compact_bilinear12fused_detail12fused_kernelIffLNS_5fused5PhaseE2ELi5ELb0EEEvNS2_4ArgsIT_T0_EEllPN3c107complexIS5_EE
     384 bytes stack frame, 568 bytes spill stores, 796 bytes spill loads
 ptxas info    : Used 128 registers, used 1 barriers, 384 bytes cumulative stack size
-ptxas info    : Compiling entry function '_ZN16compact_bilinear46_GLOBAL__N__abe7e3d5_13_cbp_kernel_cu_26f2d3a312fused_kernelIffLNS_5fused5PhaseE1ELi3EEEvNS2_4ArgsIT_T0_EEl' for 'sm_90'
-ptxas info    : Function properties for _ZN16compact_bilinear46_GLOBAL__N__abe7e3d5_13_cbp_kernel_cu_26f2d3a312fused_kernelIffLNS_5fused5PhaseE1ELi3EEEvNS2_4ArgsIT_T0_EEl
+ptxas info    : Compiling entry function '_ZN16compact_bilinear12fused_detail12fused_kernelIffLNS_5fused5PhaseE1ELi3ELb1EEEvNS2_4ArgsIT_T0_EEllPN3c107complexIS5_EE' for 'sm_90'
+ptxas info    : Function properties for _ZN16compact_bilinear12fused_detail12fused_kernelIffLNS_5fused5PhaseE1ELi3ELb1EEEvNS2_4ArgsIT_T0_EEllPN3c107complexIS5_EE
     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
 ptxas info    : Used 64 registers, used 1 barriers
 ptxas info    : Compiling entry function '_ZN16compact_bilinear12_GLOBAL__N_113sketch_kernelIffEEvPKT0_lllllPKlS6_PKT_lPS7_' for 'sm_90'
@@ -168,11 +168,12 @@ ptxas info    : Used 30 registers, used 0 barriers
 @pytest.mark.skipif(shutil.which("c++filt") is None, reason="c++filt (binutils) reads the kernels' names")
 def test_ptxas_report_reads_the_fused_kernels_of_a_ptxas_log():
     """An excerpt of `nvcc -Xptxas -v` output: one line per fused kernel (others left out), with
-    the phase and radix from its template arguments and the figures from its own lines."""
+    the phase, radix and where its slots are from its template arguments and the figures from its
+    own lines."""
     from benchmarks.ptxas_report import parse
 
-    assert parse(PTXAS_LOG) == [("float", "float", "backward", 32, 128, 384, 568),
-                                ("float", "float", "forward", 8, 64, 0, 0)]
+    assert parse(PTXAS_LOG) == [("float", "float", "backward", 32, "shared", 128, 384, 568),
+                                ("float", "float", "forward", 8, "global", 64, 0, 0)]
 
 
 SASS_LISTING = """

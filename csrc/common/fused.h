@@ -77,6 +77,9 @@ struct Args {
   bool out_map = false;
   int64_t rows_per_chunk = 1, nchunks = 1;
   bool pair_rows = false;          // backward, one map: a chunk's rows in pairs (backward_rows_one_map)
+  int64_t slots = 0;               // half spectra per thread group beside Z
+  bool global_slots = false;       // ... in a workspace in global memory (the launch's), where
+                                   // they do not fit in shared memory
   int nmap = 0, nvec = 0;
   int map_ids[kMaxInputs] = {}, vec_ids[kMaxInputs] = {};  // inputs by kind, in input order
   bool is_map[kMaxInputs] = {};

@@ -28,6 +28,8 @@ Args<T, In> make_args(const Problem& p, const FusedPlan& plan) {
   a.pair_rows = plan.pair_rows;
   a.max_pass_bits = plan.max_pass_bits;
   a.nchunks = plan.nchunks;
+  a.slots = plan.slots;
+  a.global_slots = plan.global_slots;
   for (int k = 0; k < a.K; ++k) {
     a.is_map[k] = p.is_map[k];
     if (p.is_map[k]) {
@@ -61,7 +63,10 @@ at::Tensor launch_vector_spectra(const Problem& p, Args<T, In>& a, Launch&& laun
   auto vspec = at::empty({a.nvec, p.B, p.F}, p.x[0].options().dtype(complex_of<T>()));
   a.vspec = reinterpret_cast<cplx<T>*>(vspec.data_ptr());
   const int64_t pairs = (a.nvec + 1) / 2;
-  launch(Phase::VectorSpectra, p.B * pairs, pairs, z_size(p.d) * static_cast<int64_t>(sizeof(cplx<T>)), a);
+  Args<T, In> v = a;  // Z only, no slots
+  v.slots = 0;
+  v.global_slots = false;
+  launch(Phase::VectorSpectra, p.B * pairs, pairs, z_size(p.d) * static_cast<int64_t>(sizeof(cplx<T>)), v);
   return vspec;
 }
 

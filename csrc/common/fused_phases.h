@@ -13,10 +13,10 @@ namespace fused {
 
 enum class Phase { VectorSpectra, Forward, Backward };
 
-// Runs phase `ph` for thread group (bx, by). z: d points; slots follow it.
+// Runs phase `ph` for thread group (bx, by): z, its d-point buffer; slots, its a.slots half
+// spectra (in shared memory right after z, or in global memory where a.global_slots).
 template <typename T, typename In, class G>
-CB_HD void run_phase(const G& g, const Args<T, In>& a, Phase ph, cplx<T>* z, int64_t bx, int64_t by) {
-  cplx<T>* slots = z + z_size(a.d);
+CB_HD void run_phase(const G& g, const Args<T, In>& a, Phase ph, cplx<T>* z, cplx<T>* slots, int64_t bx, int64_t by) {
   switch (ph) {
     case Phase::VectorSpectra: vector_spectra(g, a, z, bx, by); break;
     case Phase::Forward: forward_chunk(g, a, z, slots, bx, by); break;

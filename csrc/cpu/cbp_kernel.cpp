@@ -249,26 +249,33 @@ Order host_order() {
   return Order::Immediate;
 }
 
-// Each group's shared memory is followed by a guard of two half spectra, checked after every group:
-// a plan with fewer slots than the kernel uses (which on the GPU would touch another block's
-// memory or fault) is then an error here rather than a corrupted heap.
+// Each group's shared memory is followed by a guard of two half spectra, and so are its slots where
+// the plan keeps them in global memory, checked after every group: a plan with fewer slots than
+// the kernel uses (which on the GPU would touch another block's memory or fault) is then an error
+// here rather than a corrupted heap.
 struct HostLaunch {
   template <typename T, typename In>
   void operator()(fused::Phase ph, int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) const {
+    using C = c10::complex<T>;
     const auto order = host_order();
-    const c10::complex<T> mark(std::numeric_limits<T>::max(), -std::numeric_limits<T>::max());
+    const C mark(std::numeric_limits<T>::max(), -std::numeric_limits<T>::max());
+    const int64_t n = smem / static_cast<int64_t>(sizeof(C)), guard = 2 * a.F;
+    const auto intact = [&](const std::vector<C>& buf, int64_t used) {
+      return std::all_of(buf.begin() + used, buf.end(), [&](C v) { return v == mark; });
+    };
     fused::with_max_pass_bits(a.max_pass_bits, [&](auto bits) {
       at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-        const int64_t n = smem / static_cast<int64_t>(sizeof(c10::complex<T>));
-        std::vector<c10::complex<T>> buf(n + 2 * a.F, mark);
+        std::vector<C> shared(n + guard, mark), global(a.global_slots ? a.slots * a.F + guard : 0, mark);
+        C* slots = a.global_slots ? global.data() : shared.data() + fused::z_size(a.d);
         HostGroup<decltype(bits)::value> group;
         group.order = order;
         for (int64_t i = g0; i < g1; ++i) {
-          fused::run_phase(group, a, ph, buf.data(), i / ny, i % ny);
+          fused::run_phase(group, a, ph, shared.data(), slots, i / ny, i % ny);
           group.sync();  // the end of a kernel is a barrier
-          TORCH_CHECK(std::all_of(buf.begin() + n, buf.end(), [&](c10::complex<T> v) { return v == mark; }),
-                      "compact_bilinear: the fused kernel wrote past the ", smem,
+          TORCH_CHECK(intact(shared, n), "compact_bilinear: the fused kernel wrote past the ", smem,
                       " bytes of shared memory its plan gives a thread group");
+          TORCH_CHECK(!a.global_slots || intact(global, a.slots * a.F), "compact_bilinear: the fused kernel wrote ",
+                      "past the ", a.slots, " half spectra its plan gives a thread group in global memory");
         }
       });
     });

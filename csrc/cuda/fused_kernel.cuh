@@ -47,12 +47,25 @@ struct BlockGroup {
   }
 };
 
-template <typename T, typename In, fused::Phase Ph, int MaxPassBits>
-__global__ void __launch_bounds__(512, BlockGroup<MaxPassBits>::kMinBlocksPerSM) fused_kernel(const fused::Args<T, In> a, int64_t ny) {
+// One block per thread group, its slots in shared memory after Z; or, where the plan keeps them in
+// global memory (GlobalSlots), as many blocks as run at once, each with its own slots in
+// `workspace`, taking the groups in turn.
+template <typename T, typename In, fused::Phase Ph, int MaxPassBits, bool GlobalSlots>
+__global__ void __launch_bounds__(512, BlockGroup<MaxPassBits>::kMinBlocksPerSM)
+    fused_kernel(const fused::Args<T, In> a, int64_t ny, int64_t groups, fused::cplx<T>* workspace) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* z = reinterpret_cast<fused::cplx<T>*>(smem_raw);
-  const int64_t i = blockIdx.x;
-  fused::run_phase(BlockGroup<MaxPassBits>{}, a, Ph, z, i / ny, i % ny);
+  const BlockGroup<MaxPassBits> g;
+  if constexpr (GlobalSlots) {
+    fused::cplx<T>* slots = workspace + blockIdx.x * a.slots * a.F;
+    for (int64_t i = blockIdx.x; i < groups; i += gridDim.x) {
+      fused::run_phase(g, a, Ph, z, slots, i / ny, i % ny);
+      g.sync();  // Z and the slots are the next group's
+    }
+  } else {
+    const int64_t i = blockIdx.x;
+    fused::run_phase(g, a, Ph, z, z + fused::z_size(a.d), i / ny, i % ny);
+  }
 }
 
 // Threads per block: one butterfly of the FFT's largest radix each (d = 8192: 256 threads with
@@ -66,21 +79,33 @@ int fused_threads(int64_t d) {
 }  // namespace fused_detail
 
 template <typename T, typename In, fused::Phase Ph>
-void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) {
+void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a, int64_t blocks,
+                  fused::cplx<T>* workspace) {
   fused::with_max_pass_bits(a.max_pass_bits, [&](auto bits) {
-    auto kernel = fused_detail::fused_kernel<T, In, Ph, decltype(bits)::value>;
-    if (smem > 48 * 1024)
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<groups, fused_detail::fused_threads<decltype(bits)::value>(a.d), smem, c10::cuda::getCurrentCUDAStream()>>>(a, ny);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    constexpr int kBits = decltype(bits)::value;
+    const auto launch = [&](auto kernel, int64_t grid) {
+      if (smem > 48 * 1024)
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+      kernel<<<grid, fused_detail::fused_threads<kBits>(a.d), smem, c10::cuda::getCurrentCUDAStream()>>>(a, ny, groups,
+                                                                                                        workspace);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    // Slots in global memory: compiled for the two phases that have slots, with radix-8 passes
+    // (cbp.cpp fused_plan).
+    if constexpr (kBits == 3 && Ph != fused::Phase::VectorSpectra) {
+      if (a.global_slots) return launch(fused_detail::fused_kernel<T, In, Ph, kBits, true>, blocks);
+    }
+    TORCH_CHECK(!a.global_slots, "compact_bilinear: no fused kernel keeps its slots in global memory with FFT passes of ",
+                kBits, " stages");
+    launch(fused_detail::fused_kernel<T, In, Ph, kBits, false>, groups);
   });
 }
 
 }  // namespace compact_bilinear
 
 #define CB_INSTANTIATE_FUSED_PHASE(In, Ph)                                                  \
-  template void launch_phase<fused::acc_t<In>, In, fused::Phase::Ph>(int64_t, int64_t, int64_t, \
-                                                                     const fused::Args<fused::acc_t<In>, In>&);
+  template void launch_phase<fused::acc_t<In>, In, fused::Phase::Ph>(                      \
+      int64_t, int64_t, int64_t, const fused::Args<fused::acc_t<In>, In>&, int64_t, fused::cplx<fused::acc_t<In>>*);
 #define CB_INSTANTIATE_FUSED(In)                      \
   namespace compact_bilinear {                        \
   CB_INSTANTIATE_FUSED_PHASE(In, VectorSpectra)       \

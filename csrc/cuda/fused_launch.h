@@ -6,7 +6,10 @@
 
 namespace compact_bilinear {
 
+// Thread groups i < groups, each handling (i / ny, i % ny). Where a.global_slots, `blocks` blocks
+// (at most groups) take them in turn, each with its a.slots half spectra at workspace + block * a.slots * a.F.
 template <typename T, typename In, fused::Phase Ph>
-void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a);
+void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a, int64_t blocks,
+                  fused::cplx<T>* workspace);
 
 }  // namespace compact_bilinear

@@ -96,9 +96,9 @@ def test_fused_every_supported_d(d, radix, sum_pool, device, monkeypatch):
     monkeypatch.setenv("COMPACT_BILINEAR_FFT_RADIX", radix)
     # float64 needs twice the shared memory of float32, so the largest sizes run in float32.
     dtype, tol = (torch.float64, 1e-9) if d <= 2048 else (torch.float32, 2e-5)
-    # Map x vector backward keeps one more half spectrum than map x map: at 16384 only the
-    # latter fits in shared memory (auto falls back to the FFT path for the former).
-    case = ((6, 5), d, [(2, 3), ()] if d < 16384 else [(2, 3), (2, 3)], sum_pool)
+    # At 16384 the map x vector backward keeps its half spectra in global memory (see
+    # test_fused_slots_in_global_memory).
+    case = ((6, 5), d, [(2, 3), ()], sum_pool)
     xs, hs, ss, d, sum_pool = make(case, device, dtype=dtype, batch=2, requires_grad=True)
     ref = explicit_outer_product_sketch(xs, hs, ss, d, sum_pool)
     out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
@@ -127,8 +127,6 @@ def test_fused_host_instance_has_no_missing_barrier(name, d, radix, monkeypatch)
     plans, and both FFT radices."""
     monkeypatch.setenv("COMPACT_BILINEAR_FFT_RADIX", radix)
     dims, _, spatial, sum_pool = CASES[name]
-    if d == 8192 and len(dims) == 5:
-        pytest.skip("the backward's five half spectra (G, two maps', two vectors') and Z exceed 227 KiB")
     xs, hs, ss, d, sum_pool = make((dims, d, [tuple(3 * e for e in s) for s in spatial], sum_pool), "cpu",
                                    dtype=torch.float32, requires_grad=True)
 
@@ -208,6 +206,45 @@ def test_fused_largest_d_k2_maps(sum_pool, device):
     g2 = torch.autograd.grad((compact_bilinear_pooling_reference(xs, hs, ss, d, sum_pool) * w).sum(), xs)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5 * b.abs().max().item())
+
+
+GLOBAL_SLOT_CASES = {
+    # Z and more half spectra than fit beside it in 227 KiB: float at d = 16384 with two or more.
+    "map_x_vector": (((6, 5), 16384, [(2, 3), ()], False), torch.float32),  # backward: G, the vector's
+    "map_x_vector_pooled": (((6, 5), 16384, [(2, 3), ()], True), torch.float32),
+    "three_maps": (((3, 4, 2), 16384, [(2, 2)] * 3, False), torch.float32),  # backward: G, a map's
+    "three_maps_pooled": (((3, 4, 2), 16384, [(2, 2)] * 3, True), torch.float32),  # forward too
+    "double_map_x_vector": (((6, 5), 8192, [(2, 3), ()], False), torch.float64),
+}
+
+
+@pytest.mark.parametrize("name", list(GLOBAL_SLOT_CASES))
+def test_fused_slots_in_global_memory(name, device):
+    """Where a thread group's half spectra do not fit beside Z in shared memory, the fused kernel
+    keeps them in global memory, a workspace per concurrent thread group that it reuses from one
+    group to the next; before, these calls took the FFT path (and algorithm='fused' raised). The
+    output and the gradients match the definition, over two samples and several chunks."""
+    case, dtype = GLOBAL_SLOT_CASES[name]
+    xs, hs, ss, d, sum_pool = make(case, device, dtype=dtype, batch=2, requires_grad=True)
+    w = torch.randn(cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fft").shape,
+                    dtype=dtype, device=device, generator=torch.Generator(device).manual_seed(1))
+    got = forward_and_grads(lambda x: cb.compact_bilinear_pooling(x, hs, ss, d, sum_pool=sum_pool,
+                                                                  algorithm="fused"), xs, w)
+    x64 = [x.detach().double().requires_grad_() for x in xs]
+    expect = forward_and_grads(lambda x: compact_bilinear_pooling_reference(x, hs, ss, d, sum_pool), x64,
+                               w.double())
+    tol = 2e-5 if dtype == torch.float32 else 1e-9
+    for a, b in zip(got, expect):
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * b.abs().max().item())
+
+
+def test_fused_raises_where_z_alone_exceeds_shared_memory():
+    """float64 at d = 16384: the d-point buffer alone takes 272 KiB; 'fused' says so, 'auto' runs."""
+    xs, hs, ss, d, _ = make(((3, 4), 16384, [(), ()], False), "cpu")
+    with pytest.raises(ValueError, match="algorithm='fused' cannot run this call: the fused forward kernel "
+                                         "would need 278528 bytes of shared memory .* above the limit of 232448"):
+        cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
+    assert cb.compact_bilinear_pooling(xs, hs, ss, d).shape == (3, d)
 
 
 def forward_and_grads(fn, xs, w):
