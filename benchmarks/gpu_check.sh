@@ -164,7 +164,8 @@ if [ -n "$NCU" ]; then
     ncu_sections() {
         timeout 150 "${profile[@]}" -c 4 \
             --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
-            --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
+            --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+            --section MemoryWorkloadAnalysis_Tables \
             --metrics l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed_op_shared_ld.sum,smsp__inst_executed_op_shared_st.sum,smsp__inst_executed_op_local_ld.sum,smsp__inst_executed_op_local_st.sum,smsp__inst_executed.sum \
             $PY "$1/benchmarks/ncu_cases.py" >>"$OUT/ncu.txt" 2>&1 || echo "ncu exited $?"
     }
@@ -190,7 +191,7 @@ if [ -n "$NCU" ]; then
                 >/tmp/ncu_source.csv 2>&1
         $PY benchmarks/ncu_source_top.py /tmp/ncu_source.csv >>"$OUT/ncu.txt" 2>&1 || echo "no source-line profile"
     fi
-    grep -E "#####|fused_kernel|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Memory Throughput|Compute \(SM\)|wavefronts_mem_shared|bank_conflicts|op_local|smsp__inst_executed.sum|rel err|Stall|Warp Cycles Per Issued|issue_stalled|warp stall samples|warp instructions executed|^ +[0-9]+ +[0-9.]+%  " "$OUT/ncu.txt" | head -330
+    grep -E "#####|fused_kernel|Duration|Hit Rate|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Memory Throughput|Compute \(SM\)|wavefronts_mem_shared|bank_conflicts|op_local|smsp__inst_executed.sum|rel err|Stall|Warp Cycles Per Issued|issue_stalled|warp stall samples|warp instructions executed|^ +[0-9]+ +[0-9.]+%  " "$OUT/ncu.txt" | head -330
 else
     echo "no ncu on this machine"
 fi
