@@ -194,8 +194,12 @@ def test_host_order_rejects_unknown_schedules(monkeypatch):
         cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
 
 
+@pytest.mark.parametrize("radix", RADICES)
 @pytest.mark.parametrize("sum_pool", [False, True])
-def test_fused_largest_d_k2_maps(sum_pool, device):
+def test_fused_largest_d_k2_maps(sum_pool, radix, device, monkeypatch):
+    """d = 16384 with both pass schedules, the backward included (test_fused_every_supported_d's
+    map x vector backward keeps its half spectra in global memory there, always with radix 8)."""
+    monkeypatch.setenv("COMPACT_BILINEAR_FFT_RADIX", radix)
     case = ((3, 4), 16384, [(2, 2), (2, 2)], sum_pool)
     xs, hs, ss, d, sum_pool = make(case, device, dtype=torch.float32, batch=1, requires_grad=True)
     out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
@@ -223,9 +227,11 @@ def test_fused_slots_in_global_memory(name, device):
     """Where a thread group's half spectra do not fit beside Z in shared memory, the fused kernel
     keeps them in global memory, a workspace per concurrent thread group that it reuses from one
     group to the next; before, these calls took the FFT path (and algorithm='fused' raised). The
-    output and the gradients match the definition, over two samples and several chunks."""
+    output and the gradients match the definition. On a GPU, 300 samples give more thread groups
+    than the grid has blocks (one per SM here), so each block takes several in turn."""
     case, dtype = GLOBAL_SLOT_CASES[name]
-    xs, hs, ss, d, sum_pool = make(case, device, dtype=dtype, batch=2, requires_grad=True)
+    batch = 2 if device.type == "cpu" else 300
+    xs, hs, ss, d, sum_pool = make(case, device, dtype=dtype, batch=batch, requires_grad=True)
     w = torch.randn(cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fft").shape,
                     dtype=dtype, device=device, generator=torch.Generator(device).manual_seed(1))
     got = forward_and_grads(lambda x: cb.compact_bilinear_pooling(x, hs, ss, d, sum_pool=sum_pool,
