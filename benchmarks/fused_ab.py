@@ -6,8 +6,9 @@ The FFT in passes up to radix 32 (the forward's default) and radix 8 (the backwa
 COMPACT_BILINEAR_FFT_RADIX=8 or 32 sets both: five or three passes at d = 8192); unpooled
 forward with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forward at
 several rows per chunk (COMPACT_BILINEAR_POOLED_ROWS), forward+backward with an NCHW-contiguous
-and a location-major upstream gradient, and map x vector forward+backward with rows in pairs and
-one at a time, each beside the fft path. CUDA events; a case's variants are timed in turn over 15
+and a location-major upstream gradient, map x vector forward+backward with rows in pairs and
+one at a time, and map x vector forward+backward at d = 16384 (the backward's half spectra in global
+memory), each beside the fft path. CUDA events; a case's variants are timed in turn over 15
 rounds (the median round per variant), inputs rotated so L2 does not hold them, random normal
 inputs, every variant checked against the fft path before it is timed.
 """
@@ -105,6 +106,18 @@ def main():
                  ("map x vec fwd+bwd", "fused, row pairs", {}, fwd_bwd("fused"), ref, mv_sets),
                  ("map x vec fwd+bwd", "fused, single rows", {"COMPACT_BILINEAR_ROW_PAIRS": "0"}, fwd_bwd("fused"),
                   ref, mv_sets)]
+    # d = 16384, map x vector: the backward's half spectra do not fit beside Z in shared memory and
+    # live in global memory (one block per SM taking the thread groups in turn).
+    hs16, ss16 = random_hashes((C, C), 2 * D, torch.Generator().manual_seed(0), device="cuda")
+    grad16 = torch.randn(B, 2 * D, *S, device="cuda")
+
+    def fwd_bwd16(algo):
+        return lambda xs: torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs16, ss16, 2 * D, algorithm=algo), xs,
+                                              grad16)
+
+    ref = fwd_bwd16("fft")
+    variants += [("map x vec 16384", "fft, NCHW grad", {}, ref, ref, mv_sets),
+                 ("map x vec 16384", "fused, slots in global memory", {}, fwd_bwd16("fused"), ref, mv_sets)]
     print(f"{'case':18s} {'variant':36s} {'median':>10s}  rel err vs fft")
     for case in dict.fromkeys(v[0] for v in variants):
         compare([v for v in variants if v[0] == case])
