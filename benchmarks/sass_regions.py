@@ -1,7 +1,7 @@
 """The whole fused kernel's SASS, split at its barriers: where a row's instructions go, without a GPU.
 
     CUDA_HOME=/usr/local/cuda python -m benchmarks.sass_regions [--phase forward] [--radix 32]
-        [--dtype float] [--arch 90] [--min 40]
+        [--dtype float] [--arch 90] [--min 40] [--spills]
 
 Compiles the fused kernels of one input dtype (csrc/cuda/fused_<dtype>.cu, the extension's flags,
 -lineinfo; about 70 s on 2 cores), disassembles the kernel of the given phase and largest radix
@@ -12,6 +12,11 @@ functions (other files by name) its instructions come from, then every loop insi
 branch) with its instructions per trip. The canonical path's regions times their trips give the
 kernel's warp instructions per row (docs/benchmarks.md, "Where a row's warp instructions go"):
 static counts, both sides of every branch included, so an upper bound for code with branches.
+
+--spills prints instead where the kernel's local-memory loads and stores (LDL, STL: ptxas's spills)
+are, by the chain of fused.h functions they were inlined through (nvdisasm -gi), outermost first:
+whether a change that spills at the radix-8 backward's 64-register edge costs the canonical path
+(backward_rows_maps with two maps) or only other shape classes.
 """
 from __future__ import annotations
 
@@ -69,6 +74,32 @@ def functions_of_lines(source: str) -> dict:
     return out
 
 
+def local_accesses(listing: str, kernel: str, funcs: dict) -> collections.Counter:
+    """{(fused.h functions outermost first, "LDL" | "STL"): count} for the function whose section name
+    contains `kernel`, from an `nvdisasm -gi -c` listing: each instruction's inline chain is the
+    run of `//## File` lines before it, innermost first, each naming its call site in the next."""
+    out, chain, on, fresh = collections.Counter(), [], False, True
+    for line in listing.splitlines():
+        m = re.match(r"\s*\.text\.(\S+):", line)
+        if m:
+            on = kernel in m.group(1)
+            continue
+        if not on:
+            continue
+        m = re.search(r'//## File "([^"]+)", line (\d+)', line)
+        if m:
+            if fresh:
+                chain, fresh = [], False
+            chain.append((os.path.basename(m.group(1)), int(m.group(2))))
+            continue
+        m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?(LDL|STL)\b", line)
+        fresh = fresh or bool(re.match(r"\s*/\*[0-9a-f]{4,}\*/", line))
+        if m:
+            names = [funcs.get(n, "?") for f, n in reversed(chain) if f == "fused.h"]
+            out[(tuple(n for i, n in enumerate(names) if i == 0 or n != names[i - 1]), m.group(1))] += 1
+    return out
+
+
 def regions(code: list) -> list:
     """The code split after each barrier: [[(address, instruction, where)]]."""
     out, current = [], []
@@ -115,6 +146,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", choices=("f32", "f16", "bf16", "f64"), default="f32", help="input dtype's source file")
     ap.add_argument("--arch", default="90")
     ap.add_argument("--min", type=int, default=40, help="smallest region shown (instructions)")
+    ap.add_argument("--spills", action="store_true", help="where the kernel's local loads and stores are instead")
     args = ap.parse_args(argv)
     source = REPO / "csrc" / "cuda" / f"fused_{args.dtype}.cu"
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,21 +154,26 @@ def main(argv=None) -> int:
         proc = subprocess.run(nvcc_command(args.arch, cubin, str(source), "-cubin"), capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(proc.stderr[-4000:])
-        listing = subprocess.run([cuda_tool("nvdisasm"), "-g", "-c", cubin], capture_output=True, text=True, check=True).stdout
+        listing = subprocess.run([cuda_tool("nvdisasm"), "-gi" if args.spills else "-g", "-c", cubin],
+                                 capture_output=True, text=True, check=True).stdout
     bits = {8: 3, 32: 5}[args.radix]
     # Mangled: fused_kernel<T, In, Phase, MaxPassBits, GlobalSlots = false>; compute type float
     # unless the input is double.
     compute = "d" if args.dtype == "f64" else "f"
     kernel = f"fused_kernelI{compute}"
     tag = f"PhaseE{PHASES[args.phase]}ELi{bits}ELb0E"
-    code, labels = [], {}
-    for name in re.findall(r"\.text\.(\S+):", listing):
-        if kernel in name and tag in name:
-            code, labels = parse(listing, name)
-            break
-    if not code:
+    names = [n for n in re.findall(r"\.text\.(\S+):", listing) if kernel in n and tag in n]
+    if not names:
         sys.exit(f"no {args.phase} kernel of radix {args.radix} in {source.name}")
     funcs = functions_of_lines((REPO / "csrc" / "common" / "fused.h").read_text())
+    if args.spills:
+        found = local_accesses(listing, names[0], funcs)
+        print(f"{args.phase} kernel, radix {args.radix}, {source.name}, sm_{args.arch}: "
+              f"{sum(found.values())} local loads and stores, by inline chain")
+        for (chain, op), n in sorted(found.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"{n:4d} {op}  {' > '.join(chain) or '(the kernel itself)'}")
+        return 0
+    code, labels = parse(listing, names[0])
     print(f"{args.phase} kernel, radix {args.radix}, {source.name}, sm_{args.arch}: {len(code)} instructions; "
           f"regions between barriers of at least {args.min}, by source function")
     print("\n".join(describe(code, labels, funcs, args.min)))

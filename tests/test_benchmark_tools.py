@@ -285,3 +285,27 @@ def test_sass_regions_splits_at_barriers_and_counts_loop_trips():
     lines = describe(code, labels, funcs, min_size=4)
     assert lines[0].split()[:2] == ["0x00000", "5"] and "fft_pass 3" in lines[0] and "zero 1" in lines[0]
     assert lines[1].strip() == "loop 0x00020..0x00040: 3 instructions per trip" and len(lines) == 2
+
+
+def test_sass_regions_attributes_local_accesses_to_their_inline_chain():
+    """nvdisasm -gi writes each instruction's inline chain innermost first; the spill report names
+    the fused.h functions outermost first, once per run, and counts LDL and STL apart."""
+    from benchmarks.sass_regions import functions_of_lines, local_accesses
+
+    listing = """
+.text._Z6kernelv:
+	//## File "/x/csrc/common/fused.h", line 5 inlined at "/x/csrc/common/fused.h", line 2
+	//## File "/x/csrc/common/fused.h", line 2 inlined at "/x/csrc/cuda/fused_kernel.cuh", line 67
+	//## File "/x/csrc/cuda/fused_kernel.cuh", line 67
+        /*0000*/                   LDL R4, [R1+0x4] ;
+        /*0010*/               @P0 STL [R1+0x8], R5 ;
+	//## File "/x/csrc/common/fused.h", line 3 inlined at "/x/csrc/cuda/fused_kernel.cuh", line 67
+	//## File "/x/csrc/cuda/fused_kernel.cuh", line 67
+        /*0020*/                   LDL R6, [R1+0x4] ;
+        /*0030*/                   LDS R6, [R2] ;
+.text._Z6otherv:
+        /*0000*/                   LDL R4, [R1] ;
+"""
+    funcs = functions_of_lines("CB_HD void outer(int n) {\n  a;\n  b;\nCB_HD void inner(int) {\n  c;\n")
+    found = local_accesses(listing, "_Z6kernelv", funcs)
+    assert found == {(("outer", "inner"), "LDL"): 1, (("outer", "inner"), "STL"): 1, (("outer",), "LDL"): 1}
