@@ -35,9 +35,11 @@ BARRIER = re.compile(r"\bBAR\.(SYNC|RED)")
 
 
 def parse(listing: str, kernel: str):
-    """([(address, instruction, (file, line))], {label: address}) of the function whose section name
-    contains `kernel`, from an `nvdisasm -g -c` listing. NOPs are left out."""
-    code, labels, pending, on, where = [], {}, [], False, None
+    """([(address, instruction, (file, line))], {label: address}, {address: inline chain}) of the
+    function whose section name contains `kernel`, from an `nvdisasm -g -c` listing (or -gi: each
+    instruction's inline chain is then the run of `//## File` lines before it, innermost first, each
+    naming its call site in the next; (file, line) is the innermost). NOPs are left out."""
+    code, labels, chains, pending, on, chain, fresh = [], {}, {}, [], False, (), True
     for line in listing.splitlines():
         m = re.match(r"\s*\.text\.(\S+):", line)
         if m:
@@ -47,20 +49,23 @@ def parse(listing: str, kernel: str):
             continue
         m = re.search(r'//## File "([^"]+)", line (\d+)', line)
         if m:
-            where = (os.path.basename(m.group(1)), int(m.group(2)))
+            entry = (os.path.basename(m.group(1)), int(m.group(2)))
+            chain, fresh = ((entry,) if fresh else chain + (entry,)), False
             continue
         m = re.match(r"\s*(\.L_x_\d+):", line)
         if m:
             pending.append(m.group(1))
             continue
         m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
+        fresh = fresh or m is not None
         if m and not m.group(2).startswith("NOP"):
             address = int(m.group(1), 16)
             for label in pending:
                 labels[label] = address
             pending = []
-            code.append((address, m.group(2), where))
-    return code, labels
+            code.append((address, m.group(2), chain[0] if chain else None))
+            chains[address] = chain
+    return code, labels, chains
 
 
 def functions_of_lines(source: str) -> dict:
@@ -74,28 +79,14 @@ def functions_of_lines(source: str) -> dict:
     return out
 
 
-def local_accesses(listing: str, kernel: str, funcs: dict) -> collections.Counter:
-    """{(fused.h functions outermost first, "LDL" | "STL"): count} for the function whose section name
-    contains `kernel`, from an `nvdisasm -gi -c` listing: each instruction's inline chain is the
-    run of `//## File` lines before it, innermost first, each naming its call site in the next."""
-    out, chain, on, fresh = collections.Counter(), [], False, True
-    for line in listing.splitlines():
-        m = re.match(r"\s*\.text\.(\S+):", line)
+def local_accesses(code: list, chains: dict, funcs: dict) -> collections.Counter:
+    """{(fused.h functions outermost first, "LDL" | "STL"): count} over parse()'s code of an
+    `nvdisasm -gi` listing, each local load and store named by its inline chain."""
+    out = collections.Counter()
+    for address, text, _ in code:
+        m = re.match(r"(?:@!?U?P\w+\s+)?(LDL|STL)\b", text)
         if m:
-            on = kernel in m.group(1)
-            continue
-        if not on:
-            continue
-        m = re.search(r'//## File "([^"]+)", line (\d+)', line)
-        if m:
-            if fresh:
-                chain, fresh = [], False
-            chain.append((os.path.basename(m.group(1)), int(m.group(2))))
-            continue
-        m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?(LDL|STL)\b", line)
-        fresh = fresh or bool(re.match(r"\s*/\*[0-9a-f]{4,}\*/", line))
-        if m:
-            names = [funcs.get(n, "?") for f, n in reversed(chain) if f == "fused.h"]
+            names = [funcs.get(n, "?") for f, n in reversed(chains[address]) if f == "fused.h"]
             out[(tuple(n for i, n in enumerate(names) if i == 0 or n != names[i - 1]), m.group(1))] += 1
     return out
 
@@ -166,14 +157,14 @@ def main(argv=None) -> int:
     if not names:
         sys.exit(f"no {args.phase} kernel of radix {args.radix} in {source.name}")
     funcs = functions_of_lines((REPO / "csrc" / "common" / "fused.h").read_text())
+    code, labels, chains = parse(listing, names[0])
     if args.spills:
-        found = local_accesses(listing, names[0], funcs)
+        found = local_accesses(code, chains, funcs)
         print(f"{args.phase} kernel, radix {args.radix}, {source.name}, sm_{args.arch}: "
               f"{sum(found.values())} local loads and stores, by inline chain")
         for (chain, op), n in sorted(found.items(), key=lambda kv: (-kv[1], kv[0])):
             print(f"{n:4d} {op}  {' > '.join(chain) or '(the kernel itself)'}")
         return 0
-    code, labels = parse(listing, names[0])
     print(f"{args.phase} kernel, radix {args.radix}, {source.name}, sm_{args.arch}: {len(code)} instructions; "
           f"regions between barriers of at least {args.min}, by source function")
     print("\n".join(describe(code, labels, funcs, args.min)))

@@ -274,7 +274,7 @@ def test_sass_regions_splits_at_barriers_and_counts_loop_trips():
 .L_x_2:
         /*0080*/                   EXIT ;
 """
-    code, labels = parse(listing, "_Z6kernelv")
+    code, labels, _ = parse(listing, "_Z6kernelv")
     assert [a for a, _, _ in code] == [0x00, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80]  # NOP and other kernels left out
     assert code[1][2] == ("fused.h", 5) and labels == {".L_x_1": 0x20, ".L_x_2": 0x80}
     parts = regions(code)
@@ -290,7 +290,7 @@ def test_sass_regions_splits_at_barriers_and_counts_loop_trips():
 def test_sass_regions_attributes_local_accesses_to_their_inline_chain():
     """nvdisasm -gi writes each instruction's inline chain innermost first; the spill report names
     the fused.h functions outermost first, once per run, and counts LDL and STL apart."""
-    from benchmarks.sass_regions import functions_of_lines, local_accesses
+    from benchmarks.sass_regions import functions_of_lines, local_accesses, parse
 
     listing = """
 .text._Z6kernelv:
@@ -307,5 +307,7 @@ def test_sass_regions_attributes_local_accesses_to_their_inline_chain():
         /*0000*/                   LDL R4, [R1] ;
 """
     funcs = functions_of_lines("CB_HD void outer(int n) {\n  a;\n  b;\nCB_HD void inner(int) {\n  c;\n")
-    found = local_accesses(listing, "_Z6kernelv", funcs)
+    code, _, chains = parse(listing, "_Z6kernelv")
+    assert chains[0x20] == (("fused.h", 3), ("fused_kernel.cuh", 67)) and code[2][2] == ("fused.h", 3)
+    found = local_accesses(code, chains, funcs)
     assert found == {(("outer", "inner"), "LDL"): 1, (("outer", "inner"), "STL"): 1, (("outer",), "LDL"): 1}
