@@ -376,7 +376,13 @@ std::string fused_unsupported_reason(const Problem& p, bool backward, int64_t sm
     return "the fused kernel needs output_dim to be a power of two <= " + std::to_string(max_d) + ", got " +
            std::to_string(p.d);
   int64_t channels = 0;
-  for (int64_t k = 0; k < p.K; ++k) channels += p.x[k].size(1);
+  for (int64_t k = 0; k < p.K; ++k) {
+    channels += p.x[k].size(1);
+    const int64_t stride = p.x[k].stride(1) * static_cast<int64_t>(p.x[k].element_size());
+    if (stride >= (int64_t{1} << 32))
+      return "the fused kernel addresses channels with a 32-bit stride, got " + std::to_string(stride) +
+             " bytes between the channels of input " + std::to_string(k);
+  }
   if (channels >= (int64_t{1} << 30))
     return "the fused kernel indexes channels with 32-bit integers, got " + std::to_string(channels) + " in all";
   plan = fused_plan(p, backward, smem_limit);

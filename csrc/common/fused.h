@@ -439,33 +439,46 @@ CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
 // each input's GatherCodes. The position that starts a bucket's run of sorted channels sums the
 // run in channel order, as add_run does, so every path's sketches are identical; other positions
 // do nothing, and buckets no channel hits keep their 0. The loads form a chain (code and sign, then
-// the input value), so a virtual thread takes U positions of each of its N inputs,
-// i + u * per, and issues each step's loads for all of them before it uses any: one chain's latency
-// for N sketches (a second loop's loads could not pass the first's stores to Z). Consecutive
-// threads keep consecutive positions, so a warp's loads stay coalesced.
-// A run's second channel joins the same chain: each position also loads the next position's code
-// and sign (its neighbour's, from the same cache lines), and a head whose run continues loads that
-// channel's value beside its own. Walking the run instead cost a warp two more dependent loads
-// (code, then value) for each of its U x N slots where any of its 32 positions heads a run
-// of two or more channels: with random hashes, C = 1024 and d = 8192, 59 of an input's 1024
-// positions do, and 87 % of the slots waited, one after another. Runs of three or more (2.4 per
-// input there) still walk the rest.
+// the input value), so a virtual thread takes U consecutive positions of each of its N inputs,
+// i U .. i U + U - 1, and issues each step's loads for all of them before it uses any: one chain's
+// latency for N sketches (a second loop's loads could not pass the first's stores to Z).
+// A run's second channel joins the same chain: a thread also loads the code and sign of the
+// position after its last, so each of its positions has the next one's, and a head whose run
+// continues loads that channel's value beside its own. Walking the run instead cost a warp two
+// more dependent loads (code, then value) for each of its U x N slots where any of its 32
+// positions heads a run of two or more channels: with random hashes, C = 1024 and d = 8192, 59 of
+// an input's 1024 positions do, and 87 % of the slots waited, one after another. Runs of three or
+// more (2.4 per input there) still walk the rest.
+// Consecutive positions per thread, rather than positions i + u * C / U, give one address per
+// thread and input, U + 1 codes and signs where 2 U were loaded (each position's and its
+// neighbour's), and on the GPU 16-byte loads of them (the tables are tensors of their own, so
+// aligned); a warp's loads of a table still cover whole sectors, 32 U + 1 consecutive positions.
+// With the input values' 32-bit addressing (Sketch::value), SASS, sm_90, radix-32 forward: about
+// 259 instructions per loop trip (4 positions of each of 2 inputs, no run walked) where there were
+// about 453, 10 loads of codes and signs where there were 32, and 12-13 per step of a walk
+// instead of 16-20.
 
 // One sketch to gather: input k at sample b, location l, into `part` of Z.
 template <typename T, typename In>
 struct Sketch {
-  const In* x;
-  int64_t sc;  // channel stride
+  const char* x;        // channel 0's value
+  uint32_t sc;          // the channel stride in bytes (below 2^32: fused_unsupported_reason)
   const GatherCode* code;
   const T* sign;
   int C, part;  // channels; Re or Im
+  // Channel `ch`'s value: its address is one 32 x 32 -> 64-bit multiply-add on the GPU, where the
+  // channel times a 64-bit element stride took seven instructions (SASS, sm_90).
+  CB_HD T value(int32_t ch) const {
+    return static_cast<T>(*reinterpret_cast<const In*>(x + static_cast<uint64_t>(static_cast<uint32_t>(ch)) * sc));
+  }
 };
 
 template <typename T, typename In>
 CB_HD Sketch<T, In> sketch_of(const Args<T, In>& a, int k, int part, int64_t b, int64_t l) {
   // 32-bit positions: channel counts are below 2^30 (fused_unsupported_reason).
-  return {a.x[k] + b * a.stride_b[k] + (a.is_map[k] ? l * a.stride_l[k] : 0), a.stride_c[k], a.gather[k],
-          a.sorted_sign[k], static_cast<int>(a.C[k]), part};
+  const In* x = a.x[k] + b * a.stride_b[k] + (a.is_map[k] ? l * a.stride_l[k] : 0);
+  return {reinterpret_cast<const char*>(x), static_cast<uint32_t>(a.stride_c[k] * static_cast<int64_t>(sizeof(In))),
+          a.gather[k], a.sorted_sign[k], static_cast<int>(a.C[k]), part};
 }
 
 template <typename T, typename In, int N>
@@ -473,39 +486,68 @@ struct Sketches {
   Sketch<T, In> s[N];
 };
 
-template <int U, typename T, typename In, int N, class G>
-CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
-  // Input s's positions i + u * per_s (u < U) go to virtual thread i.
-  const auto per_of = [](const Sketch<T, In>& sk) { return (sk.C + U - 1) / U; };
-  int per = 0;
-  for (int s = 0; s < N; ++s) per = per_of(all.s[s]) > per ? per_of(all.s[s]) : per;
-  g.for_each(per, [=](int64_t i64) {
-    const Sketch<T, In>* sk = all.s;
-    const int i = static_cast<int>(i64);
-    int pers[N];
-    GatherCode c[N][U], c2[N][U];  // each position's code and the next position's
-    T v[N][U], v2[N][U];           // their signs, then their signed values
+// Codes and signs of positions q0 .. q0 + U of one input (U a power of two, q0 a multiple of U);
+// past its C channels, a code that heads nothing. Where all are in range, on the GPU, the first U
+// in vector loads (16 bytes; 8 for a radix-8 thread's two float signs; the tables' own tensors
+// are aligned), the last alone.
+template <int U, typename T, typename In>
+CB_HD void load_codes(const Sketch<T, In>& sk, int q0, GatherCode* c, T* v) {
+  const GatherCode* code = sk.code + q0;
+  const T* sign = sk.sign + q0;
+  if (q0 + U < sk.C) {
+#if defined(__CUDA_ARCH__)
+    static_assert(sizeof(GatherCode) == 8 && (U * sizeof(T)) % 8 == 0, "16- and 8-byte vector loads");
     CB_UNROLL
-    for (int s = 0; s < N; ++s) {  // codes and signs
-      pers[s] = per_of(sk[s]);
-      CB_UNROLL
-      for (int u = 0; u < U; ++u) {
-        const int q = i + u * pers[s];
-        const bool in = i < pers[s] && q < sk[s].C, next = in && q + 1 < sk[s].C;
-        c[s][u] = in ? sk[s].code[q] : GatherCode{kNotHead, 0};
-        v[s][u] = in ? sk[s].sign[q] : T(0);
-        c2[s][u] = next ? sk[s].code[q + 1] : GatherCode{kNotHead, 0};
-        v2[s][u] = next ? sk[s].sign[q + 1] : T(0);
+    for (int u = 0; u < U; u += 2) {
+      const uint4 w = *reinterpret_cast<const uint4*>(code + u);
+      c[u] = GatherCode{w.x, static_cast<int32_t>(w.y)};
+      c[u + 1] = GatherCode{w.z, static_cast<int32_t>(w.w)};
+    }
+    constexpr int kSignsPerLoad = 16 / sizeof(T) < U ? 16 / sizeof(T) : U;
+    CB_UNROLL
+    for (int u = 0; u < U; u += kSignsPerLoad) {
+      if constexpr (kSignsPerLoad * sizeof(T) == 16) {
+        const uint4 w = *reinterpret_cast<const uint4*>(sign + u);
+        memcpy(v + u, &w, 16);
+      } else {
+        const uint2 w = *reinterpret_cast<const uint2*>(sign + u);
+        memcpy(v + u, &w, 8);
       }
     }
+#else
+    for (int u = 0; u < U; ++u) c[u] = code[u], v[u] = sign[u];
+#endif
+    c[U] = code[U];
+    v[U] = sign[U];
+  } else {
+    CB_UNROLL
+    for (int u = 0; u <= U; ++u) {
+      const bool in = q0 + u < sk.C;
+      c[u] = in ? code[u] : GatherCode{kNotHead, 0};
+      v[u] = in ? sign[u] : T(0);
+    }
+  }
+}
+
+template <int U, typename T, typename In, int N, class G>
+CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
+  int per = 0;  // threads: U positions of every input each
+  for (int s = 0; s < N; ++s) per = (all.s[s].C + U - 1) / U > per ? (all.s[s].C + U - 1) / U : per;
+  g.for_each(per, [=](int64_t i64) {
+    const Sketch<T, In>* sk = all.s;
+    const int q0 = static_cast<int>(i64) * U;
+    GatherCode c[N][U + 1];  // positions q0 .. q0 + U: the thread's and the next one
+    T v[N][U + 1];           // their signs, then a head's signed value
+    CB_UNROLL
+    for (int s = 0; s < N; ++s) load_codes<U>(sk[s], q0, c[s], v[s]);
     T x2[N][U];  // the input value of a run's second channel
     CB_UNROLL
     for (int s = 0; s < N; ++s)  // the input values of the runs' heads and of their second channels
       CB_UNROLL
       for (int u = 0; u < U; ++u) {
         const bool head = !(c[s][u].word & kNotHead), two = head && (c[s][u].word & kRunContinues);
-        if (head) v[s][u] = T(0) + v[s][u] * static_cast<T>(sk[s].x[c[s][u].channel * sk[s].sc]);
-        x2[s][u] = two ? static_cast<T>(sk[s].x[c2[s][u].channel * sk[s].sc]) : T(0);
+        if (head) v[s][u] = T(0) + v[s][u] * sk[s].value(c[s][u].channel);
+        x2[s][u] = two ? sk[s].value(c[s][u + 1].channel) : T(0);
       }
     CB_UNROLL
     for (int s = 0; s < N; ++s) {
@@ -514,11 +556,11 @@ CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
         if (c[s][u].word & kNotHead) continue;
         T sum = v[s][u];
         if (c[s][u].word & kRunContinues) {
-          sum += v2[s][u] * x2[s][u];
-          int q = i + u * pers[s] + 1;
-          for (uint32_t w = c2[s][u].word; w & kRunContinues;) {  // the rest of a run of three or more
+          sum += v[s][u + 1] * x2[s][u];  // position u + 1 continues the run, so heads none: its sign
+          int q = q0 + u + 1;
+          for (uint32_t w = c[s][u + 1].word; w & kRunContinues;) {  // the rest of a run of three or more
             const GatherCode next = sk[s].code[++q];
-            sum += sk[s].sign[q] * static_cast<T>(sk[s].x[next.channel * sk[s].sc]);
+            sum += sk[s].sign[q] * sk[s].value(next.channel);
             w = next.word;
           }
         }

@@ -622,6 +622,19 @@ def test_bad_output_dim_and_algorithm(device):
     assert cb.compact_bilinear_pooling(xs, hs2, ss2, 100).shape == (2, 100, 3, 3)  # auto falls back
 
 
+def test_fused_needs_a_channel_stride_below_4_gib():
+    """The fused gather addresses a channel as a 32-bit multiple of its stride in bytes: a larger
+    stride (here a single channel, so the view needs 8 bytes of storage) is 'fused's clear error and
+    'auto' takes the FFT path."""
+    hs, ss = random_hashes((1, 4), 16, torch.Generator().manual_seed(0))
+    x = torch.randn(8, dtype=torch.float64).as_strided((2, 1), (1, 2 ** 30))  # 2^33 bytes apart
+    v = torch.randn(2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="32-bit stride, got 8589934592 bytes between the channels of input 0"):
+        cb.compact_bilinear_pooling([x, v], hs, ss, 16, algorithm="fused")
+    ref = explicit_outer_product_sketch([x.contiguous(), v], hs, ss, 16)
+    torch.testing.assert_close(cb.compact_bilinear_pooling([x, v], hs, ss, 16), ref)
+
+
 def test_inputs_on_different_devices():
     if not torch.cuda.is_available():
         # A meta tensor stands in for a second device (the fake kernel checks devices too).
