@@ -7,9 +7,10 @@ Compiles the fused kernels' sources (csrc/cuda/fused_*.cu, one per input dtype, 
 sm_<arch> with `-Xptxas -v` and the flags of the extension build (about 2 minutes on 2 cores; the
 float64 file only with --all-dtypes) and prints one line per fused kernel: compute type,
 input type, phase, the FFT's largest radix, where the slots are (shared memory, or global memory
-where they do not fit beside Z), registers per thread, stack frame and spill stores in bytes. At two blocks per SM (the canonical d = 8192 plan) a thread may have 64 registers at
-512 threads (radix 8) and 128 at 256 threads (radix 32); spills are local-memory traffic that
-shares the L1's data path with shared memory. Float64 kernels are left out unless --all-dtypes.
+where they do not fit beside Z), registers per thread, stack frame and spill stores in bytes. At
+two blocks per SM (the canonical d = 8192 plan) a thread may have 64 registers at 512 threads
+(radix 8) and 128 at 256 threads (radix 32); spills are local-memory traffic that shares the L1's
+data path with shared memory. Float64 kernels are left out unless --all-dtypes.
 """
 from __future__ import annotations
 

@@ -532,7 +532,10 @@ CB_HD void load_codes(const Sketch<T, In>& sk, int q0, GatherCode* c, T* v) {
 template <int U, typename T, typename In, int N, class G>
 CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
   int per = 0;  // threads: U positions of every input each
-  for (int s = 0; s < N; ++s) per = (all.s[s].C + U - 1) / U > per ? (all.s[s].C + U - 1) / U : per;
+  for (int s = 0; s < N; ++s) {
+    const int n = (all.s[s].C + U - 1) / U;
+    per = n > per ? n : per;
+  }
   g.for_each(per, [=](int64_t i64) {
     const Sketch<T, In>* sk = all.s;
     const int q0 = static_cast<int>(i64) * U;
