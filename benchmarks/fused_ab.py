@@ -5,7 +5,8 @@
 The FFT in passes up to radix 32 (the forward's default) and radix 8 (the backward's default;
 COMPACT_BILINEAR_FFT_RADIX=8 or 32 sets both: five or three passes at d = 8192); unpooled
 forward with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forward at
-several rows per chunk (COMPACT_BILINEAR_POOLED_ROWS), forward+backward with an NCHW-contiguous
+several rows per chunk (COMPACT_BILINEAR_POOLED_ROWS), both with and without the prefetch of the
+next gather's input values (COMPACT_BILINEAR_PREFETCH=0), forward+backward with an NCHW-contiguous
 and a location-major upstream gradient, map x vector forward+backward with rows in pairs and
 one at a time, and map x vector forward+backward at d = 16384 (the backward's half spectra in global
 memory), each beside the fft path. CUDA events; a case's variants are timed in turn over 15
@@ -81,16 +82,19 @@ def main():
     # (case, variant, environment, call, the fft path's call it must match, input sets)
     unpooled, pooled = fwd("fft", False), fwd("fft", True)
     radix8, radix32 = {"COMPACT_BILINEAR_FFT_RADIX": "8"}, {"COMPACT_BILINEAR_FFT_RADIX": "32"}
+    no_prefetch = {"COMPACT_BILINEAR_PREFETCH": "0"}
     variants = [
         ("unpooled fwd", "fft", {}, unpooled, unpooled, plain),
         ("unpooled fwd", "fused, row pairs", {}, fwd("fused", False), unpooled, plain),
         ("unpooled fwd", "fused, row pairs, radix 8", radix8, fwd("fused", False), unpooled, plain),
+        ("unpooled fwd", "fused, row pairs, no prefetch", no_prefetch, fwd("fused", False), unpooled, plain),
         ("unpooled fwd", "fused, single rows", {"COMPACT_BILINEAR_ROW_PAIRS": "0"}, fwd("fused", False), unpooled,
          plain),
         ("pooled fwd", "fft", {}, pooled, pooled, plain),
     ] + [("pooled fwd", f"fused, {n} rows per chunk", {"COMPACT_BILINEAR_POOLED_ROWS": n}, fwd("fused", True), pooled,
           plain) for n in ("1", "2", "4", "5", "6", "7", "8")] + [
-        ("pooled fwd", "fused, 7 rows, radix 8", radix8, fwd("fused", True), pooled, plain)]
+        ("pooled fwd", "fused, 7 rows, radix 8", radix8, fwd("fused", True), pooled, plain),
+        ("pooled fwd", "fused, 7 rows, no prefetch", no_prefetch, fwd("fused", True), pooled, plain)]
     for layout, g in (("NCHW", grad), ("location-major", grad_rows)):
         ref = fwd_bwd("fft", g)
         variants += [("unpooled fwd+bwd", f"fft, {layout} grad", {}, ref, ref, sets),

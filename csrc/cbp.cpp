@@ -6,6 +6,7 @@
 #include <ATen/record_function.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -299,7 +300,8 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
 }
 
 // The fused kernel's plan: rows per chunk, slots and shared memory, the FFT's largest radix.
-static FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit) {
+static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits& dev) {
+  const int64_t smem_limit = dev.smem_per_block;
   int64_t nmap = 0;
   for (int64_t k = 0; k < p.K; ++k) nmap += p.is_map[k];
   const int64_t nvec = p.K - nmap, groups = (nmap + 1) / 2;
@@ -367,10 +369,37 @@ static FusedPlan fused_plan(const Problem& p, bool backward, int64_t smem_limit)
     plan.max_pass_bits = 3;
     plan.smem_bytes = elem * fused::z_size(p.d);
   }
+  // The forward's prefetch buffer (fused.h PrefetchWord): two halves of the largest map's channel
+  // count, for two maps or more (a single map's rows share each gather in pairs), where a chunk
+  // gathers twice or more, the slots are in shared memory and the buffer costs no block per SM (at
+  // d = 8192 and C = 1024 floats it takes 8 KiB beside 100 KiB, and two blocks still fit an H100's
+  // SM; at C = 2048 they would not). COMPACT_BILINEAR_PREFETCH=0 turns it off (fused_ab.py).
+  const char* prefetch_env = std::getenv("COMPACT_BILINEAR_PREFETCH");
+  const std::string prefetch = prefetch_env ? prefetch_env : "1";
+  TORCH_CHECK_VALUE(prefetch == "0" || prefetch == "1", "COMPACT_BILINEAR_PREFETCH must be '0' or '1', got '", prefetch,
+                    "'");
+  const int64_t gathers = plan.rows_per_chunk * groups;
+  if (!backward && prefetch == "1" && nmap >= 2 && !plan.global_slots && gathers >= 2) {
+    int64_t channels = 0;
+    for (int64_t k = 0; k < p.K; ++k)
+      if (p.is_map[k]) channels = std::max(channels, p.x[k].size(1));
+    const int64_t word = std::max<int64_t>(c10::elementSize(p.in_dtype), 4),
+                  bytes = (2 * channels * word + 15) / 16 * 16;
+    const int threads = fused::group_threads(p.d, plan.max_pass_bits),
+              regs = static_cast<int>(dev.regs_per_sm / (fused::kMaxGroupThreads * fused::min_blocks_per_sm(plan.max_pass_bits)));
+    const auto blocks_per_sm = [&](int64_t smem) {
+      return std::min({dev.smem_per_sm / (smem + dev.smem_reserved_per_block), dev.regs_per_sm / (threads * regs),
+                       dev.blocks_per_sm, dev.threads_per_sm / threads});
+    };
+    if (plan.smem_bytes + bytes <= smem_limit && blocks_per_sm(plan.smem_bytes + bytes) == blocks_per_sm(plan.smem_bytes)) {
+      plan.prefetch_half = channels;
+      plan.smem_bytes += bytes;
+    }
+  }
   return plan;
 }
 
-std::string fused_unsupported_reason(const Problem& p, bool backward, int64_t smem_limit, FusedPlan& plan) {
+std::string fused_unsupported_reason(const Problem& p, bool backward, const DeviceLimits& dev, FusedPlan& plan) {
   constexpr int64_t max_d = int64_t{1} << fused::kMaxLog2d;  // the passes compiled (fused.h's pass_used)
   if ((p.d & (p.d - 1)) != 0 || p.d > max_d)
     return "the fused kernel needs output_dim to be a power of two <= " + std::to_string(max_d) + ", got " +
@@ -385,12 +414,12 @@ std::string fused_unsupported_reason(const Problem& p, bool backward, int64_t sm
   }
   if (channels >= (int64_t{1} << 30))
     return "the fused kernel indexes channels with 32-bit integers, got " + std::to_string(channels) + " in all";
-  plan = fused_plan(p, backward, smem_limit);
-  if (plan.smem_bytes > smem_limit)
+  plan = fused_plan(p, backward, dev);
+  if (plan.smem_bytes > dev.smem_per_block)
     return std::string("the fused ") + (backward ? "backward" : "forward") + " kernel would need " +
            std::to_string(plan.smem_bytes) + " bytes of shared memory for this call (output_dim " +
            std::to_string(p.d) + ", " + std::to_string(p.K) + " inputs), above the limit of " +
-           std::to_string(smem_limit);
+           std::to_string(dev.smem_per_block);
   return {};
 }
 
@@ -430,6 +459,10 @@ TORCH_LIBRARY(compact_bilinear, m) {
   m.def(
       "backward(Tensor grad_out, Tensor[] inputs, Tensor[] hash_indices, Tensor[] hash_signs, int output_dim, "
       "bool sum_pool, str algorithm) -> Tensor[]");
+  // What forward or backward would run for these arguments: "fft", or "fused" and its plan.
+  m.def(
+      "plan(Tensor[] inputs, Tensor[] hash_indices, Tensor[] hash_signs, int output_dim, bool sum_pool, "
+      "str algorithm, bool backward) -> str");
 }
 
 }  // namespace compact_bilinear

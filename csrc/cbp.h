@@ -80,15 +80,22 @@ struct FusedPlan {
   bool pair_rows = false;     // backward with one map input: rows in pairs (fused.h backward_rows_one_map)
   int64_t slots = 0;          // half spectra (F complex values each) kept beside the d-point buffer
   bool global_slots = false;  // the slots in global memory, where they do not fit in shared memory
+  int64_t prefetch_half = 0;  // forward: the prefetch buffer's words per half (fused.h PrefetchWord), or 0
   int64_t smem_bytes = 0;     // per thread group
   int max_pass_bits = 5;      // log2 of the FFT passes' largest radix (fused.h: Schedule)
 };
-// Largest shared memory per block that the fused kernel may use on the host instance; the CUDA
-// kernel uses the device's own opt-in limit (227 KiB on H100/H200 as well).
-constexpr int64_t kHostSharedMemoryLimit = 227 * 1024;
-// Empty if the fused kernel applies, with its plan in `plan` (for a thread group's shared memory of
-// at most smem_limit bytes), else why not.
-std::string fused_unsupported_reason(const Problem& p, bool backward, int64_t smem_limit, FusedPlan& plan);
+// What the fused kernel's plan needs to know of a GPU: shared memory a block may have (opt-in), an
+// SM's shared memory and what the runtime reserves of it per block, an SM's registers, blocks and
+// threads.
+struct DeviceLimits {
+  int64_t smem_per_block, smem_per_sm, smem_reserved_per_block, regs_per_sm, blocks_per_sm, threads_per_sm;
+};
+// The host instance plans as for an H100 (an H200's limits are the same), so the host tests run the
+// plans the GPU runs.
+constexpr DeviceLimits kHostDeviceLimits{227 * 1024, 228 * 1024, 1024, 65536, 32, 2048};
+// Empty if the fused kernel applies, with its plan in `plan` (for a device of these limits), else
+// why not.
+std::string fused_unsupported_reason(const Problem& p, bool backward, const DeviceLimits& dev, FusedPlan& plan);
 // The fused FFT's twiddles (layout: fused.h tw_slot_offset), in the compute dtype, on the inputs'
 // device (cached).
 at::Tensor twiddles(const Problem& p);

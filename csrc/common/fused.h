@@ -31,7 +31,10 @@
 // natural order (Nsight Compute on an H100: 11.7k with radix-8, 17.9k with radix-4).
 #include <c10/util/complex.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "common/macros.h"
 #include "common/spectral.h"
@@ -80,6 +83,8 @@ struct Args {
   int64_t slots = 0;               // half spectra per thread group beside Z
   bool global_slots = false;       // ... in a workspace in global memory (the launch's), where
                                    // they do not fit in shared memory
+  int64_t prefetch_half = 0;       // forward: words per half of the prefetch buffer (PrefetchWord),
+                                   // in shared memory after Z and the slots; 0: none
   int nmap = 0, nvec = 0;
   int map_ids[kMaxInputs] = {}, vec_ids[kMaxInputs] = {};  // inputs by kind, in input order
   bool is_map[kMaxInputs] = {};
@@ -157,6 +162,17 @@ struct Schedule {
   }
   CB_HD constexpr int max_bits() const { return big > 0 ? q + 1 : q; }
 };
+
+// A thread group on the GPU (fused_kernel.cuh): one butterfly of the FFT's largest radix per
+// thread, at least a warp and at most kMaxGroupThreads, under launch bounds of kMaxGroupThreads
+// and min_blocks_per_sm blocks: 128 registers a thread with radix-32 passes, 64 with radix 8.
+// The plan (cbp.cpp) reads them to tell what an SM holds.
+constexpr int kMaxGroupThreads = 512;
+CB_HD constexpr int min_blocks_per_sm(int max_pass_bits) { return max_pass_bits >= 5 ? 1 : 2; }
+CB_HD constexpr int group_threads(int64_t d, int max_pass_bits) {
+  const int64_t n = d >> Schedule(ilog2(d), max_pass_bits).max_bits();
+  return static_cast<int>(n < 32 ? 32 : n > kMaxGroupThreads ? kMaxGroupThreads : n);
+}
 
 // cos(pi m / 16) for m = 0 .. 8.
 CB_HD constexpr double cos_pi16(int m) {
@@ -458,6 +474,45 @@ CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
 // about 453, 10 loads of codes and signs where there were 32, and 12-13 per step of a walk
 // instead of 16-20.
 
+// The prefetch (the forward's with two maps or more, where the plan has one: cbp.cpp fused_plan).
+// A thread group gathers several sketches in turn (a pooled chunk's rows, an unpooled pair's two
+// rows, a row's pairs of maps), and each waited on its input values, scattered loads from L2 or
+// DRAM, one dependent step after loading its codes. With a prefetch buffer in shared memory after Z and the
+// slots, the values of a chunk's next gather are copied there (cp.async on the GPU: no registers,
+// no waiting) as soon as the current gather is done, while its transform runs; the next gather
+// then waits on its codes alone (the same for every row, so L1 or L2 hits) and reads the values
+// from shared memory. The buffer has two halves of a.prefetch_half words, the inputs that go to
+// Re and to Im, each indexed by channel. A 16-bit value travels in the aligned 4-byte word that
+// holds it (cp.async copies 4, 8 or 16 bytes), at its byte offset in memory.
+template <typename In>
+using PrefetchWord = std::conditional_t<(sizeof(In) >= 4), In, uint32_t>;
+
+// *dst = the word of the value at src, without waiting for it: prefetch_wait() and a barrier
+// make it visible to the group.
+template <typename In>
+CB_HD void copy_async(PrefetchWord<In>* dst, const char* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  constexpr int kBytes = sizeof(PrefetchWord<In>);
+  const uintptr_t from = reinterpret_cast<uintptr_t>(src) & ~uintptr_t{kBytes - 1};
+  const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(to), "l"(from), "n"(kBytes));
+#else
+  if constexpr (sizeof(In) >= 4) {
+    memcpy(dst, src, sizeof(In));
+  } else {  // the value alone, where the GPU's word has it (little-endian on both)
+    uint32_t w = 0;
+    memcpy(reinterpret_cast<char*>(&w) + (reinterpret_cast<uintptr_t>(src) & 2), src, sizeof(In));
+    *dst = w;
+  }
+#endif
+}
+
+CB_HD void prefetch_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;\n" ::);
+#endif
+}
+
 // One sketch to gather: input k at sample b, location l, into `part` of Z.
 template <typename T, typename In>
 struct Sketch {
@@ -465,20 +520,35 @@ struct Sketch {
   uint32_t sc;          // the channel stride in bytes (below 2^32: fused_unsupported_reason)
   const GatherCode* code;
   const T* sign;
-  int C, part;  // channels; Re or Im
+  int C, part;                    // channels; Re or Im
+  const PrefetchWord<In>* v;      // the values, prefetched by channel (nullptr: none)
   // Channel `ch`'s value: its address is one 32 x 32 -> 64-bit multiply-add on the GPU, where the
-  // channel times a 64-bit element stride took seven instructions (SASS, sm_90).
+  // channel times a 64-bit element stride took seven instructions (SASS, sm_90). Prefetched, a
+  // 16-bit value's address says which half of its word it is.
+  template <bool Prefetched>
   CB_HD T value(int32_t ch) const {
-    return static_cast<T>(*reinterpret_cast<const In*>(x + static_cast<uint64_t>(static_cast<uint32_t>(ch)) * sc));
+    const char* p = x + static_cast<uint64_t>(static_cast<uint32_t>(ch)) * sc;
+    if constexpr (!Prefetched) {
+      return static_cast<T>(*reinterpret_cast<const In*>(p));
+    } else if constexpr (sizeof(In) >= 4) {
+      return static_cast<T>(v[ch]);
+    } else {
+      const uint16_t bits = static_cast<uint16_t>(v[ch] >> (8 * (reinterpret_cast<uintptr_t>(p) & 2)));
+      In r;
+      memcpy(&r, &bits, sizeof(In));
+      return static_cast<T>(r);
+    }
   }
 };
 
 template <typename T, typename In>
-CB_HD Sketch<T, In> sketch_of(const Args<T, In>& a, int k, int part, int64_t b, int64_t l) {
+CB_HD Sketch<T, In> sketch_of(const Args<T, In>& a, int k, int part, int64_t b, int64_t l,
+                              const PrefetchWord<In>* pv = nullptr) {
   // 32-bit positions: channel counts are below 2^30 (fused_unsupported_reason).
   const In* x = a.x[k] + b * a.stride_b[k] + (a.is_map[k] ? l * a.stride_l[k] : 0);
   return {reinterpret_cast<const char*>(x), static_cast<uint32_t>(a.stride_c[k] * static_cast<int64_t>(sizeof(In))),
-          a.gather[k], a.sorted_sign[k], static_cast<int>(a.C[k]), part};
+          a.gather[k], a.sorted_sign[k], static_cast<int>(a.C[k]), part,
+          pv ? pv + part * a.prefetch_half : nullptr};
 }
 
 template <typename T, typename In, int N>
@@ -529,7 +599,7 @@ CB_HD void load_codes(const Sketch<T, In>& sk, int q0, GatherCode* c, T* v) {
   }
 }
 
-template <int U, typename T, typename In, int N, class G>
+template <int U, bool Prefetched, typename T, typename In, int N, class G>
 CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
   int per = 0;  // threads: U positions of every input each
   for (int s = 0; s < N; ++s) {
@@ -549,8 +619,8 @@ CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
       CB_UNROLL
       for (int u = 0; u < U; ++u) {
         const bool head = !(c[s][u].word & kNotHead), two = head && (c[s][u].word & kRunContinues);
-        if (head) v[s][u] = T(0) + v[s][u] * sk[s].value(c[s][u].channel);
-        x2[s][u] = two ? sk[s].value(c[s][u + 1].channel) : T(0);
+        if (head) v[s][u] = T(0) + v[s][u] * sk[s].template value<Prefetched>(c[s][u].channel);
+        x2[s][u] = two ? sk[s].template value<Prefetched>(c[s][u + 1].channel) : T(0);
       }
     CB_UNROLL
     for (int s = 0; s < N; ++s) {
@@ -563,7 +633,7 @@ CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
           int q = q0 + u + 1;
           for (uint32_t w = c[s][u + 1].word; w & kRunContinues;) {  // the rest of a run of three or more
             const GatherCode next = sk[s].code[++q];
-            sum += sk[s].sign[q] * sk[s].value(next.channel);
+            sum += sk[s].sign[q] * sk[s].template value<Prefetched>(next.channel);
             w = next.word;
           }
         }
@@ -588,13 +658,42 @@ CB_HD void zero(const G& g, cplx<T>* z, int64_t n) {
   g.for_each(n, [=](int64_t j) { z[j] = cplx<T>(0, 0); });
 }
 
-// Z = sketch(input ka at sample b, location l) + i sketch(input kb at sample bb, location lb)
-// (kb < 0: imaginary part 0): two inputs of one row, or one map input of two rows.
+// A gather: Z = sketch(input ka at sample b, location l) + i sketch(input kb at sample bb,
+// location lb) (kb < 0: imaginary part 0), two inputs of one row or one map input of two rows.
+struct GatherAt {
+  int ka;
+  int64_t b, l;
+  int kb;
+  int64_t bb, lb;
+};
+
+// A row as (sample, location); the flat rows r = sample * L + location run sample by sample.
+struct Row {
+  int64_t b, l;
+  CB_HD Row next(int64_t L) const { return l + 1 < L ? Row{b, l + 1} : Row{b + 1, 0}; }
+};
+
+// Starts copying the input values of gather `at` into the prefetch buffer pv (see PrefetchWord).
 template <typename T, typename In, class G>
-CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, int64_t b, int64_t l, int kb,
-                         int64_t bb, int64_t lb) {
-  zero(g, z, z_size(a.d));
-  g.sync();
+CB_HD void prefetch_values(const G& g, const Args<T, In>& a, PrefetchWord<In>* pv, GatherAt at) {
+  const Sketch<T, In> sa = sketch_of(a, at.ka, 0, at.b, at.l, pv),
+                      sb = sketch_of(a, at.kb >= 0 ? at.kb : at.ka, 1, at.bb, at.lb, pv);
+  const char *x0 = sa.x, *x1 = sb.x;
+  const uint32_t sc0 = sa.sc, sc1 = sb.sc;
+  PrefetchWord<In>* v1 = pv + a.prefetch_half;
+  const int c0 = sa.C, n = c0 + (at.kb >= 0 ? sb.C : 0);
+  g.for_each(n, [=](int64_t i64) {
+    const int i = static_cast<int>(i64);
+    const bool first = i < c0;
+    const uint32_t ch = static_cast<uint32_t>(first ? i : i - c0);
+    copy_async<In>((first ? pv : v1) + ch, (first ? x0 : x1) + static_cast<uint64_t>(ch) * (first ? sc0 : sc1));
+  });
+}
+
+// The sketches of gather `at` into Z (zeroed), their values read from global memory or, where
+// Prefetched, from the prefetch buffer pv.
+template <bool Prefetched, typename T, typename In, class G>
+CB_HD void gather_pair(const G& g, const Args<T, In>& a, cplx<T>* z, GatherAt at, const PrefetchWord<In>* pv) {
   T* zr = reinterpret_cast<T*>(z);
   // The positions a thread takes at once are set by its registers (fused_kernel.cuh BlockGroup).
   // With 128 (radix-32 passes, 256 threads at d = 8192): both sketches in one loop, four positions
@@ -604,13 +703,37 @@ CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, int ka, i
   // codes); two positions keep every thread of 512 busy at C = 1024.
   constexpr bool wide = G::kMaxPassBits >= 5;  // 128 registers a thread
   constexpr int U = wide ? 4 : 2;
-  if (kb >= 0 && wide) {
-    gather_sketches<U>(g, zr, Sketches<T, In, 2>{{sketch_of(a, ka, 0, b, l), sketch_of(a, kb, 1, bb, lb)}});
+  const Sketch<T, In> sa = sketch_of(a, at.ka, 0, at.b, at.l, pv);
+  if (at.kb >= 0 && wide) {
+    gather_sketches<U, Prefetched>(g, zr, Sketches<T, In, 2>{{sa, sketch_of(a, at.kb, 1, at.bb, at.lb, pv)}});
   } else {
-    gather_sketches<U>(g, zr, Sketches<T, In, 1>{{sketch_of(a, ka, 0, b, l)}});
-    if (kb >= 0) gather_sketches<U>(g, zr, Sketches<T, In, 1>{{sketch_of(a, kb, 1, bb, lb)}});
+    gather_sketches<U, Prefetched>(g, zr, Sketches<T, In, 1>{{sa}});
+    if (at.kb >= 0)
+      gather_sketches<U, Prefetched>(g, zr, Sketches<T, In, 1>{{sketch_of(a, at.kb, 1, at.bb, at.lb, pv)}});
   }
+}
+
+// The prefetch buffer: after Z and the slots in shared memory (the plan keeps no slots in global
+// memory where it has a buffer).
+template <typename T, typename In>
+CB_HD PrefetchWord<In>* prefetch_buffer(const Args<T, In>& a, cplx<T>* z) {
+  return reinterpret_cast<PrefetchWord<In>*>(z + z_size(a.d) + a.slots * a.F);
+}
+
+// Gather `at` into Z. In the forward's prefetching kernel (Prefetch: the plan has a buffer), at's
+// values are in the buffer already (prefetch_values), and once they have been read the next
+// gather's, next() if `more`, start on their way.
+template <bool Prefetch, typename T, typename In, class G, class Next = std::nullptr_t>
+CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, GatherAt at, bool more = false,
+                         Next next = nullptr) {
+  zero(g, z, z_size(a.d));
+  if constexpr (Prefetch) prefetch_wait();
   g.sync();
+  gather_pair<Prefetch>(g, a, z, at, Prefetch ? prefetch_buffer(a, z) : nullptr);
+  g.sync();
+  if constexpr (Prefetch) {
+    if (more) prefetch_values(g, a, prefetch_buffer(a, z), next());
+  }
 }
 
 // A value another thread group wrote in this kernel, read past the L1 (not coherent across SMs):
@@ -676,7 +799,7 @@ CB_HD void inverse_real(const G& g, const Args<T, In>& a, cplx<T>* z, const cplx
 template <typename T, typename In, class G>
 CB_HD void vector_spectra(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t b, int64_t pair) {
   const int ia = static_cast<int>(2 * pair), ib = ia + 1 < a.nvec ? ia + 1 : -1;
-  load_sketches(g, a, z, a.vec_ids[ia], b, 0, ib >= 0 ? a.vec_ids[ib] : -1, b, 0);
+  load_sketches<false>(g, a, z, GatherAt{a.vec_ids[ia], b, 0, ib >= 0 ? a.vec_ids[ib] : -1, b, 0});
   fft_forward_dif(g, z, a.d, a.log2d, a.tw);
   g.for_each(a.F, [=, &a](int64_t f) {
     const BinPair pq = bins(f, a.d, a.log2d);
@@ -720,7 +843,7 @@ CB_HD void forward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cp
   for (int64_t r = r0; r < r1; r += 2) {
     const bool two = r + 1 < r1;
     const int64_t rb0 = r / a.L, rb1 = (r + 1) / a.L;
-    load_sketches(g, a, z, k, rb0, r % a.L, two ? k : -1, rb1, (r + 1) % a.L);
+    load_sketches<false>(g, a, z, GatherAt{k, rb0, r % a.L, two ? k : -1, rb1, (r + 1) % a.L});
     fft_forward_dif(g, z, a.d, a.log2d, a.tw);
     g.for_each(a.F, [=, &a](int64_t f) {
       const BinPair pq = bins(f, a.d, a.log2d);
@@ -818,7 +941,13 @@ CB_HD void map_product(const G& g, const Args<T, In>& a, Sink sink, cplx<T>* z, 
 // [acc slot if pooled, or, for unpooled rows in pairs of more than one map, the first row's
 // product]. A pair's real outputs share one inverse transform: Z = P_first + i P_second gives the
 // first row in Re, the second in Im.
-template <typename T, typename In, class G>
+//
+// Prefetch: the kernel that copies each gather's input values into the prefetch buffer while the
+// gather before it transforms (PrefetchWord), for two maps or more (the plan's choice: cbp.cpp
+// fused_plan). A kernel of its own, so the others compile as they did: its code in the loops over
+// rows had made the radix-32 forward spill 240 bytes instead of 36, in paths that do not prefetch
+// (ptxas, sm_90).
+template <bool Prefetch, typename T, typename In, class G>
 CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c) {
   const int groups = (a.nmap + 1) / 2;
   cplx<T>* P = groups > 1 ? slots : nullptr;
@@ -832,19 +961,28 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
   // Flat row indices r = sample * L + location.
   const int64_t r0 = b * a.L + c * a.rows_per_chunk, rows = a.out_map ? a.B * a.L : (b + 1) * a.L,
                 r1 = r0 + a.rows_per_chunk < rows ? r0 + a.rows_per_chunk : rows;
-  if (a.nmap == 1) {
+  if (!Prefetch && a.nmap == 1) {
     forward_rows_one_map(g, a, z, acc, r0, r1);
   } else {
     const bool pair = first != nullptr && r1 - r0 == 2;
     const bool plain = groups == 1 && a.nvec == 0;  // two maps (groups == 1 and nmap > 1)
+    // The gi-th pair of maps of the row at rl.
+    const auto at = [&a](Row rl, int gi) {
+      const int kb = 2 * gi + 1 < a.nmap ? a.map_ids[2 * gi + 1] : -1;
+      return GatherAt{a.map_ids[2 * gi], rl.b, rl.l, kb, rl.b, rl.l};
+    };
+    if constexpr (Prefetch) prefetch_values(g, a, prefetch_buffer(a, z), at(Row{r0 / a.L, r0 % a.L}, 0));
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t rb = r / a.L, l = r % a.L;
+      const Row rl{r / a.L, r % a.L};
       const bool hold = pair && r == r0;  // the first row of a pair: keep its product in `first`
       const Sink sink = acc ? Sink::Acc : hold ? Sink::Hold : pair ? Sink::MergePair : Sink::Merge;
       cplx<T>* dst = acc ? acc : first;
       for (int gi = 0; gi < groups; ++gi) {
-        const int ka = a.map_ids[2 * gi], kb = 2 * gi + 1 < a.nmap ? a.map_ids[2 * gi + 1] : -1;
-        load_sketches(g, a, z, ka, rb, l, kb, rb, l);
+        const GatherAt cur = at(rl, gi);
+        load_sketches<Prefetch>(g, a, z, cur, gi + 1 < groups || r + 1 < r1,
+                                [=, &a] { return gi + 1 < groups ? at(rl, gi + 1) : at(rl.next(a.L), 0); });
+        const int kb = cur.kb;
+        const int64_t rb = rl.b;
         fft_forward_dif(g, z, a.d, a.log2d, a.tw);
         const bool last = gi == groups - 1;
         if (plain)
@@ -963,7 +1101,7 @@ CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, c
     const bool two = a.pair_rows && l + 1 < l1;
     // One call site: each call's transform is inlined, all its pass kinds.
     for (int i = 0; i < (a.out_map ? 1 + two : 0); ++i) grad_spectrum(g, a, z, i ? G1 : G0, b, l + i);
-    load_sketches(g, a, z, k, b, l, two ? k : -1, b, l + 1);
+    load_sketches<false>(g, a, z, GatherAt{k, b, l, two ? k : -1, b, l + 1});
     fft_forward_dif(g, z, a.d, a.log2d, a.tw);
     g.for_each(a.F, [=, &a](int64_t f) {
       const BinPair pq = bins(f, a.d, a.log2d);
@@ -995,7 +1133,7 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
     const int ka = a.map_ids[last_first], kb = last_first + 1 < a.nmap ? a.map_ids[last_first + 1] : -1;
     for (int gi = 0; gi < groups; ++gi) {
       const int ia = 2 * gi, ib = 2 * gi + 1 < a.nmap ? 2 * gi + 1 : -1;
-      load_sketches(g, a, z, a.map_ids[ia], b, l, ib >= 0 ? a.map_ids[ib] : -1, b, l);
+      load_sketches<false>(g, a, z, GatherAt{a.map_ids[ia], b, l, ib >= 0 ? a.map_ids[ib] : -1, b, l});
       fft_forward_dif(g, z, a.d, a.log2d, a.tw);
       if (gi == groups - 1) break;
       g.for_each(a.F, [=, &a](int64_t f) {

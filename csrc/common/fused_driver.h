@@ -6,6 +6,8 @@
 #include <ATen/Dispatch.h>
 
 #include <optional>
+#include <sstream>
+#include <string>
 #include <utility>
 
 #include "cbp.h"
@@ -30,6 +32,7 @@ Args<T, In> make_args(const Problem& p, const FusedPlan& plan) {
   a.nchunks = plan.nchunks;
   a.slots = plan.slots;
   a.global_slots = plan.global_slots;
+  a.prefetch_half = plan.prefetch_half;
   for (int k = 0; k < a.K; ++k) {
     a.is_map[k] = p.is_map[k];
     if (p.is_map[k]) {
@@ -94,7 +97,8 @@ at::Tensor forward(const Problem& p, const FusedPlan& plan, Launch&& launch) {
   // Unpooled chunks count over all B * L rows (forward_chunk), pooled ones over each sample's L.
   const int64_t chunks = a.out_map ? (p.B * p.L + plan.rows_per_chunk - 1) / plan.rows_per_chunk
                                    : p.B * plan.nchunks;
-  launch(Phase::Forward, chunks, a.out_map ? chunks : plan.nchunks, plan.smem_bytes, a);
+  launch(plan.prefetch_half ? Phase::ForwardPrefetch : Phase::Forward, chunks, a.out_map ? chunks : plan.nchunks,
+         plan.smem_bytes, a);
   return out;
 }
 
@@ -124,7 +128,7 @@ namespace compact_bilinear {
 struct Backend {
   const FftKernels* fft;
   int64_t (*fft_chunk)(const Problem&);  // samples per chunk of the FFT path
-  int64_t smem_limit;                    // per thread group, for the fused path
+  DeviceLimits limits;                   // for the fused path's plan
   bool prefer_fused;                     // what 'auto' picks where the fused kernel applies
 };
 
@@ -136,11 +140,23 @@ inline std::optional<FusedPlan> fused_choice(const Problem& p, const std::string
                     "compact_bilinear: algorithm must be 'auto', 'fused' or 'fft', got '", algorithm, "'");
   if (algorithm == "fft") return std::nullopt;
   FusedPlan plan;
-  const auto why = fused_unsupported_reason(p, backward, be.smem_limit, plan);
+  const auto why = fused_unsupported_reason(p, backward, be.limits, plan);
   TORCH_CHECK_VALUE(algorithm == "auto" || why.empty(), "compact_bilinear: algorithm='fused' cannot run this call: ",
                     why, "; use algorithm='auto' or 'fft'");
   if (!why.empty() || !(algorithm == "fused" || be.prefer_fused)) return std::nullopt;
   return plan;
+}
+
+// What fused_choice picks, in words (torch.ops.compact_bilinear.plan): "fft", or "fused" and the
+// plan's fields.
+inline std::string describe_choice(const Problem& p, const std::string& algorithm, bool backward, const Backend& be) {
+  const auto plan = fused_choice(p, algorithm, backward, be);
+  if (!plan) return "fft";
+  std::ostringstream s;
+  s << "fused rows_per_chunk=" << plan->rows_per_chunk << " nchunks=" << plan->nchunks << " pair_rows=" << plan->pair_rows
+    << " slots=" << plan->slots << " global_slots=" << plan->global_slots << " prefetch_half=" << plan->prefetch_half
+    << " smem_bytes=" << plan->smem_bytes << " max_pass_bits=" << plan->max_pass_bits;
+  return s.str();
 }
 
 // The two algorithms for a validated problem. Validation (make_problem) happens in the callers,

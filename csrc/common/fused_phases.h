@@ -11,7 +11,8 @@
 namespace compact_bilinear {
 namespace fused {
 
-enum class Phase { VectorSpectra, Forward, Backward };
+// ForwardPrefetch: the forward with its prefetch buffer (fused.h forward_chunk), where the plan has one.
+enum class Phase { VectorSpectra, Forward, Backward, ForwardPrefetch };
 
 // Runs phase `ph` for thread group (bx, by): z, its d-point buffer; slots, its a.slots half
 // spectra (in shared memory right after z, or in global memory where a.global_slots).
@@ -19,7 +20,8 @@ template <typename T, typename In, class G>
 CB_HD void run_phase(const G& g, const Args<T, In>& a, Phase ph, cplx<T>* z, cplx<T>* slots, int64_t bx, int64_t by) {
   switch (ph) {
     case Phase::VectorSpectra: vector_spectra(g, a, z, bx, by); break;
-    case Phase::Forward: forward_chunk(g, a, z, slots, bx, by); break;
+    case Phase::Forward: forward_chunk<false>(g, a, z, slots, bx, by); break;
+    case Phase::ForwardPrefetch: forward_chunk<true>(g, a, z, slots, bx, by); break;
     case Phase::Backward: backward_chunk(g, a, z, slots, bx, by); break;
   }
 }

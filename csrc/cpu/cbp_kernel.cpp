@@ -284,7 +284,7 @@ struct HostLaunch {
 
 // On the CPU, pocketfft through ATen beats the host instance of the fused kernel (see
 // benchmarks/), so 'auto' means the FFT path here; the host instance serves algorithm='fused'.
-const Backend kCpuBackend{&kCpuKernels, cpu_chunk, kHostSharedMemoryLimit, /*prefer_fused=*/false};
+const Backend kCpuBackend{&kCpuKernels, cpu_chunk, kHostDeviceLimits, /*prefer_fused=*/false};
 
 at::Tensor forward_cpu(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs,
                        int64_t output_dim, bool sum_pool, c10::string_view algorithm) {
@@ -301,11 +301,18 @@ std::vector<at::Tensor> backward_cpu(const at::Tensor& grad_out, at::TensorList 
   return shape_like_inputs(run_backward(p, grad_out, fused, kCpuBackend, HostLaunch{}), inputs);
 }
 
+std::string plan_cpu(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs, int64_t output_dim,
+                     bool sum_pool, c10::string_view algorithm, bool backward) {
+  const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
+  return describe_choice(p, std::string(algorithm), backward, kCpuBackend);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(compact_bilinear, CPU, m) {
   m.impl("forward", &forward_cpu);
   m.impl("backward", &backward_cpu);
+  m.impl("plan", &plan_cpu);
 }
 
 }  // namespace compact_bilinear

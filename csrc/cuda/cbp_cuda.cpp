@@ -27,11 +27,20 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad_out, at::TensorList
                            inputs);
 }
 
+std::string plan_cuda(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs, int64_t output_dim,
+                      bool sum_pool, c10::string_view algorithm, bool backward) {
+  TORCH_CHECK_VALUE(!inputs.empty(), "compact_bilinear: inputs must hold at least one tensor, got none");
+  const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
+  const c10::cuda::CUDAGuard guard(p.x[0].device());
+  return describe_choice(p, std::string(algorithm), backward, cuda_backend());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(compact_bilinear, CUDA, m) {
   m.impl("forward", &forward_cuda);
   m.impl("backward", &backward_cuda);
+  m.impl("plan", &plan_cuda);
 }
 
 }  // namespace compact_bilinear

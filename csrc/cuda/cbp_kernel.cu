@@ -123,6 +123,9 @@ struct DeviceLaunch {
       case fused::Phase::VectorSpectra: launch_phase<T, In, fused::Phase::VectorSpectra>(groups, ny, smem, a, blocks, ws); break;
       case fused::Phase::Forward: launch_phase<T, In, fused::Phase::Forward>(groups, ny, smem, a, blocks, ws); break;
       case fused::Phase::Backward: launch_phase<T, In, fused::Phase::Backward>(groups, ny, smem, a, blocks, ws); break;
+      case fused::Phase::ForwardPrefetch:
+        launch_phase<T, In, fused::Phase::ForwardPrefetch>(groups, ny, smem, a, blocks, ws);
+        break;
     }
   }
 };
@@ -132,9 +135,14 @@ int64_t whole_batch(const Problem& p) { return std::max<int64_t>(p.B, 1); }
 }  // namespace
 
 Backend cuda_backend() {
-  return Backend{&kCudaKernels, whole_batch,
-                 static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin),
-                 /*prefer_fused=*/true};
+  const auto* prop = at::cuda::getCurrentDeviceProperties();
+  const DeviceLimits limits{static_cast<int64_t>(prop->sharedMemPerBlockOptin),
+                            static_cast<int64_t>(prop->sharedMemPerMultiprocessor),
+                            static_cast<int64_t>(prop->reservedSharedMemPerBlock),
+                            prop->regsPerMultiprocessor,
+                            prop->maxBlocksPerMultiProcessor,
+                            prop->maxThreadsPerMultiProcessor};
+  return Backend{&kCudaKernels, whole_batch, limits, /*prefer_fused=*/true};
 }
 
 at::Tensor cuda_forward(const Problem& p, const std::optional<FusedPlan>& fused) {

@@ -7,8 +7,6 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <algorithm>
-
 #include "cuda/fused_launch.h"
 
 namespace compact_bilinear {
@@ -22,7 +20,7 @@ namespace fused_detail {
 template <int MaxPassBits>
 struct BlockGroup {
   static constexpr int kMaxPassBits = MaxPassBits;
-  static constexpr int kMinBlocksPerSM = MaxPassBits >= 5 ? 1 : 2;
+  static constexpr int kMinBlocksPerSM = fused::min_blocks_per_sm(MaxPassBits);
   template <class F>
   __device__ __forceinline__ void for_each(int64_t n, F&& f) const {
     // 32-bit loop: every n is below 2^31 (fused_unsupported_reason bounds the channel counts).
@@ -51,7 +49,7 @@ struct BlockGroup {
 // global memory (GlobalSlots), as many blocks as run at once, each with its own slots in
 // `workspace`, taking the groups in turn.
 template <typename T, typename In, fused::Phase Ph, int MaxPassBits, bool GlobalSlots>
-__global__ void __launch_bounds__(512, BlockGroup<MaxPassBits>::kMinBlocksPerSM)
+__global__ void __launch_bounds__(fused::kMaxGroupThreads, BlockGroup<MaxPassBits>::kMinBlocksPerSM)
     fused_kernel(const fused::Args<T, In> a, int64_t ny, int64_t groups, fused::cplx<T>* workspace) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* z = reinterpret_cast<fused::cplx<T>*>(smem_raw);
@@ -68,14 +66,6 @@ __global__ void __launch_bounds__(512, BlockGroup<MaxPassBits>::kMinBlocksPerSM)
   }
 }
 
-// Threads per block: one butterfly of the FFT's largest radix each (d = 8192: 256 threads with
-// radix-32 passes, 512 with radix 8), at least a warp and at most 512.
-template <int MaxPassBits>
-int fused_threads(int64_t d) {
-  const int bits = fused::Schedule(fused::ilog2(d), MaxPassBits).max_bits();
-  return static_cast<int>(std::min<int64_t>(512, std::max<int64_t>(32, d >> bits)));
-}
-
 }  // namespace fused_detail
 
 template <typename T, typename In, fused::Phase Ph>
@@ -86,13 +76,13 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
     const auto launch = [&](auto kernel, int64_t grid) {
       if (smem > 48 * 1024)
         C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-      kernel<<<grid, fused_detail::fused_threads<kBits>(a.d), smem, c10::cuda::getCurrentCUDAStream()>>>(a, ny, groups,
-                                                                                                        workspace);
+      kernel<<<grid, fused::group_threads(a.d, kBits), smem, c10::cuda::getCurrentCUDAStream()>>>(a, ny, groups,
+                                                                                                  workspace);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     // Slots in global memory: compiled for the two phases that have slots, with radix-8 passes
-    // (cbp.cpp fused_plan).
-    if constexpr (kBits == 3 && Ph != fused::Phase::VectorSpectra) {
+    // (cbp.cpp fused_plan; no prefetch buffer beside them).
+    if constexpr (kBits == 3 && (Ph == fused::Phase::Forward || Ph == fused::Phase::Backward)) {
       if (a.global_slots) return launch(fused_detail::fused_kernel<T, In, Ph, kBits, true>, blocks);
     }
     TORCH_CHECK(!a.global_slots, "compact_bilinear: no fused kernel keeps its slots in global memory with FFT passes of ",
@@ -111,4 +101,5 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
   CB_INSTANTIATE_FUSED_PHASE(In, VectorSpectra)       \
   CB_INSTANTIATE_FUSED_PHASE(In, Forward)             \
   CB_INSTANTIATE_FUSED_PHASE(In, Backward)            \
+  CB_INSTANTIATE_FUSED_PHASE(In, ForwardPrefetch)     \
   }

@@ -340,6 +340,85 @@ def test_fused_single_rows_where_a_row_pair_does_not_fit(device):
     torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-5 * ref.abs().max().item())
 
 
+def fused_plan(xs, hs, ss, d, sum_pool, backward=False):
+    """The fused kernel's plan for a call (torch.ops.compact_bilinear.plan) as a dict of ints."""
+    words = torch.ops.compact_bilinear.plan(xs, hs, ss, d, sum_pool, "fused", backward).split()
+    assert words[0] == "fused"
+    return {k: int(v) for k, v in (w.split("=") for w in words[1:])}
+
+
+# (channels per input, d, spatial shapes, sum_pool): calls whose forward chunks gather twice or more.
+PREFETCH_CASES = {
+    "k2_maps": ((6, 5), 64, [(3, 3), (3, 3)], False),  # a pair of rows: two gathers
+    "k2_maps_pooled": ((6, 5), 64, [(3, 3), (3, 3)], True),  # chunks of 5 and 4 rows
+    "k4_maps": ((3, 4, 2, 5), 32, [(2, 3)] * 4, False),  # two pairs of maps per row
+    "k4_three_maps_vector": ((3, 4, 2, 5), 32, [(3, 1), (), (3, 1), (3, 1)], False),  # a lone third map
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", list(PREFETCH_CASES))
+def test_fused_prefetch_matches_the_direct_gather(name, dtype, device, monkeypatch):
+    """The forward copies the next gather's input values into shared memory while the current
+    row's transform runs (fused.h PrefetchWord). Its outputs and gradients are bit-identical to
+    the gather that reads global memory (COMPACT_BILINEAR_PREFETCH=0) and match the definition.
+    16-bit values travel in the 4-byte word that holds them, at either half: the first input
+    starts one element into its storage, and where its locations are odd in number (3 x 3, 3 x 1)
+    its channels alternate halves."""
+    case = PREFETCH_CASES[name]
+    xs, hs, ss, d, sum_pool = make(case, device, dtype=dtype, requires_grad=False)
+    flat = torch.randn(xs[0].numel() + 1, generator=torch.Generator().manual_seed(2))
+    xs[0] = flat.to(device=device, dtype=dtype)[1:].view(xs[0].shape)
+    assert xs[0].storage_offset() == 1
+    xs = [x.requires_grad_() for x in xs]
+    ref = explicit_outer_product_sketch([x.detach().double() for x in xs], hs, ss, d, sum_pool)
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device, dtype)
+    fused = lambda x: cb.compact_bilinear_pooling(x, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
+    assert fused_plan(xs, hs, ss, d, sum_pool)["prefetch_half"] == max(case[0][k] for k, s in enumerate(case[2]) if s)
+    prefetched = forward_and_grads(fused, xs, w)
+    monkeypatch.setenv("COMPACT_BILINEAR_PREFETCH", "0")
+    assert fused_plan(xs, hs, ss, d, sum_pool)["prefetch_half"] == 0
+    direct = forward_and_grads(fused, xs, w)
+    for a, b in zip(prefetched, direct):
+        assert torch.equal(a, b)
+    tol = {torch.float64: 1e-10, **TOL}[dtype]
+    torch.testing.assert_close(prefetched[0].double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+def test_fused_prefetch_only_where_it_costs_no_block_per_sm(monkeypatch):
+    """The plan gives the forward a prefetch buffer (two halves of the largest map's channel count,
+    4-byte words for 16-bit inputs) where a chunk gathers twice or more and the SM still holds as
+    many blocks; the host plans for an H100 (228 KiB of shared memory per SM, 1 KiB reserved per
+    block, 65536 registers). Figures for float32, d = 8192, 7x7 maps: Z and one slot take
+    8 x (8192 + 512 + 4097) = 102408 bytes."""
+    def plan(channels=1024, d=8192, spatial=(7, 7), vector=False, sum_pool=False, dtype=torch.float32, **kw):
+        case = ((channels, channels), d, [spatial, () if vector else spatial], sum_pool)
+        xs, hs, ss, d, sum_pool = make(case, "cpu", dtype=dtype, batch=1)
+        return fused_plan(xs, hs, ss, d, sum_pool, **kw)
+
+    base = 8 * (8192 + 512 + 4097)
+    # Two blocks of 102408 + 8192 bytes (+ 1 KiB each) fit 233472: the buffer costs no block.
+    assert 2 * (base + 8192 + 1024) <= 228 * 1024
+    assert plan() | {"nchunks": 0} == {"rows_per_chunk": 2, "nchunks": 0, "pair_rows": 0, "slots": 1,
+                                       "global_slots": 0, "prefetch_half": 1024, "smem_bytes": base + 8192,
+                                       "max_pass_bits": 5}
+    assert plan(sum_pool=True)["prefetch_half"] == 1024  # 7 rows a chunk
+    assert plan(dtype=torch.bfloat16)["smem_bytes"] == base + 8192  # 4-byte words
+    # At C = 2048 the buffer (16 KiB) would leave one block per SM: none.
+    assert 2 * (base + 16384 + 1024) > 228 * 1024
+    assert plan(channels=2048)["prefetch_half"] == 0 and plan(channels=2048)["smem_bytes"] == base
+    # d = 16384 pooled: one block per SM with or without the buffer (8 x (16384 + 1024 + 8193) + 8192).
+    assert plan(d=16384, sum_pool=True)["smem_bytes"] == 8 * (16384 + 1024 + 8193) + 8192
+    # One map (its rows share each gather in pairs), the backward: none.
+    assert plan(vector=True)["prefetch_half"] == 0 and plan(vector=True, sum_pool=True)["prefetch_half"] == 0
+    assert plan(backward=True)["prefetch_half"] == 0
+    monkeypatch.setenv("COMPACT_BILINEAR_PREFETCH", "0")
+    assert plan()["prefetch_half"] == 0 and plan()["smem_bytes"] == base
+    monkeypatch.setenv("COMPACT_BILINEAR_PREFETCH", "yes")
+    with pytest.raises(ValueError, match="COMPACT_BILINEAR_PREFETCH must be '0' or '1', got 'yes'"):
+        plan()
+
+
 GRAD_CASES = ["k2_vectors_odd_d", "k2_maps", "k2_map_x_vector", "k3_map_vec_map", "k2_maps_pooled",
               "k3_pooled_broadcast", "k3_pooled_prime_d", "k4_mixed", "k2_video_3d", "k1_count_sketch",
               "k2_map_x_vector_pooled", "k3_map_two_vectors", "k3_map_two_vectors_pooled", "k4_maps",
