@@ -175,11 +175,20 @@ if [ -n "$NCU" ]; then
         echo "##### A/B build: $AB_LABEL" >>"$OUT/ncu.txt"
         PYTHONPATH="$AB" ncu_sections "$AB"
     fi
-    if [ "$(left)" -gt 30 ]; then
-        echo "##### default build: stall reasons" >>"$OUT/ncu.txt"
+    stall_reasons() {
         timeout 100 "${profile[@]}" -c 4 --section WarpStateStats --page raw \
             $PY benchmarks/ncu_cases.py 2>&1 | grep -E "fused_kernel|issue_stalled.*per_issue_active|rel err" \
             >>"$OUT/ncu.txt" || echo "ncu (stall reasons) exited $?"
+    }
+    if [ "$(left)" -gt 30 ]; then
+        echo "##### default build: stall reasons" >>"$OUT/ncu.txt"
+        stall_reasons
+    fi
+    if [ "$(left)" -gt 30 ]; then
+        # The forward's prefetch of the next gather's values against none: what it does to the
+        # long-scoreboard stalls (docs/benchmarks.md, "What the next GPU run has to answer", item 8).
+        echo "##### default build, COMPACT_BILINEAR_PREFETCH=0: stall reasons" >>"$OUT/ncu.txt"
+        COMPACT_BILINEAR_PREFETCH=0 stall_reasons
     fi
     if [ "$(left)" -gt 30 ]; then
         # Where the canonical forward's warps stall and what they issue, by source line (the build
