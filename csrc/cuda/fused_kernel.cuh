@@ -1,6 +1,6 @@
 #pragma once
 // The fused kernel (common/fused.h on a CUDA block) and its launch, included by one file per input
-// dtype (fused_f32.cu, ...), each instantiating the launches of its dtype's three phases with
+// dtype (fused_f32.cu, ...), each instantiating the launches of its dtype's four phases with
 // CB_INSTANTIATE_FUSED: the kernels then compile in parallel, one file per core.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
