@@ -667,6 +667,14 @@ struct GatherAt {
   int64_t bb, lb;
 };
 
+// A thread group's place among those one block takes in turn (the prefetching forward's blocks
+// take several, fused_kernel.cuh): whether it is the block's first, and the group (bx, by) it
+// takes next (next_bx < 0: none), whose first gather it may prefetch.
+struct Turn {
+  int64_t next_bx = -1, next_by = 0;
+  bool first = true;
+};
+
 // A row as (sample, location); the flat rows r = sample * L + location run sample by sample.
 struct Row {
   int64_t b, l;
@@ -948,7 +956,8 @@ CB_HD void map_product(const G& g, const Args<T, In>& a, Sink sink, cplx<T>* z, 
 // rows had made the radix-32 forward spill 240 bytes instead of 36, in paths that do not prefetch
 // (ptxas, sm_90).
 template <bool Prefetch, typename T, typename In, class G>
-CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c) {
+CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c,
+                         Turn turn = {}) {
   const int groups = (a.nmap + 1) / 2;
   cplx<T>* P = groups > 1 ? slots : nullptr;
   cplx<T>* spare = slots + (groups > 1 ? a.F : 0);  // the plan's second kind of slot, if any
@@ -971,7 +980,15 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
       const int kb = 2 * gi + 1 < a.nmap ? a.map_ids[2 * gi + 1] : -1;
       return GatherAt{a.map_ids[2 * gi], rl.b, rl.l, kb, rl.b, rl.l};
     };
-    if constexpr (Prefetch) prefetch_values(g, a, prefetch_buffer(a, z), at(Row{r0 / a.L, r0 % a.L}, 0));
+    // The first gather of chunk c of sample b (as r0 above): prefetched by the group before, if
+    // this block had one.
+    const auto first_of = [&a, &at](int64_t b, int64_t c) {
+      const int64_t r = b * a.L + c * a.rows_per_chunk;
+      return at(Row{r / a.L, r % a.L}, 0);
+    };
+    if constexpr (Prefetch) {
+      if (turn.first) prefetch_values(g, a, prefetch_buffer(a, z), first_of(b, c));
+    }
     for (int64_t r = r0; r < r1; ++r) {
       const Row rl{r / a.L, r % a.L};
       const bool hold = pair && r == r0;  // the first row of a pair: keep its product in `first`
@@ -979,8 +996,9 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
       cplx<T>* dst = acc ? acc : first;
       for (int gi = 0; gi < groups; ++gi) {
         const GatherAt cur = at(rl, gi);
-        load_sketches<Prefetch>(g, a, z, cur, gi + 1 < groups || r + 1 < r1,
-                                [=, &a] { return gi + 1 < groups ? at(rl, gi + 1) : at(rl.next(a.L), 0); });
+        load_sketches<Prefetch>(g, a, z, cur, gi + 1 < groups || r + 1 < r1 || turn.next_bx >= 0, [=, &a] {
+          return gi + 1 < groups ? at(rl, gi + 1) : r + 1 < r1 ? at(rl.next(a.L), 0) : first_of(turn.next_bx, turn.next_by);
+        });
         const int kb = cur.kb;
         const int64_t rb = rl.b;
         fft_forward_dif(g, z, a.d, a.log2d, a.tw);

@@ -17,11 +17,12 @@ enum class Phase { VectorSpectra, Forward, Backward, ForwardPrefetch };
 // Runs phase `ph` for thread group (bx, by): z, its d-point buffer; slots, its a.slots half
 // spectra (in shared memory right after z, or in global memory where a.global_slots).
 template <typename T, typename In, class G>
-CB_HD void run_phase(const G& g, const Args<T, In>& a, Phase ph, cplx<T>* z, cplx<T>* slots, int64_t bx, int64_t by) {
+CB_HD void run_phase(const G& g, const Args<T, In>& a, Phase ph, cplx<T>* z, cplx<T>* slots, int64_t bx, int64_t by,
+                     Turn turn = {}) {
   switch (ph) {
     case Phase::VectorSpectra: vector_spectra(g, a, z, bx, by); break;
     case Phase::Forward: forward_chunk<false>(g, a, z, slots, bx, by); break;
-    case Phase::ForwardPrefetch: forward_chunk<true>(g, a, z, slots, bx, by); break;
+    case Phase::ForwardPrefetch: forward_chunk<true>(g, a, z, slots, bx, by, turn); break;
     case Phase::Backward: backward_chunk(g, a, z, slots, bx, by); break;
   }
 }

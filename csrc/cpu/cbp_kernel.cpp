@@ -270,7 +270,9 @@ struct HostLaunch {
         HostGroup<decltype(bits)::value> group;
         group.order = order;
         for (int64_t i = g0; i < g1; ++i) {
-          fused::run_phase(group, a, ph, shared.data(), slots, i / ny, i % ny);
+          // A task's groups in turn, as the prefetching forward's blocks take theirs (fused.h Turn).
+          fused::run_phase(group, a, ph, shared.data(), slots, i / ny, i % ny,
+                           fused::Turn{i + 1 < g1 ? (i + 1) / ny : -1, (i + 1) % ny, i == g0});
           group.sync();  // the end of a kernel is a barrier
           TORCH_CHECK(intact(shared, n), "compact_bilinear: the fused kernel wrote past the ", smem,
                       " bytes of shared memory its plan gives a thread group");

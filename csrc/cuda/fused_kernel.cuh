@@ -3,9 +3,12 @@
 // dtype (fused_f32.cu, ...), each instantiating the launches of its dtype's four phases with
 // CB_INSTANTIATE_FUSED: the kernels then compile in parallel, one file per core.
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+
+#include <algorithm>
 
 #include "cuda/fused_launch.h"
 
@@ -45,19 +48,22 @@ struct BlockGroup {
   }
 };
 
-// One block per thread group, its slots in shared memory after Z; or, where the plan keeps them in
-// global memory (GlobalSlots), as many blocks as run at once, each with its own slots in
-// `workspace`, taking the groups in turn.
+// One block per thread group, its slots in shared memory after Z; or as many blocks as run at
+// once, taking the groups in turn: where the plan keeps the slots in global memory (GlobalSlots),
+// each with its own in `workspace`, and in the prefetching forward, whose blocks then prefetch
+// the first gather of the group they take next (fused.h Turn).
 template <typename T, typename In, fused::Phase Ph, int MaxPassBits, bool GlobalSlots>
 __global__ void __launch_bounds__(fused::kMaxGroupThreads, BlockGroup<MaxPassBits>::kMinBlocksPerSM)
     fused_kernel(const fused::Args<T, In> a, int64_t ny, int64_t groups, fused::cplx<T>* workspace) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* z = reinterpret_cast<fused::cplx<T>*>(smem_raw);
   const BlockGroup<MaxPassBits> g;
-  if constexpr (GlobalSlots) {
-    fused::cplx<T>* slots = workspace + blockIdx.x * a.slots * a.F;
+  if constexpr (GlobalSlots || Ph == fused::Phase::ForwardPrefetch) {
+    fused::cplx<T>* slots = GlobalSlots ? workspace + blockIdx.x * a.slots * a.F : z + fused::z_size(a.d);
     for (int64_t i = blockIdx.x; i < groups; i += gridDim.x) {
-      fused::run_phase(g, a, Ph, z, slots, i / ny, i % ny);
+      const int64_t next = i + gridDim.x;
+      fused::run_phase(g, a, Ph, z, slots, i / ny, i % ny,
+                       fused::Turn{next < groups ? next / ny : -1, next % ny, i == blockIdx.x});
       g.sync();  // Z and the slots are the next group's
     }
   } else {
@@ -73,9 +79,12 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
                   fused::cplx<T>* workspace) {
   fused::with_max_pass_bits(a.max_pass_bits, [&](auto bits) {
     constexpr int kBits = decltype(bits)::value;
-    const auto launch = [&](auto kernel, int64_t grid) {
+    const auto allow_smem = [&](auto kernel) {
       if (smem > 48 * 1024)
         C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    };
+    const auto launch = [&](auto kernel, int64_t grid) {
+      allow_smem(kernel);
       kernel<<<grid, fused::group_threads(a.d, kBits), smem, c10::cuda::getCurrentCUDAStream()>>>(a, ny, groups,
                                                                                                   workspace);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -87,7 +96,18 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
     }
     TORCH_CHECK(!a.global_slots, "compact_bilinear: no fused kernel keeps its slots in global memory with FFT passes of ",
                 kBits, " stages");
-    launch(fused_detail::fused_kernel<T, In, Ph, kBits, false>, groups);
+    const auto kernel = fused_detail::fused_kernel<T, In, Ph, kBits, false>;
+    int64_t grid = groups;
+    if constexpr (Ph == fused::Phase::ForwardPrefetch) {  // as many blocks as run at once
+      allow_smem(kernel);
+      int per_sm = 0;
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, fused::group_threads(a.d, kBits),
+                                                                   static_cast<size_t>(smem)));
+      int sms = 0;
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
+      grid = std::min<int64_t>(groups, static_cast<int64_t>(sms) * std::max(per_sm, 1));
+    }
+    launch(kernel, grid);
   });
 }
 

@@ -26,7 +26,7 @@ struct Group {  // the thread-group interface fused.h uses (cpu/cbp_kernel.cpp's
 };
 #define PHASES(T, In, Bits) \\
   template void f::run_phase<T, In, Group<Bits>>(const Group<Bits>&, const f::Args<T, In>&, f::Phase, \\
-                                                 f::cplx<T>*, f::cplx<T>*, int64_t, int64_t);
+                                                 f::cplx<T>*, f::cplx<T>*, int64_t, int64_t, f::Turn);
 PHASES(float, float, 3)
 PHASES(float, float, 5)
 PHASES(double, double, 3)
