@@ -385,13 +385,15 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
       if (p.is_map[k]) channels = std::max(channels, p.x[k].size(1));
     const int64_t word = std::max<int64_t>(c10::elementSize(p.in_dtype), 4),
                   bytes = (2 * channels * word + 15) / 16 * 16;
-    const int threads = fused::group_threads(p.d, plan.max_pass_bits),
-              regs = static_cast<int>(dev.regs_per_sm / (fused::kMaxGroupThreads * fused::min_blocks_per_sm(plan.max_pass_bits)));
+    // Registers: a kernel's cap under its launch bounds (fused.h min_blocks_per_sm), not its count.
+    const int64_t threads = fused::group_threads(p.d, plan.max_pass_bits),
+                  regs = dev.regs_per_sm / (fused::kMaxGroupThreads * fused::min_blocks_per_sm(plan.max_pass_bits));
     const auto blocks_per_sm = [&](int64_t smem) {
       return std::min({dev.smem_per_sm / (smem + dev.smem_reserved_per_block), dev.regs_per_sm / (threads * regs),
                        dev.blocks_per_sm, dev.threads_per_sm / threads});
     };
-    if (plan.smem_bytes + bytes <= smem_limit && blocks_per_sm(plan.smem_bytes + bytes) == blocks_per_sm(plan.smem_bytes)) {
+    const int64_t with = plan.smem_bytes + bytes;
+    if (with <= smem_limit && blocks_per_sm(with) == blocks_per_sm(plan.smem_bytes)) {
       plan.prefetch_half = channels;
       plan.smem_bytes += bytes;
     }

@@ -996,8 +996,10 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
       cplx<T>* dst = acc ? acc : first;
       for (int gi = 0; gi < groups; ++gi) {
         const GatherAt cur = at(rl, gi);
+        // The next gather: this row's next pair of maps, the next row's first, or the block's next chunk's first.
         load_sketches<Prefetch>(g, a, z, cur, gi + 1 < groups || r + 1 < r1 || turn.next_bx >= 0, [=, &a] {
-          return gi + 1 < groups ? at(rl, gi + 1) : r + 1 < r1 ? at(rl.next(a.L), 0) : first_of(turn.next_bx, turn.next_by);
+          if (gi + 1 < groups) return at(rl, gi + 1);
+          return r + 1 < r1 ? at(rl.next(a.L), 0) : first_of(turn.next_bx, turn.next_by);
         });
         const int kb = cur.kb;
         const int64_t rb = rl.b;

@@ -153,9 +153,10 @@ inline std::string describe_choice(const Problem& p, const std::string& algorith
   const auto plan = fused_choice(p, algorithm, backward, be);
   if (!plan) return "fft";
   std::ostringstream s;
-  s << "fused rows_per_chunk=" << plan->rows_per_chunk << " nchunks=" << plan->nchunks << " pair_rows=" << plan->pair_rows
-    << " slots=" << plan->slots << " global_slots=" << plan->global_slots << " prefetch_half=" << plan->prefetch_half
-    << " smem_bytes=" << plan->smem_bytes << " max_pass_bits=" << plan->max_pass_bits;
+  s << "fused rows_per_chunk=" << plan->rows_per_chunk << " nchunks=" << plan->nchunks
+    << " pair_rows=" << plan->pair_rows << " slots=" << plan->slots << " global_slots=" << plan->global_slots
+    << " prefetch_half=" << plan->prefetch_half << " smem_bytes=" << plan->smem_bytes
+    << " max_pass_bits=" << plan->max_pass_bits;
   return s.str();
 }
 
