@@ -84,7 +84,6 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
         C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     };
     const auto launch = [&](auto kernel, int64_t grid) {
-      allow_smem(kernel);
       kernel<<<grid, fused::group_threads(a.d, kBits), smem, c10::cuda::getCurrentCUDAStream()>>>(a, ny, groups,
                                                                                                   workspace);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -92,14 +91,18 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
     // Slots in global memory: compiled for the two phases that have slots, with radix-8 passes
     // (cbp.cpp fused_plan; no prefetch buffer beside them).
     if constexpr (kBits == 3 && (Ph == fused::Phase::Forward || Ph == fused::Phase::Backward)) {
-      if (a.global_slots) return launch(fused_detail::fused_kernel<T, In, Ph, kBits, true>, blocks);
+      if (a.global_slots) {
+        const auto kernel = fused_detail::fused_kernel<T, In, Ph, kBits, true>;
+        allow_smem(kernel);
+        return launch(kernel, blocks);
+      }
     }
     TORCH_CHECK(!a.global_slots, "compact_bilinear: no fused kernel keeps its slots in global memory with FFT passes of ",
                 kBits, " stages");
     const auto kernel = fused_detail::fused_kernel<T, In, Ph, kBits, false>;
+    allow_smem(kernel);  // before the occupancy query too
     int64_t grid = groups;
     if constexpr (Ph == fused::Phase::ForwardPrefetch) {  // as many blocks as run at once
-      allow_smem(kernel);
       int per_sm = 0;
       C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, fused::group_threads(a.d, kBits),
                                                                    static_cast<size_t>(smem)));
