@@ -7,11 +7,12 @@ COMPACT_BILINEAR_FFT_RADIX=8 or 32 sets both: five or three passes at d = 8192);
 forward with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forward at
 several rows per chunk (COMPACT_BILINEAR_POOLED_ROWS), both with and without the prefetch of the
 next gather's input values (COMPACT_BILINEAR_PREFETCH=0), forward+backward with an NCHW-contiguous
-and a location-major upstream gradient, map x vector forward+backward with rows in pairs and
-one at a time, and map x vector forward+backward at d = 16384 (the backward's half spectra in global
-memory), each beside the fft path. CUDA events; a case's variants are timed in turn over 15
-rounds (the median round per variant), inputs rotated so L2 does not hold them, random normal
-inputs, every variant checked against the fft path before it is timed.
+and a location-major upstream gradient, map x vector forward (unpooled and pooled, with and
+without the prefetch) and forward+backward with rows in pairs and one at a time, and map x vector
+forward+backward at d = 16384 (the backward's half spectra in global memory), each beside the fft
+path. CUDA events; a case's variants are timed in turn over 15 rounds (the median round per
+variant), inputs rotated so L2 does not hold them, random normal inputs, every variant checked
+against the fft path before it is timed.
 """
 import os
 import statistics
@@ -105,6 +106,12 @@ def main():
     # One map input (map x vector): rows in pairs share the forward's transforms and, in the
     # backward, the gradients' inverse; ROW_PAIRS=0 takes forward and backward a row at a time.
     mv_sets = [[s[0], torch.randn(B, C, device="cuda", requires_grad=True)] for s in sets]
+    mv_plain = [[x.detach() for x in s] for s in mv_sets]
+    for pool in (False, True):
+        case, ref = f"map x vec fwd{' pooled' if pool else ''}", fwd("fft", pool)
+        variants += [(case, "fft", {}, ref, ref, mv_plain),
+                     (case, "fused", {}, fwd("fused", pool), ref, mv_plain),
+                     (case, "fused, no prefetch", no_prefetch, fwd("fused", pool), ref, mv_plain)]
     ref = fwd_bwd("fft")
     variants += [("map x vec fwd+bwd", "fft, NCHW grad", {}, ref, ref, mv_sets),
                  ("map x vec fwd+bwd", "fused, row pairs", {}, fwd_bwd("fused"), ref, mv_sets),

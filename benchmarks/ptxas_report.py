@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ["vector spectra", "forward", "backward", "forward, prefetch"]  # fused_phases.h Phase
+PHASES = ["vector spectra", "forward", "backward", "forward, prefetch", "forward 1 map, prefetch"]  # fused_phases.h Phase
 KERNEL = re.compile(r"fused_kernel<(\w+), ([\w:]+), \(compact_bilinear::fused::Phase\)(\d), (\d), (true|false)>")
 
 
@@ -118,10 +118,10 @@ def main(argv=None) -> int:
             return p.returncode
     rows = [r for r in parse("\n".join(logs)) if args.all_dtypes or r[0] != "double"]
     print(f"fused kernels, ptxas sm_{args.arch}")
-    print(f"{'compute':8s} {'input':9s} {'phase':16s} {'radix':>5s} {'slots':>6s} {'registers':>9s} {'stack B':>8s} "
+    print(f"{'compute':8s} {'input':9s} {'phase':23s} {'radix':>5s} {'slots':>6s} {'registers':>9s} {'stack B':>8s} "
           f"{'spill B':>8s}")
     for r in rows:
-        print(f"{r[0]:8s} {r[1]:9s} {r[2]:16s} {r[3]:5d} {r[4]:>6s} {r[5]:9d} {r[6]:8d} {r[7]:8d}")
+        print(f"{r[0]:8s} {r[1]:9s} {r[2]:23s} {r[3]:5d} {r[4]:>6s} {r[5]:9d} {r[6]:8d} {r[7]:8d}")
     return 0
 
 

@@ -681,6 +681,11 @@ struct Row {
   CB_HD Row next(int64_t L) const { return l + 1 < L ? Row{b, l + 1} : Row{b + 1, 0}; }
 };
 
+// Flat rows r0 .. r1 (sample * L + location).
+struct RowRange {
+  int64_t r0, r1;
+};
+
 // Starts copying the input values of gather `at` into the prefetch buffer pv (see PrefetchWord).
 template <typename T, typename In, class G>
 CB_HD void prefetch_values(const G& g, const Args<T, In>& a, PrefetchWord<In>* pv, GatherAt at) {
@@ -840,18 +845,28 @@ CB_HD void inverse_to_rows(const G& g, const Args<T, In>& a, cplx<T>* z, In* out
   });
 }
 
+// The gather of a single map's rows r and r + 1 (flat, sample * L + location) of a chunk that
+// ends at r1: row r in Re, row r + 1, if the chunk has it, in Im.
+template <typename T, typename In>
+CB_HD GatherAt rows_of_one_map(const Args<T, In>& a, int64_t r, int64_t r1) {
+  const int k = a.map_ids[0];
+  return GatherAt{k, r / a.L, r % a.L, r + 1 < r1 ? k : -1, (r + 1) / a.L, (r + 1) % a.L};
+}
+
 // Forward of rows r0 .. r1 (flat, sample * L + location) when a single input is a map (the others,
 // if any, are vectors): two rows' sketches of that map share each forward transform, in Re and Im,
 // so a row costs half a forward transform instead of a whole one with Im empty. Unpooled, the
 // pair's two products go straight into the inverse that the pair shares, with no slot (shared
-// memory: Z alone); pooled, both are added to `acc` in row order.
-template <typename T, typename In, class G>
-CB_HD void forward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* acc, int64_t r0, int64_t r1) {
-  const int k = a.map_ids[0];
+// memory: Z alone); pooled, both are added to `acc` in row order. Prefetch: as forward_chunk's,
+// the next pair's values, or after the chunk's last pair those of next_chunk(), if `more_chunks`.
+template <bool Prefetch, typename T, typename In, class G, class NextChunk>
+CB_HD void forward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* acc, int64_t r0, int64_t r1,
+                                bool more_chunks, NextChunk next_chunk) {
   for (int64_t r = r0; r < r1; r += 2) {
     const bool two = r + 1 < r1;
     const int64_t rb0 = r / a.L, rb1 = (r + 1) / a.L;
-    load_sketches<false>(g, a, z, GatherAt{k, rb0, r % a.L, two ? k : -1, rb1, (r + 1) % a.L});
+    load_sketches<Prefetch>(g, a, z, rows_of_one_map(a, r, r1), r + 2 < r1 || more_chunks,
+                            [=, &a] { return r + 2 < r1 ? rows_of_one_map(a, r + 2, r1) : next_chunk(); });
     fft_forward_dif(g, z, a.d, a.log2d, a.tw);
     g.for_each(a.F, [=, &a](int64_t f) {
       const BinPair pq = bins(f, a.d, a.log2d);
@@ -950,12 +965,14 @@ CB_HD void map_product(const G& g, const Args<T, In>& a, Sink sink, cplx<T>* z, 
 // product]. A pair's real outputs share one inverse transform: Z = P_first + i P_second gives the
 // first row in Re, the second in Im.
 //
-// Prefetch: the kernel that copies each gather's input values into the prefetch buffer while the
-// gather before it transforms (PrefetchWord), for two maps or more (the plan's choice: cbp.cpp
-// fused_plan). A kernel of its own, so the others compile as they did: its code in the loops over
-// rows had made the radix-32 forward spill 240 bytes instead of 36, in paths that do not prefetch
-// (ptxas, sm_90).
-template <bool Prefetch, typename T, typename In, class G>
+// Prefetch: the kernels that copy each gather's input values into the prefetch buffer while the
+// gather before it transforms (PrefetchWord), where the plan has a buffer (cbp.cpp fused_plan).
+// Kernels of their own, so the others compile as they did: their code in the loops over rows had
+// made the radix-32 forward spill 240 bytes instead of 36, in paths that do not prefetch; and one
+// for a single map (Maps::One) and one for several (Maps::Several): together, at radix 32, they
+// spilled 128 bytes, apart 20 and none (ptxas, sm_90, float).
+enum class Maps { Any, One, Several };
+template <bool Prefetch, Maps M, typename T, typename In, class G>
 CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c,
                          Turn turn = {}) {
   const int groups = (a.nmap + 1) / 2;
@@ -967,28 +984,33 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
     g.for_each(a.F, [=, &a](int64_t f) { acc[f] = cplx<T>(0, 0); });
     g.sync();
   }
-  // Flat row indices r = sample * L + location.
-  const int64_t r0 = b * a.L + c * a.rows_per_chunk, rows = a.out_map ? a.B * a.L : (b + 1) * a.L,
-                r1 = r0 + a.rows_per_chunk < rows ? r0 + a.rows_per_chunk : rows;
-  if (!Prefetch && a.nmap == 1) {
-    forward_rows_one_map(g, a, z, acc, r0, r1);
+  const bool one_map = M == Maps::Any ? a.nmap == 1 : M == Maps::One;
+  // Chunk c of sample b as flat row indices r = sample * L + location, r0 .. r1.
+  const auto rows_of = [&a](int64_t b, int64_t c) {
+    const int64_t r0 = b * a.L + c * a.rows_per_chunk, rows = a.out_map ? a.B * a.L : (b + 1) * a.L;
+    return RowRange{r0, r0 + a.rows_per_chunk < rows ? r0 + a.rows_per_chunk : rows};
+  };
+  const RowRange own = rows_of(b, c);
+  const int64_t r0 = own.r0, r1 = own.r1;
+  // The gi-th pair of maps of the row at rl.
+  const auto at = [&a](Row rl, int gi) {
+    const int kb = 2 * gi + 1 < a.nmap ? a.map_ids[2 * gi + 1] : -1;
+    return GatherAt{a.map_ids[2 * gi], rl.b, rl.l, kb, rl.b, rl.l};
+  };
+  // The first gather of chunk c of sample b: prefetched by the group before, if this block had one.
+  const auto first_of = [&a, &at, &rows_of, one_map](int64_t b, int64_t c) {
+    const RowRange rr = rows_of(b, c);
+    return one_map ? rows_of_one_map(a, rr.r0, rr.r1) : at(Row{rr.r0 / a.L, rr.r0 % a.L}, 0);
+  };
+  const auto next_chunk = [=] { return first_of(turn.next_bx, turn.next_by); };
+  if constexpr (Prefetch) {
+    if (turn.first) prefetch_values(g, a, prefetch_buffer(a, z), first_of(b, c));
+  }
+  if (one_map) {
+    forward_rows_one_map<Prefetch>(g, a, z, acc, r0, r1, turn.next_bx >= 0, next_chunk);
   } else {
     const bool pair = first != nullptr && r1 - r0 == 2;
     const bool plain = groups == 1 && a.nvec == 0;  // two maps (groups == 1 and nmap > 1)
-    // The gi-th pair of maps of the row at rl.
-    const auto at = [&a](Row rl, int gi) {
-      const int kb = 2 * gi + 1 < a.nmap ? a.map_ids[2 * gi + 1] : -1;
-      return GatherAt{a.map_ids[2 * gi], rl.b, rl.l, kb, rl.b, rl.l};
-    };
-    // The first gather of chunk c of sample b (as r0 above): prefetched by the group before, if
-    // this block had one.
-    const auto first_of = [&a, &at](int64_t b, int64_t c) {
-      const int64_t r = b * a.L + c * a.rows_per_chunk;
-      return at(Row{r / a.L, r % a.L}, 0);
-    };
-    if constexpr (Prefetch) {
-      if (turn.first) prefetch_values(g, a, prefetch_buffer(a, z), first_of(b, c));
-    }
     for (int64_t r = r0; r < r1; ++r) {
       const Row rl{r / a.L, r % a.L};
       const bool hold = pair && r == r0;  // the first row of a pair: keep its product in `first`
@@ -999,7 +1021,7 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
         // The next gather: this row's next pair of maps, the next row's first, or the block's next chunk's first.
         load_sketches<Prefetch>(g, a, z, cur, gi + 1 < groups || r + 1 < r1 || turn.next_bx >= 0, [=, &a] {
           if (gi + 1 < groups) return at(rl, gi + 1);
-          return r + 1 < r1 ? at(rl.next(a.L), 0) : first_of(turn.next_bx, turn.next_by);
+          return r + 1 < r1 ? at(rl.next(a.L), 0) : next_chunk();
         });
         const int kb = cur.kb;
         const int64_t rb = rl.b;

@@ -97,8 +97,9 @@ at::Tensor forward(const Problem& p, const FusedPlan& plan, Launch&& launch) {
   // Unpooled chunks count over all B * L rows (forward_chunk), pooled ones over each sample's L.
   const int64_t chunks = a.out_map ? (p.B * p.L + plan.rows_per_chunk - 1) / plan.rows_per_chunk
                                    : p.B * plan.nchunks;
-  launch(plan.prefetch_half ? Phase::ForwardPrefetch : Phase::Forward, chunks, a.out_map ? chunks : plan.nchunks,
-         plan.smem_bytes, a);
+  const Phase ph = !plan.prefetch_half ? Phase::Forward : a.nmap == 1 ? Phase::ForwardOneMapPrefetch
+                                                                      : Phase::ForwardPrefetch;
+  launch(ph, chunks, a.out_map ? chunks : plan.nchunks, plan.smem_bytes, a);
   return out;
 }
 

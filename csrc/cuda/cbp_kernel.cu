@@ -126,6 +126,9 @@ struct DeviceLaunch {
       case fused::Phase::ForwardPrefetch:
         launch_phase<T, In, fused::Phase::ForwardPrefetch>(groups, ny, smem, a, blocks, ws);
         break;
+      case fused::Phase::ForwardOneMapPrefetch:
+        launch_phase<T, In, fused::Phase::ForwardOneMapPrefetch>(groups, ny, smem, a, blocks, ws);
+        break;
     }
   }
 };

@@ -1,6 +1,6 @@
 #pragma once
 // The fused kernel (common/fused.h on a CUDA block) and its launch, included by one file per input
-// dtype (fused_f32.cu, ...), each instantiating the launches of its dtype's four phases with
+// dtype (fused_f32.cu, ...), each instantiating the launches of its dtype's five phases with
 // CB_INSTANTIATE_FUSED: the kernels then compile in parallel, one file per core.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(fused::kMaxGroupThreads, BlockGroup<MaxPassBit
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* z = reinterpret_cast<fused::cplx<T>*>(smem_raw);
   const BlockGroup<MaxPassBits> g;
-  if constexpr (GlobalSlots || Ph == fused::Phase::ForwardPrefetch) {
+  if constexpr (GlobalSlots || fused::prefetches(Ph)) {
     fused::cplx<T>* slots = GlobalSlots ? workspace + blockIdx.x * a.slots * a.F : z + fused::z_size(a.d);
     for (int64_t i = blockIdx.x; i < groups; i += gridDim.x) {
       const int64_t next = i + gridDim.x;
@@ -102,7 +102,7 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
     const auto kernel = fused_detail::fused_kernel<T, In, Ph, kBits, false>;
     allow_smem(kernel);  // before the occupancy query too
     int64_t grid = groups;
-    if constexpr (Ph == fused::Phase::ForwardPrefetch) {  // as many blocks as run at once
+    if constexpr (fused::prefetches(Ph)) {  // as many blocks as run at once
       int per_sm = 0;
       C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, fused::group_threads(a.d, kBits),
                                                                    static_cast<size_t>(smem)));
@@ -119,10 +119,11 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
 #define CB_INSTANTIATE_FUSED_PHASE(In, Ph)                                                  \
   template void launch_phase<fused::acc_t<In>, In, fused::Phase::Ph>(                      \
       int64_t, int64_t, int64_t, const fused::Args<fused::acc_t<In>, In>&, int64_t, fused::cplx<fused::acc_t<In>>*);
-#define CB_INSTANTIATE_FUSED(In)                      \
-  namespace compact_bilinear {                        \
-  CB_INSTANTIATE_FUSED_PHASE(In, VectorSpectra)       \
-  CB_INSTANTIATE_FUSED_PHASE(In, Forward)             \
-  CB_INSTANTIATE_FUSED_PHASE(In, Backward)            \
-  CB_INSTANTIATE_FUSED_PHASE(In, ForwardPrefetch)     \
+#define CB_INSTANTIATE_FUSED(In)                        \
+  namespace compact_bilinear {                          \
+  CB_INSTANTIATE_FUSED_PHASE(In, VectorSpectra)         \
+  CB_INSTANTIATE_FUSED_PHASE(In, Forward)               \
+  CB_INSTANTIATE_FUSED_PHASE(In, Backward)              \
+  CB_INSTANTIATE_FUSED_PHASE(In, ForwardPrefetch)       \
+  CB_INSTANTIATE_FUSED_PHASE(In, ForwardOneMapPrefetch) \
   }

@@ -347,12 +347,19 @@ def fused_plan(xs, hs, ss, d, sum_pool, backward=False):
     return {k: int(v) for k, v in (w.split("=") for w in words[1:])}
 
 
-# (channels per input, d, spatial shapes, sum_pool): calls whose forward chunks gather twice or more.
+# (channels per input, d, spatial shapes, sum_pool): forward calls with a map, so a gather of two of
+# its maps of a row, or of two of its single map's rows.
 PREFETCH_CASES = {
     "k2_maps": ((6, 5), 64, [(3, 3), (3, 3)], False),  # a pair of rows: two gathers
     "k2_maps_pooled": ((6, 5), 64, [(3, 3), (3, 3)], True),  # chunks of 5 and 4 rows
     "k4_maps": ((3, 4, 2, 5), 32, [(2, 3)] * 4, False),  # two pairs of maps per row
     "k4_three_maps_vector": ((3, 4, 2, 5), 32, [(3, 1), (), (3, 1), (3, 1)], False),  # a lone third map
+    # A single map: a chunk's rows in pairs, a gather each. Unpooled, a chunk is one pair of the 27
+    # rows (3 samples of 9: pairs span samples, the last chunk is one row); pooled, chunks of 5 and 4
+    # rows gather 3 and 2 times.
+    "k2_map_x_vector": ((6, 5), 64, [(3, 3), ()], False),
+    "k2_map_x_vector_pooled": ((6, 5), 64, [(3, 3), ()], True),
+    "k3_map_two_vectors": ((5, 3, 4), 32, [(), (3, 1), ()], False),
 }
 
 
@@ -386,9 +393,8 @@ def test_fused_prefetch_matches_the_direct_gather(name, dtype, device, monkeypat
 
 
 def test_fused_prefetch_only_where_it_costs_no_block_per_sm(monkeypatch):
-    """The plan gives the forward a prefetch buffer (two halves of the largest map's channel count,
-    4-byte words for 16-bit inputs) where a chunk gathers twice or more and the SM still holds as
-    many blocks; the host plans for an H100 (228 KiB of shared memory per SM, 1 KiB reserved per
+    """The plan gives a forward with a map a prefetch buffer (two halves of the largest map's channel
+    count, 4-byte words for 16-bit inputs) where the SM still holds as many blocks; the host plans for an H100 (228 KiB of shared memory per SM, 1 KiB reserved per
     block, 65536 registers). Figures for float32, d = 8192, 7x7 maps: Z and one slot take
     8 x (8192 + 512 + 4097) = 102408 bytes."""
     def plan(channels=1024, d=8192, spatial=(7, 7), vector=False, sum_pool=False, dtype=torch.float32, **kw):
@@ -409,8 +415,10 @@ def test_fused_prefetch_only_where_it_costs_no_block_per_sm(monkeypatch):
     assert plan(channels=2048)["prefetch_half"] == 0 and plan(channels=2048)["smem_bytes"] == base
     # d = 16384 pooled: one block per SM with or without the buffer (8 x (16384 + 1024 + 8193) + 8192).
     assert plan(d=16384, sum_pool=True)["smem_bytes"] == 8 * (16384 + 1024 + 8193) + 8192
-    # One map (its rows share each gather in pairs), the backward: none.
-    assert plan(vector=True)["prefetch_half"] == 0 and plan(vector=True, sum_pool=True)["prefetch_half"] == 0
+    # One map (map x vector, no slot unpooled): its two rows' values, 8 KiB beside Z's 69632 bytes.
+    assert plan(vector=True)["smem_bytes"] == 8 * (8192 + 512) + 8192
+    assert plan(vector=True, sum_pool=True)["smem_bytes"] == base + 8192
+    # The backward: none.
     assert plan(backward=True)["prefetch_half"] == 0
     monkeypatch.setenv("COMPACT_BILINEAR_PREFETCH", "0")
     assert plan()["prefetch_half"] == 0 and plan()["smem_bytes"] == base
