@@ -106,29 +106,13 @@ struct DeviceLaunch {
   template <typename T, typename In>
   void operator()(fused::Phase ph, int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) const {
     if (groups == 0) return;
-    // Slots in global memory: a workspace for each block that can run at once (here shared memory
-    // sets how many fit on an SM), freed after the kernel, in stream order, by the caching allocator.
-    int64_t blocks = groups;
-    at::Tensor workspace;
-    if (a.global_slots) {
-      const auto* prop = at::cuda::getCurrentDeviceProperties();
-      const int64_t per_block = smem + static_cast<int64_t>(prop->reservedSharedMemPerBlock),
-                    per_sm = std::max<int64_t>(1, static_cast<int64_t>(prop->sharedMemPerMultiprocessor) / per_block);
-      blocks = std::min<int64_t>(groups, prop->multiProcessorCount * per_sm);
-      const auto opt = at::TensorOptions().device(at::kCUDA).dtype(fused::complex_of<T>());
-      workspace = at::empty({blocks * a.slots * a.F}, opt);
-    }
-    auto* ws = workspace.defined() ? reinterpret_cast<fused::cplx<T>*>(workspace.data_ptr()) : nullptr;
+    using P = fused::Phase;
     switch (ph) {
-      case fused::Phase::VectorSpectra: launch_phase<T, In, fused::Phase::VectorSpectra>(groups, ny, smem, a, blocks, ws); break;
-      case fused::Phase::Forward: launch_phase<T, In, fused::Phase::Forward>(groups, ny, smem, a, blocks, ws); break;
-      case fused::Phase::Backward: launch_phase<T, In, fused::Phase::Backward>(groups, ny, smem, a, blocks, ws); break;
-      case fused::Phase::ForwardPrefetch:
-        launch_phase<T, In, fused::Phase::ForwardPrefetch>(groups, ny, smem, a, blocks, ws);
-        break;
-      case fused::Phase::ForwardOneMapPrefetch:
-        launch_phase<T, In, fused::Phase::ForwardOneMapPrefetch>(groups, ny, smem, a, blocks, ws);
-        break;
+      case P::VectorSpectra: return launch_phase<T, In, P::VectorSpectra>(groups, ny, smem, a);
+      case P::Forward: return launch_phase<T, In, P::Forward>(groups, ny, smem, a);
+      case P::Backward: return launch_phase<T, In, P::Backward>(groups, ny, smem, a);
+      case P::ForwardPrefetch: return launch_phase<T, In, P::ForwardPrefetch>(groups, ny, smem, a);
+      case P::ForwardOneMapPrefetch: return launch_phase<T, In, P::ForwardOneMapPrefetch>(groups, ny, smem, a);
     }
   }
 };

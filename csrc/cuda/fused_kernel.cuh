@@ -2,6 +2,7 @@
 // The fused kernel (common/fused.h on a CUDA block) and its launch, included by one file per input
 // dtype (fused_f32.cu, ...), each instantiating the launches of its dtype's five phases with
 // CB_INSTANTIATE_FUSED: the kernels then compile in parallel, one file per core.
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
@@ -75,50 +76,47 @@ __global__ void __launch_bounds__(fused::kMaxGroupThreads, BlockGroup<MaxPassBit
 }  // namespace fused_detail
 
 template <typename T, typename In, fused::Phase Ph>
-void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a, int64_t blocks,
-                  fused::cplx<T>* workspace) {
+void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) {
   fused::with_max_pass_bits(a.max_pass_bits, [&](auto bits) {
     constexpr int kBits = decltype(bits)::value;
-    const auto allow_smem = [&](auto kernel) {
-      if (smem > 48 * 1024)
+    const int threads = fused::group_threads(a.d, kBits);
+    // One block per thread group, or (in_turn) as many as run at once, by the occupancy API.
+    const auto launch = [&](auto kernel, bool in_turn) {
+      if (smem > 48 * 1024)  // before the occupancy query too
         C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    };
-    const auto launch = [&](auto kernel, int64_t grid) {
-      kernel<<<grid, fused::group_threads(a.d, kBits), smem, c10::cuda::getCurrentCUDAStream()>>>(a, ny, groups,
-                                                                                                  workspace);
+      int64_t blocks = groups;
+      if (in_turn) {
+        int per_sm = 0, sms = 0;
+        C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, static_cast<size_t>(smem)));
+        C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
+        blocks = std::min<int64_t>(groups, static_cast<int64_t>(sms) * std::max(per_sm, 1));
+      }
+      // Slots in global memory: a.slots half spectra for each block, freed after the kernel, in
+      // stream order, by the caching allocator.
+      const c10::DataPtr workspace =
+          a.global_slots ? c10::cuda::CUDACachingAllocator::get()->allocate(
+                               static_cast<size_t>(blocks * a.slots * a.F) * sizeof(fused::cplx<T>))
+                         : c10::DataPtr();
+      kernel<<<blocks, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+          a, ny, groups, static_cast<fused::cplx<T>*>(workspace.get()));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     // Slots in global memory: compiled for the two phases that have slots, with radix-8 passes
     // (cbp.cpp fused_plan; no prefetch buffer beside them).
     if constexpr (kBits == 3 && (Ph == fused::Phase::Forward || Ph == fused::Phase::Backward)) {
-      if (a.global_slots) {
-        const auto kernel = fused_detail::fused_kernel<T, In, Ph, kBits, true>;
-        allow_smem(kernel);
-        return launch(kernel, blocks);
-      }
+      if (a.global_slots) return launch(fused_detail::fused_kernel<T, In, Ph, kBits, true>, true);
     }
     TORCH_CHECK(!a.global_slots, "compact_bilinear: no fused kernel keeps its slots in global memory with FFT passes of ",
                 kBits, " stages");
-    const auto kernel = fused_detail::fused_kernel<T, In, Ph, kBits, false>;
-    allow_smem(kernel);  // before the occupancy query too
-    int64_t grid = groups;
-    if constexpr (fused::prefetches(Ph)) {  // as many blocks as run at once
-      int per_sm = 0;
-      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, fused::group_threads(a.d, kBits),
-                                                                   static_cast<size_t>(smem)));
-      int sms = 0;
-      C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
-      grid = std::min<int64_t>(groups, static_cast<int64_t>(sms) * std::max(per_sm, 1));
-    }
-    launch(kernel, grid);
+    launch(fused_detail::fused_kernel<T, In, Ph, kBits, false>, fused::prefetches(Ph));
   });
 }
 
 }  // namespace compact_bilinear
 
-#define CB_INSTANTIATE_FUSED_PHASE(In, Ph)                                                  \
-  template void launch_phase<fused::acc_t<In>, In, fused::Phase::Ph>(                      \
-      int64_t, int64_t, int64_t, const fused::Args<fused::acc_t<In>, In>&, int64_t, fused::cplx<fused::acc_t<In>>*);
+#define CB_INSTANTIATE_FUSED_PHASE(In, Ph)                             \
+  template void launch_phase<fused::acc_t<In>, In, fused::Phase::Ph>( \
+      int64_t, int64_t, int64_t, const fused::Args<fused::acc_t<In>, In>&);
 #define CB_INSTANTIATE_FUSED(In)                        \
   namespace compact_bilinear {                          \
   CB_INSTANTIATE_FUSED_PHASE(In, VectorSpectra)         \

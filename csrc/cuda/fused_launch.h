@@ -6,10 +6,10 @@
 
 namespace compact_bilinear {
 
-// Thread groups i < groups, each handling (i / ny, i % ny). Where a.global_slots, `blocks` blocks
-// (at most groups) take them in turn, each with its a.slots half spectra at workspace + block * a.slots * a.F.
+// Thread groups i < groups, each handling (i / ny, i % ny): a block each, or, where a.global_slots
+// and in the prefetching forward, as many blocks as run at once taking them in turn, with global
+// slots each block with a.slots half spectra of its own in a workspace.
 template <typename T, typename In, fused::Phase Ph>
-void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a, int64_t blocks,
-                  fused::cplx<T>* workspace);
+void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a);
 
 }  // namespace compact_bilinear
