@@ -392,6 +392,38 @@ def test_fused_prefetch_matches_the_direct_gather(name, dtype, device, monkeypat
     torch.testing.assert_close(prefetched[0].double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
+# (batch, case): at d = 16384 more chunks than the 132 blocks an H100 runs at once.
+SEVERAL_CHUNKS_PER_BLOCK = {
+    "k2_maps": (6, ((6, 5), 16384, [(7, 7), (7, 7)], False)),  # 147 pairs of rows
+    "k2_map_x_vector": (6, ((6, 5), 16384, [(7, 7), ()], False)),  # 147 pairs of rows
+    "k2_maps_pooled": (20, ((6, 5), 16384, [(7, 7), (7, 7)], True)),  # 140 chunks of 7 rows
+}
+
+
+@pytest.mark.parametrize("name", list(SEVERAL_CHUNKS_PER_BLOCK))
+def test_fused_prefetch_where_blocks_take_several_chunks(name, device, monkeypatch):
+    """The prefetching forward runs as many blocks as fit at once, each taking chunks in turn, and
+    a chunk's last gather prefetches the first of the block's next chunk (fused.h Turn). At
+    d = 16384 an H100 holds one block per SM, 132 in all (the plan's shared memory: 139264 bytes
+    for Z, 204808 with a slot), so these calls give some blocks two chunks; the small tests above
+    give every block a single chunk on a GPU. Float32 outputs and gradients are bit-identical with
+    and without the buffer and match the definition."""
+    batch, case = SEVERAL_CHUNKS_PER_BLOCK[name]
+    xs, hs, ss, d, sum_pool = make(case, device, dtype=torch.float32, batch=batch, requires_grad=True)
+    plan = fused_plan(xs, hs, ss, d, sum_pool)
+    chunks = batch * plan["nchunks"] if sum_pool else -(-batch * 49 // plan["rows_per_chunk"])
+    assert plan["prefetch_half"] == 6 and chunks > 132 and plan["smem_bytes"] > 228 * 1024 // 2
+    ref = explicit_outer_product_sketch([x.detach().double() for x in xs], hs, ss, d, sum_pool)
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    fused = lambda x: cb.compact_bilinear_pooling(x, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
+    prefetched = forward_and_grads(fused, xs, w)
+    monkeypatch.setenv("COMPACT_BILINEAR_PREFETCH", "0")
+    direct = forward_and_grads(fused, xs, w)
+    for a, b in zip(prefetched, direct):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(prefetched[0].double(), ref, rtol=2e-5, atol=2e-5 * ref.abs().max().item())
+
+
 def test_fused_prefetch_only_where_it_costs_no_block_per_sm(monkeypatch):
     """The plan gives a forward with a map a prefetch buffer (two halves of the largest map's channel
     count, 4-byte words for 16-bit inputs) where the SM still holds as many blocks; the host plans for an H100 (228 KiB of shared memory per SM, 1 KiB reserved per
