@@ -11,12 +11,15 @@
 namespace compact_bilinear {
 namespace fused {
 
-// ForwardPrefetch, ForwardOneMapPrefetch: the forward with its prefetch buffer (fused.h
-// forward_chunk), where the plan has one, with two maps or more and with one.
-enum class Phase { VectorSpectra, Forward, Backward, ForwardPrefetch, ForwardOneMapPrefetch };
+// ForwardPrefetch, ForwardOneMapPrefetch, BackwardPrefetch: the forward (fused.h forward_chunk,
+// with two maps or more and with one) and the backward with their prefetch buffer, where the plan
+// has one.
+enum class Phase { VectorSpectra, Forward, Backward, ForwardPrefetch, ForwardOneMapPrefetch, BackwardPrefetch };
 
-// Whether phase ph's blocks take its thread groups in turn, prefetching each next one's first gather.
-constexpr bool prefetches(Phase ph) { return ph == Phase::ForwardPrefetch || ph == Phase::ForwardOneMapPrefetch; }
+// Whether phase ph's blocks take its thread groups in turn (as many as run at once), each
+// prefetching the first gather of the group it takes next: the prefetching forward's. The
+// backward's chunks prefetch their own first gather while they form their gradient's spectrum.
+constexpr bool in_turn(Phase ph) { return ph == Phase::ForwardPrefetch || ph == Phase::ForwardOneMapPrefetch; }
 
 // Runs phase `ph` for thread group (bx, by): z, its d-point buffer; slots, its a.slots half
 // spectra (in shared memory right after z, or in global memory where a.global_slots).
@@ -28,7 +31,8 @@ CB_HD void run_phase(const G& g, const Args<T, In>& a, Phase ph, cplx<T>* z, cpl
     case Phase::Forward: forward_chunk<false, Maps::Any>(g, a, z, slots, bx, by); break;
     case Phase::ForwardPrefetch: forward_chunk<true, Maps::Several>(g, a, z, slots, bx, by, turn); break;
     case Phase::ForwardOneMapPrefetch: forward_chunk<true, Maps::One>(g, a, z, slots, bx, by, turn); break;
-    case Phase::Backward: backward_chunk(g, a, z, slots, bx, by); break;
+    case Phase::Backward: backward_chunk<false>(g, a, z, slots, bx, by); break;
+    case Phase::BackwardPrefetch: backward_chunk<true>(g, a, z, slots, bx, by); break;
   }
 }
 

@@ -1,6 +1,6 @@
 #pragma once
 // The fused kernel (common/fused.h on a CUDA block) and its launch, included by one file per input
-// dtype (fused_f32.cu, ...), each instantiating the launches of its dtype's five phases with
+// dtype (fused_f32.cu, ...), each instantiating the launches of its dtype's six phases with
 // CB_INSTANTIATE_FUSED: the kernels then compile in parallel, one file per core.
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(fused::kMaxGroupThreads, BlockGroup<MaxPassBit
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* z = reinterpret_cast<fused::cplx<T>*>(smem_raw);
   const BlockGroup<MaxPassBits> g;
-  if constexpr (GlobalSlots || fused::prefetches(Ph)) {
+  if constexpr (GlobalSlots || fused::in_turn(Ph)) {
     fused::cplx<T>* slots = GlobalSlots ? workspace + blockIdx.x * a.slots * a.F : z + fused::z_size(a.d);
     for (int64_t i = blockIdx.x; i < groups; i += gridDim.x) {
       const int64_t next = i + gridDim.x;
@@ -108,7 +108,7 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
     }
     TORCH_CHECK(!a.global_slots, "compact_bilinear: no fused kernel keeps its slots in global memory with FFT passes of ",
                 kBits, " stages");
-    launch(fused_detail::fused_kernel<T, In, Ph, kBits, false>, fused::prefetches(Ph));
+    launch(fused_detail::fused_kernel<T, In, Ph, kBits, false>, fused::in_turn(Ph));
   });
 }
 
@@ -124,4 +124,5 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
   CB_INSTANTIATE_FUSED_PHASE(In, Backward)              \
   CB_INSTANTIATE_FUSED_PHASE(In, ForwardPrefetch)       \
   CB_INSTANTIATE_FUSED_PHASE(In, ForwardOneMapPrefetch) \
+  CB_INSTANTIATE_FUSED_PHASE(In, BackwardPrefetch)      \
   }
