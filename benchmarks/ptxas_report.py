@@ -25,7 +25,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ["vector spectra", "forward", "backward", "forward, prefetch", "forward 1 map, prefetch", "backward, prefetch"]  # fused_phases.h Phase
+# fused_phases.h Phase
+PHASES = ["vector spectra", "forward", "backward", "forward, prefetch", "forward 1 map, prefetch", "backward, prefetch"]
 KERNEL = re.compile(r"fused_kernel<(\w+), ([\w:]+), \(compact_bilinear::fused::Phase\)(\d), (\d), (true|false)>")
 
 

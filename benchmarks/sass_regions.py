@@ -30,7 +30,9 @@ import tempfile
 
 from benchmarks.ptxas_report import REPO, cuda_tool, nvcc_command
 
-PHASES = {"vector": 0, "forward": 1, "backward": 2, "forward-prefetch": 3, "forward-one-map-prefetch": 4, "backward-prefetch": 5}  # fused_phases.h Phase
+# fused_phases.h Phase
+PHASES = {"vector": 0, "forward": 1, "backward": 2, "forward-prefetch": 3, "forward-one-map-prefetch": 4,
+          "backward-prefetch": 5}
 BARRIER = re.compile(r"\bBAR\.(SYNC|RED)")
 
 

@@ -477,13 +477,14 @@ CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
 // The prefetch (forward and backward, in calls with a map, where the plan has one: cbp.cpp
 // fused_plan). A thread group gathers several sketches in turn (a pooled chunk's rows, an unpooled
 // pair's two rows, a row's pairs of maps, a single map's pairs of rows), and each waited on its
-// input values, scattered loads from L2 or DRAM, one dependent step after loading its codes. With a prefetch buffer in shared memory after Z and the
-// slots, the values of a chunk's next gather are copied there (cp.async on the GPU: no registers,
-// no waiting) as soon as the current gather is done, while its transform runs; the next gather
-// then waits on its codes alone (the same for every row, so L1 or L2 hits) and reads the values
-// from shared memory. The buffer has two halves of a.prefetch_half words, the inputs that go to
-// Re and to Im, each indexed by channel. A 16-bit value travels in the aligned 4-byte word that
-// holds it (cp.async copies 4, 8 or 16 bytes), at its byte offset in memory.
+// input values, scattered loads from L2 or DRAM, one dependent step after loading its codes. With a
+// prefetch buffer in shared memory after Z and the slots, the values of a chunk's next gather are
+// copied there (cp.async on the GPU: no registers, no waiting) as soon as the current gather is
+// done, while its transform runs; the next gather then waits on its codes alone (the same for every
+// row, so L1 or L2 hits) and reads the values from shared memory. The buffer has two halves of
+// a.prefetch_half words, the inputs that go to Re and to Im, each indexed by channel. A 16-bit
+// value travels in the aligned 4-byte word that holds it (cp.async copies 4, 8 or 16 bytes), at its
+// byte offset in memory.
 template <typename In>
 using PrefetchWord = std::conditional_t<(sizeof(In) >= 4), In, uint32_t>;
 
@@ -1195,7 +1196,7 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
     for (int gi = 0; gi < groups; ++gi) {
       const int ia = 2 * gi, ib = 2 * gi + 1 < a.nmap ? 2 * gi + 1 : -1;
       const GatherAt cur{a.map_ids[ia], b, l, ib >= 0 ? a.map_ids[ib] : -1, b, l};
-      if constexpr (Prefetch) {  // and the next gather's values: this row's next pair of maps, or the next row's first
+      if constexpr (Prefetch) {  // and the next gather's values: the row's next pair of maps, or the next row's
         load_sketches<true>(g, a, z, cur, gi + 1 < groups || l + 1 < l1, [=, &a] {
           return gi + 1 < groups ? backward_gather(a, b, l, l1, gi + 1) : backward_gather(a, b, l + 1, l1, 0);
         });
@@ -1283,9 +1284,9 @@ CB_HD void backward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>
 // unpooled rows go in pairs, one per map input outside the last pair, one accumulator per vector
 // input. Map inputs' gradients are written directly; vector inputs' spectra are summed over the
 // chunk's locations, and over the sample's chunks by the last to end (backward_finish).
-// Prefetch: the kernel with the prefetch buffer. A chunk's first gather needs no block before it
-// (as the forward's blocks taking chunks in turn): its values travel while the row's gradient
-// spectrum is formed, and each next gather's while the one before it transforms. A kernel of its
+// Prefetch: the kernel with the prefetch buffer. A chunk's first gather needs no turns (the
+// forward's blocks take chunks in turn to prefetch theirs): its values travel while the chunk's
+// first gradient spectrum is formed, and each next gather's while the one before it transforms. A kernel of its
 // own, so the default one compiles as it did (ptxas, sm_90: the radix-8 backward at 64 registers
 // and no spills, as the prefetching one).
 template <bool Prefetch, typename T, typename In, class G>

@@ -87,7 +87,8 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
       int64_t blocks = groups;
       if (in_turn) {
         int per_sm = 0, sms = 0;
-        C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, static_cast<size_t>(smem)));
+        C10_CUDA_CHECK(
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, static_cast<size_t>(smem)));
         C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
         blocks = std::min<int64_t>(groups, static_cast<int64_t>(sms) * std::max(per_sm, 1));
       }
