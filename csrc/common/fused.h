@@ -687,6 +687,13 @@ struct RowRange {
   int64_t r0, r1;
 };
 
+// The gather of the gi-th pair of maps of row (b, l): its first map in Re, its second, if any, in Im.
+template <typename T, typename In>
+CB_HD GatherAt maps_of_row(const Args<T, In>& a, int64_t b, int64_t l, int gi) {
+  const int kb = 2 * gi + 1 < a.nmap ? a.map_ids[2 * gi + 1] : -1;
+  return GatherAt{a.map_ids[2 * gi], b, l, kb, b, l};
+}
+
 // Starts copying the input values of gather `at` into the prefetch buffer pv (see PrefetchWord).
 template <typename T, typename In, class G>
 CB_HD void prefetch_values(const G& g, const Args<T, In>& a, PrefetchWord<In>* pv, GatherAt at) {
@@ -993,11 +1000,7 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
   };
   const RowRange own = rows_of(b, c);
   const int64_t r0 = own.r0, r1 = own.r1;
-  // The gi-th pair of maps of the row at rl.
-  const auto at = [&a](Row rl, int gi) {
-    const int kb = 2 * gi + 1 < a.nmap ? a.map_ids[2 * gi + 1] : -1;
-    return GatherAt{a.map_ids[2 * gi], rl.b, rl.l, kb, rl.b, rl.l};
-  };
+  const auto at = [&a](Row rl, int gi) { return maps_of_row(a, rl.b, rl.l, gi); };
   // The first gather of chunk c of sample b: prefetched by the group before, if this block had one.
   const auto first_of = [&a, &at, &rows_of, one_map](int64_t b, int64_t c) {
     const RowRange rr = rows_of(b, c);
@@ -1138,8 +1141,7 @@ CB_HD GatherAt backward_gather(const Args<T, In>& a, int64_t b, int64_t l, int64
     const int k = a.map_ids[0];
     return GatherAt{k, b, l, a.pair_rows && l + 1 < l1 ? k : -1, b, l + 1};
   }
-  const int ib = 2 * gi + 1 < a.nmap ? a.map_ids[2 * gi + 1] : -1;
-  return GatherAt{a.map_ids[2 * gi], b, l, ib, b, l};
+  return maps_of_row(a, b, l, gi);
 }
 
 // Backward of locations l0 .. l1 of sample b when a single input is a map (the others, if any, are
@@ -1195,6 +1197,8 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
     const int ka = a.map_ids[last_first], kb = last_first + 1 < a.nmap ? a.map_ids[last_first + 1] : -1;
     for (int gi = 0; gi < groups; ++gi) {
       const int ia = 2 * gi, ib = 2 * gi + 1 < a.nmap ? 2 * gi + 1 : -1;
+      // Written out, not maps_of_row(a, b, l, gi): that made the prefetching radix-8 backward spill
+      // 76 bytes (ptxas, sm_90), where it spills none.
       const GatherAt cur{a.map_ids[ia], b, l, ib >= 0 ? a.map_ids[ib] : -1, b, l};
       if constexpr (Prefetch) {  // and the next gather's values: the row's next pair of maps, or the next row's
         load_sketches<true>(g, a, z, cur, gi + 1 < groups || l + 1 < l1, [=, &a] {
