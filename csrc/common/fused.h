@@ -83,7 +83,7 @@ struct Args {
   int64_t slots = 0;               // half spectra per thread group beside Z
   bool global_slots = false;       // ... in a workspace in global memory (the launch's), where
                                    // they do not fit in shared memory
-  int64_t prefetch_half = 0;       // forward: words per half of the prefetch buffer (PrefetchWord),
+  int64_t prefetch_half = 0;       // words per half of the prefetch buffer (PrefetchWord),
                                    // in shared memory after Z and the slots; 0: none
   int nmap = 0, nvec = 0;
   int map_ids[kMaxInputs] = {}, vec_ids[kMaxInputs] = {};  // inputs by kind, in input order
@@ -741,8 +741,8 @@ CB_HD PrefetchWord<In>* prefetch_buffer(const Args<T, In>& a, cplx<T>* z) {
   return reinterpret_cast<PrefetchWord<In>*>(z + z_size(a.d) + a.slots * a.F);
 }
 
-// Gather `at` into Z. In the forward's prefetching kernel (Prefetch: the plan has a buffer), at's
-// values are in the buffer already (prefetch_values), and once they have been read the next
+// Gather `at` into Z. In the prefetching kernels (Prefetch: the plan has a buffer), at's values
+// are in the buffer already (prefetch_values), and once they have been read the next
 // gather's, next() if `more`, start on their way.
 template <bool Prefetch, typename T, typename In, class G, class Next = std::nullptr_t>
 CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, GatherAt at, bool more = false,

@@ -10,7 +10,6 @@ namespace {
 
 at::Tensor forward_cuda(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs,
                         int64_t output_dim, bool sum_pool, c10::string_view algorithm) {
-  TORCH_CHECK_VALUE(!inputs.empty(), "compact_bilinear: inputs must hold at least one tensor, got none");
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
   const c10::cuda::CUDAGuard guard(p.x[0].device());
   return cuda_forward(p, fused_choice(p, std::string(algorithm), false, cuda_backend()));
@@ -19,7 +18,6 @@ at::Tensor forward_cuda(at::TensorList inputs, at::TensorList hash_indices, at::
 std::vector<at::Tensor> backward_cuda(const at::Tensor& grad_out, at::TensorList inputs, at::TensorList hash_indices,
                                       at::TensorList hash_signs, int64_t output_dim, bool sum_pool,
                                       c10::string_view algorithm) {
-  TORCH_CHECK_VALUE(!inputs.empty(), "compact_bilinear: inputs must hold at least one tensor, got none");
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
   check_grad_out(p, grad_out);
   const c10::cuda::CUDAGuard guard(p.x[0].device());
@@ -29,7 +27,6 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad_out, at::TensorList
 
 std::string plan_cuda(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs, int64_t output_dim,
                       bool sum_pool, c10::string_view algorithm, bool backward) {
-  TORCH_CHECK_VALUE(!inputs.empty(), "compact_bilinear: inputs must hold at least one tensor, got none");
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
   const c10::cuda::CUDAGuard guard(p.x[0].device());
   return describe_choice(p, std::string(algorithm), backward, cuda_backend());
