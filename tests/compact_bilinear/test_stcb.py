@@ -363,11 +363,23 @@ PREFETCH_CASES = {
 }
 
 
+def prefetched_equals_direct(xs, hs, ss, d, sum_pool, w, monkeypatch):
+    """The fused call's output and input gradients with the plan's prefetch buffer, asserted
+    bit-identical to those with COMPACT_BILINEAR_PREFETCH=0 (left set); returns the former."""
+    fused = lambda x: cb.compact_bilinear_pooling(x, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
+    prefetched = forward_and_grads(fused, xs, w)
+    monkeypatch.setenv("COMPACT_BILINEAR_PREFETCH", "0")
+    direct = forward_and_grads(fused, xs, w)
+    for a, b in zip(prefetched, direct):
+        assert torch.equal(a, b)
+    return prefetched
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", list(PREFETCH_CASES))
 def test_fused_prefetch_matches_the_direct_gather(name, dtype, device, monkeypatch):
-    """The forward copies the next gather's input values into shared memory while the current
-    row's transform runs (fused.h PrefetchWord). Its outputs and gradients are bit-identical to
+    """The forward and the backward copy each next gather's input values into shared memory while
+    the current rows transform (fused.h PrefetchWord). Its outputs and gradients are bit-identical to
     the gather that reads global memory (COMPACT_BILINEAR_PREFETCH=0) and match the definition.
     16-bit values travel in the 4-byte word that holds them, at either half: the first input
     starts one element into its storage, and where its locations are odd in number (3 x 3, 3 x 1)
@@ -380,14 +392,9 @@ def test_fused_prefetch_matches_the_direct_gather(name, dtype, device, monkeypat
     xs = [x.requires_grad_() for x in xs]
     ref = explicit_outer_product_sketch([x.detach().double() for x in xs], hs, ss, d, sum_pool)
     w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device, dtype)
-    fused = lambda x: cb.compact_bilinear_pooling(x, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
     assert fused_plan(xs, hs, ss, d, sum_pool)["prefetch_half"] == max(case[0][k] for k, s in enumerate(case[2]) if s)
-    prefetched = forward_and_grads(fused, xs, w)
-    monkeypatch.setenv("COMPACT_BILINEAR_PREFETCH", "0")
+    prefetched = prefetched_equals_direct(xs, hs, ss, d, sum_pool, w, monkeypatch)
     assert fused_plan(xs, hs, ss, d, sum_pool)["prefetch_half"] == 0
-    direct = forward_and_grads(fused, xs, w)
-    for a, b in zip(prefetched, direct):
-        assert torch.equal(a, b)
     tol = {torch.float64: 1e-10, **TOL}[dtype]
     torch.testing.assert_close(prefetched[0].double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
@@ -415,12 +422,7 @@ def test_fused_prefetch_where_blocks_take_several_chunks(name, device, monkeypat
     assert plan["prefetch_half"] == 6 and chunks > 132 and plan["smem_bytes"] > 228 * 1024 // 2
     ref = explicit_outer_product_sketch([x.detach().double() for x in xs], hs, ss, d, sum_pool)
     w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(device)
-    fused = lambda x: cb.compact_bilinear_pooling(x, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
-    prefetched = forward_and_grads(fused, xs, w)
-    monkeypatch.setenv("COMPACT_BILINEAR_PREFETCH", "0")
-    direct = forward_and_grads(fused, xs, w)
-    for a, b in zip(prefetched, direct):
-        assert torch.equal(a, b)
+    prefetched = prefetched_equals_direct(xs, hs, ss, d, sum_pool, w, monkeypatch)
     torch.testing.assert_close(prefetched[0].double(), ref, rtol=2e-5, atol=2e-5 * ref.abs().max().item())
 
 
