@@ -7,9 +7,9 @@ COMPACT_BILINEAR_FFT_RADIX=8 or 32 sets both: five or three passes at d = 8192);
 with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forward at several rows
 per chunk (COMPACT_BILINEAR_POOLED_ROWS), both with and without the prefetch of the next gather's
 input values (COMPACT_BILINEAR_PREFETCH=0), forward+backward with an NCHW-contiguous and a
-location-major upstream gradient (with and without the prefetch), map x vector forward (unpooled
-and pooled, with and without the prefetch) and forward+backward with rows in pairs (with and
-without the prefetch) and one at a time, and map x vector forward+backward at d = 16384 (the
+location-major upstream gradient, map x vector forward (unpooled and pooled, with and without the
+prefetch) and forward+backward with rows in pairs and one at a time, and map x vector
+forward+backward at d = 16384 (the
 backward's half spectra in global memory), each beside the fft path. CUDA events; a case's variants
 are timed in turn over 15 rounds (the median round per variant), inputs rotated so L2 does not hold
 them, random normal inputs, every variant checked against the fft path before it is timed.
@@ -102,9 +102,7 @@ def main():
                      ("unpooled fwd+bwd", f"fused, {layout} grad", {}, fwd_bwd("fused", g), ref, sets),
                      ("unpooled fwd+bwd", f"fused, {layout} grad, radix 8", radix8, fwd_bwd("fused", g), ref, sets),
                      ("unpooled fwd+bwd", f"fused, {layout} grad, radix 32", radix32, fwd_bwd("fused", g), ref,
-                      sets),
-                     ("unpooled fwd+bwd", f"fused, {layout} grad, no prefetch", no_prefetch, fwd_bwd("fused", g),
-                      ref, sets)]
+                      sets)]
     # One map input (map x vector): rows in pairs share the forward's transforms and, in the
     # backward, the gradients' inverse; ROW_PAIRS=0 takes forward and backward a row at a time.
     mv_sets = [[s[0], torch.randn(B, C, device="cuda", requires_grad=True)] for s in sets]
@@ -118,8 +116,7 @@ def main():
     variants += [("map x vec fwd+bwd", "fft, NCHW grad", {}, ref, ref, mv_sets),
                  ("map x vec fwd+bwd", "fused, row pairs", {}, fwd_bwd("fused"), ref, mv_sets),
                  ("map x vec fwd+bwd", "fused, single rows", {"COMPACT_BILINEAR_ROW_PAIRS": "0"}, fwd_bwd("fused"),
-                  ref, mv_sets),
-                 ("map x vec fwd+bwd", "fused, row pairs, no prefetch", no_prefetch, fwd_bwd("fused"), ref, mv_sets)]
+                  ref, mv_sets)]
     # d = 16384, map x vector: the backward's half spectra do not fit beside Z in shared memory and
     # live in global memory (one block per SM taking the thread groups in turn).
     hs16, ss16 = random_hashes((C, C), 2 * D, torch.Generator().manual_seed(0), device="cuda")

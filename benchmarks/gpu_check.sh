@@ -185,8 +185,8 @@ if [ -n "$NCU" ]; then
         stall_reasons
     fi
     if [ "$(left)" -gt 30 ]; then
-        # The prefetch of the next gather's values (forward and backward) against none: what it does
-        # to the long-scoreboard stalls (docs/benchmarks.md, "What the next GPU run has to answer", item 8).
+        # The forward's prefetch of the next gather's values against none: what it does to the
+        # long-scoreboard stalls (docs/benchmarks.md, "What the next GPU run has to answer", item 8).
         echo "##### default build, COMPACT_BILINEAR_PREFETCH=0: stall reasons" >>"$OUT/ncu.txt"
         COMPACT_BILINEAR_PREFETCH=0 stall_reasons
     fi

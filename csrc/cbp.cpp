@@ -369,16 +369,18 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
     plan.max_pass_bits = 3;
     plan.smem_bytes = elem * fused::z_size(p.d);
   }
-  // The prefetch buffer (fused.h PrefetchWord), forward and backward: two halves of the largest
-  // map's channel count, for a call with a map (a gather of two maps of a row, or of two rows of a
-  // single map), where the slots are in shared memory and the buffer costs no block per SM (at
-  // d = 8192 and C = 1024 floats it takes 8 KiB beside 100 KiB, and two blocks still fit an H100's
-  // SM; at C = 2048 they would not). COMPACT_BILINEAR_PREFETCH=0 turns it off (fused_ab.py).
+  // The forward's prefetch buffer (fused.h PrefetchWord): two halves of the largest map's channel
+  // count, for a call with a map (a gather of two maps of a row, or of two rows of a single map),
+  // where the slots are in shared memory and the buffer costs no block per SM (at d = 8192 and
+  // C = 1024 floats it takes 8 KiB beside 100 KiB, and two blocks still fit an H100's SM; at
+  // C = 2048 they would not). COMPACT_BILINEAR_PREFETCH=0 turns it off (fused_ab.py). The backward
+  // has none: on an H100 (run 11) it made the canonical backward 2.5 % slower, its cp.async copies
+  // taking the shared-memory pipe from the radix-8 passes (docs/benchmarks.md).
   const char* prefetch_env = std::getenv("COMPACT_BILINEAR_PREFETCH");
   const std::string prefetch = prefetch_env ? prefetch_env : "1";
   TORCH_CHECK_VALUE(prefetch == "0" || prefetch == "1", "COMPACT_BILINEAR_PREFETCH must be '0' or '1', got '", prefetch,
                     "'");
-  if (prefetch == "1" && nmap >= 1 && !plan.global_slots) {
+  if (!backward && prefetch == "1" && nmap >= 1 && !plan.global_slots) {
     int64_t channels = 0;
     for (int64_t k = 0; k < p.K; ++k)
       if (p.is_map[k]) channels = std::max(channels, p.x[k].size(1));

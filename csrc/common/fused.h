@@ -474,9 +474,9 @@ CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
 // about 453, 10 loads of codes and signs where there were 32, and 12-13 per step of a walk
 // instead of 16-20.
 
-// The prefetch (forward and backward, in calls with a map, where the plan has one: cbp.cpp
-// fused_plan). A thread group gathers several sketches in turn (a pooled chunk's rows, an unpooled
-// pair's two rows, a row's pairs of maps, a single map's pairs of rows), and each waited on its
+// The forward's prefetch (in calls with a map, where the plan has one: cbp.cpp fused_plan). A thread
+// group gathers several sketches in turn (a pooled chunk's rows, an unpooled pair's two rows, a
+// row's pairs of maps, a single map's pairs of rows), and each waited on its
 // input values, scattered loads from L2 or DRAM, one dependent step after loading its codes. With a
 // prefetch buffer in shared memory after Z and the slots, the values of a chunk's next gather are
 // copied there (cp.async on the GPU: no registers, no waiting) as soon as the current gather is
@@ -1132,18 +1132,6 @@ CB_HD cplx<T> add_vector_grads(const Args<T, In>& a, cplx<T>* vslot, int64_t b, 
   return V;
 }
 
-// The backward's gather gi of location l of sample b, in a chunk that ends at l1: a single map's
-// rows l and l + 1 (where the plan pairs them and the chunk has both), else the gi-th pair of maps
-// of row l.
-template <typename T, typename In>
-CB_HD GatherAt backward_gather(const Args<T, In>& a, int64_t b, int64_t l, int64_t l1, int gi) {
-  if (a.nmap == 1) {
-    const int k = a.map_ids[0];
-    return GatherAt{k, b, l, a.pair_rows && l + 1 < l1 ? k : -1, b, l + 1};
-  }
-  return maps_of_row(a, b, l, gi);
-}
-
 // Backward of locations l0 .. l1 of sample b when a single input is a map (the others, if any, are
 // vectors), two rows at a time where the plan pairs them (a.pair_rows), as forward_rows_one_map
 // does: the pair's map sketches share one forward transform, in Re and Im, and its two real
@@ -1151,7 +1139,7 @@ CB_HD GatherAt backward_gather(const Args<T, In>& a, int64_t b, int64_t l, int64
 // transform, unpooled; pooled, one per chunk) instead of two. Unpooled, the second row's gradient
 // spectrum takes slot G1. The vectors' gradients take the rows' G conj(S) summed, with S the map's
 // spectrum (add_vector_grads).
-template <bool Prefetch, typename T, typename In, class G>
+template <typename T, typename In, class G>
 CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* G0, cplx<T>* G1,
                                  cplx<T>* vslot, int64_t b, int64_t l0, int64_t l1) {
   const int k = a.map_ids[0];
@@ -1159,13 +1147,7 @@ CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, c
     const bool two = a.pair_rows && l + 1 < l1;
     // One call site: each call's transform is inlined, all its pass kinds.
     for (int i = 0; i < (a.out_map ? 1 + two : 0); ++i) grad_spectrum(g, a, z, i ? G1 : G0, b, l + i);
-    const GatherAt cur{k, b, l, two ? k : -1, b, l + 1};
-    if constexpr (Prefetch) {  // and the next pair's or row's values
-      const int64_t n = l + (a.pair_rows ? 2 : 1);
-      load_sketches<true>(g, a, z, cur, n < l1, [=, &a] { return backward_gather(a, b, n, l1, 0); });
-    } else {
-      load_sketches<false>(g, a, z, cur);
-    }
+    load_sketches<false>(g, a, z, GatherAt{k, b, l, two ? k : -1, b, l + 1});
     fft_forward_dif(g, z, a.d, a.log2d, a.tw);
     g.for_each(a.F, [=, &a](int64_t f) {
       const BinPair pq = bins(f, a.d, a.log2d);
@@ -1187,7 +1169,7 @@ CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, c
 // of maps shares a forward transform, and so do their two real gradients an inverse; slot G holds
 // the row's gradient spectrum (pooled: the sample's), mslot the spectra of the maps outside the
 // last pair, then their gradients' spectra, vslot the vector inputs' sums.
-template <bool Prefetch, typename T, typename In, class G>
+template <typename T, typename In, class G>
 CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* Gs, cplx<T>* mslot,
                               cplx<T>* vslot, int64_t b, int64_t l0, int64_t l1) {
   const int groups = (a.nmap + 1) / 2;
@@ -1197,16 +1179,7 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
     const int ka = a.map_ids[last_first], kb = last_first + 1 < a.nmap ? a.map_ids[last_first + 1] : -1;
     for (int gi = 0; gi < groups; ++gi) {
       const int ia = 2 * gi, ib = 2 * gi + 1 < a.nmap ? 2 * gi + 1 : -1;
-      // Written out, not maps_of_row(a, b, l, gi): that made the prefetching radix-8 backward spill
-      // 76 bytes (ptxas, sm_90), where it spills none.
-      const GatherAt cur{a.map_ids[ia], b, l, ib >= 0 ? a.map_ids[ib] : -1, b, l};
-      if constexpr (Prefetch) {  // and the next gather's values: the row's next pair of maps, or the next row's
-        load_sketches<true>(g, a, z, cur, gi + 1 < groups || l + 1 < l1, [=, &a] {
-          return gi + 1 < groups ? backward_gather(a, b, l, l1, gi + 1) : backward_gather(a, b, l + 1, l1, 0);
-        });
-      } else {
-        load_sketches<false>(g, a, z, cur);
-      }
+      load_sketches<false>(g, a, z, GatherAt{a.map_ids[ia], b, l, ib >= 0 ? a.map_ids[ib] : -1, b, l});
       fft_forward_dif(g, z, a.d, a.log2d, a.tw);
       if (gi == groups - 1) break;
       g.for_each(a.F, [=, &a](int64_t f) {
@@ -1288,18 +1261,9 @@ CB_HD void backward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>
 // unpooled rows go in pairs, one per map input outside the last pair, one accumulator per vector
 // input. Map inputs' gradients are written directly; vector inputs' spectra are summed over the
 // chunk's locations, and over the sample's chunks by the last to end (backward_finish).
-// Prefetch: the kernel with the prefetch buffer. A chunk's first gather needs no turns (the
-// forward's blocks take chunks in turn to prefetch theirs): its values travel while the chunk's
-// first gradient spectrum is formed, and each next gather's while the one before it transforms. A kernel of its
-// own, so the default one compiles as it did (ptxas, sm_90: the radix-8 backward at 64 registers
-// and no spills, as the prefetching one).
-template <bool Prefetch, typename T, typename In, class G>
+// No prefetch buffer: on an H100 (run 11) the backward took 2.5 % longer with one (docs/benchmarks.md).
+template <typename T, typename In, class G>
 CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c) {
-  const auto chunk_end = [&a](int64_t l0) { return l0 + a.rows_per_chunk < a.L ? l0 + a.rows_per_chunk : a.L; };
-  // The chunk's first gather travels while its gradient's spectrum is formed.
-  if constexpr (Prefetch)
-    prefetch_values(g, a, prefetch_buffer(a, z),
-                    backward_gather(a, b, c * a.rows_per_chunk, chunk_end(c * a.rows_per_chunk), 0));
   const bool g_pair = a.nmap == 1 && a.out_map && a.pair_rows;
   cplx<T>* Gs = slots;
   cplx<T>* mslot = slots + (g_pair ? 2 : 1) * a.F;
@@ -1309,11 +1273,11 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
     g.sync();
   }
   if (!a.out_map) grad_spectrum(g, a, z, Gs, b, 0);
-  const int64_t l0 = c * a.rows_per_chunk, l1 = chunk_end(l0);
+  const int64_t l0 = c * a.rows_per_chunk, l1 = l0 + a.rows_per_chunk < a.L ? l0 + a.rows_per_chunk : a.L;
   if (a.nmap == 1)
-    backward_rows_one_map<Prefetch>(g, a, z, Gs, Gs + a.F, vslot, b, l0, l1);
+    backward_rows_one_map(g, a, z, Gs, Gs + a.F, vslot, b, l0, l1);
   else
-    backward_rows_maps<Prefetch>(g, a, z, Gs, mslot, vslot, b, l0, l1);
+    backward_rows_maps(g, a, z, Gs, mslot, vslot, b, l0, l1);
   if (a.nvec) {
     if (a.nchunks > 1) {
       g.for_each(a.nvec * a.F, [=, &a](int64_t i) {

@@ -116,8 +116,7 @@ std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, c
   for (int k = 0; k < a.K; ++k) a.grad_x[k] = grads[k].data_ptr<In>();
   const at::Tensor vspec = launch_vector_spectra(p, a, launch);
   const auto sums = chunk_sums(p, a, a.nvec);  // the vectors' gradient spectra, summed
-  launch(plan.prefetch_half ? Phase::BackwardPrefetch : Phase::Backward, p.B * plan.nchunks, plan.nchunks,
-         plan.smem_bytes, a);
+  launch(Phase::Backward, p.B * plan.nchunks, plan.nchunks, plan.smem_bytes, a);
   return grads;
 }
 

@@ -11,14 +11,12 @@
 namespace compact_bilinear {
 namespace fused {
 
-// ForwardPrefetch, ForwardOneMapPrefetch, BackwardPrefetch: the forward (fused.h forward_chunk,
-// with two maps or more and with one) and the backward with their prefetch buffer, where the plan
-// has one.
-enum class Phase { VectorSpectra, Forward, Backward, ForwardPrefetch, ForwardOneMapPrefetch, BackwardPrefetch };
+// ForwardPrefetch, ForwardOneMapPrefetch: the forward (fused.h forward_chunk) with its prefetch
+// buffer, where the plan has one, with two maps or more and with one.
+enum class Phase { VectorSpectra, Forward, Backward, ForwardPrefetch, ForwardOneMapPrefetch };
 
 // Whether phase ph's blocks take its thread groups in turn (as many as run at once), each
-// prefetching the first gather of the group it takes next: the prefetching forward's. The
-// backward's chunks prefetch their own first gather while they form their gradient's spectrum.
+// prefetching the first gather of the group it takes next: the prefetching forward's.
 constexpr bool in_turn(Phase ph) { return ph == Phase::ForwardPrefetch || ph == Phase::ForwardOneMapPrefetch; }
 
 // Runs phase `ph` for thread group (bx, by): z, its d-point buffer; slots, its a.slots half
@@ -31,8 +29,7 @@ CB_HD void run_phase(const G& g, const Args<T, In>& a, Phase ph, cplx<T>* z, cpl
     case Phase::Forward: forward_chunk<false, Maps::Any>(g, a, z, slots, bx, by); break;
     case Phase::ForwardPrefetch: forward_chunk<true, Maps::Several>(g, a, z, slots, bx, by, turn); break;
     case Phase::ForwardOneMapPrefetch: forward_chunk<true, Maps::One>(g, a, z, slots, bx, by, turn); break;
-    case Phase::Backward: backward_chunk<false>(g, a, z, slots, bx, by); break;
-    case Phase::BackwardPrefetch: backward_chunk<true>(g, a, z, slots, bx, by); break;
+    case Phase::Backward: backward_chunk(g, a, z, slots, bx, by); break;
   }
 }
 

@@ -113,7 +113,6 @@ struct DeviceLaunch {
       case P::Backward: return launch_phase<T, In, P::Backward>(groups, ny, smem, a);
       case P::ForwardPrefetch: return launch_phase<T, In, P::ForwardPrefetch>(groups, ny, smem, a);
       case P::ForwardOneMapPrefetch: return launch_phase<T, In, P::ForwardOneMapPrefetch>(groups, ny, smem, a);
-      case P::BackwardPrefetch: return launch_phase<T, In, P::BackwardPrefetch>(groups, ny, smem, a);
     }
   }
 };
