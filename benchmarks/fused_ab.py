@@ -8,11 +8,12 @@ with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forwar
 per chunk (COMPACT_BILINEAR_POOLED_ROWS), both with and without the prefetch of the next gather's
 input values (COMPACT_BILINEAR_PREFETCH=0), forward+backward with an NCHW-contiguous and a
 location-major upstream gradient, map x vector forward (unpooled and pooled, with and without the
-prefetch) and forward+backward with rows in pairs and one at a time, and map x vector
-forward+backward at d = 16384 (the
-backward's half spectra in global memory), each beside the fft path. CUDA events; a case's variants
-are timed in turn over 15 rounds (the median round per variant), inputs rotated so L2 does not hold
-them, random normal inputs, every variant checked against the fft path before it is timed.
+prefetch) and forward+backward with rows in pairs and one at a time; at d = 16384, map x vector
+forward+backward fused (its backward's half spectra in global memory) and with 'auto' (fused
+forward, fft backward), its forward alone, and the pooled forward of three maps (half spectra in
+global memory); each beside the fft path. CUDA events; a case's variants are timed in turn over 15
+rounds (the median round per variant), inputs rotated so L2 does not hold them, random normal
+inputs, every variant checked against the fft path before it is timed.
 """
 import os
 import statistics
@@ -117,18 +118,29 @@ def main():
                  ("map x vec fwd+bwd", "fused, row pairs", {}, fwd_bwd("fused"), ref, mv_sets),
                  ("map x vec fwd+bwd", "fused, single rows", {"COMPACT_BILINEAR_ROW_PAIRS": "0"}, fwd_bwd("fused"),
                   ref, mv_sets)]
-    # d = 16384, map x vector: the backward's half spectra do not fit beside Z in shared memory and
-    # live in global memory (one block per SM taking the thread groups in turn).
-    hs16, ss16 = random_hashes((C, C), 2 * D, torch.Generator().manual_seed(0), device="cuda")
+    # d = 16384: the map x vector backward's half spectra, and the pooled forward's of three maps, do
+    # not fit beside Z in shared memory and live in global memory (one block per SM taking the thread
+    # groups in turn); 'auto' leaves those directions to fft, the map x vector forward fused.
+    hs16, ss16 = random_hashes((C, C, C), 2 * D, torch.Generator().manual_seed(0), device="cuda")
     grad16 = torch.randn(B, 2 * D, *S, device="cuda")
 
+    def call16(algo, pool=False):
+        return lambda xs: cb.compact_bilinear_pooling(xs, hs16[:len(xs)], ss16[:len(xs)], 2 * D, sum_pool=pool,
+                                                      algorithm=algo)
+
     def fwd_bwd16(algo):
-        return lambda xs: torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs16, ss16, 2 * D, algorithm=algo), xs,
-                                              grad16)
+        return lambda xs: torch.autograd.grad(call16(algo)(xs), xs, grad16)
 
     ref = fwd_bwd16("fft")
     variants += [("map x vec 16384", "fft, NCHW grad", {}, ref, ref, mv_sets),
-                 ("map x vec 16384", "fused, slots in global memory", {}, fwd_bwd16("fused"), ref, mv_sets)]
+                 ("map x vec 16384", "auto: fused fwd, fft bwd", {}, fwd_bwd16("auto"), ref, mv_sets),
+                 ("map x vec 16384", "fused, slots in global memory", {}, fwd_bwd16("fused"), ref, mv_sets),
+                 ("map x vec 16384 fwd", "fft", {}, call16("fft"), call16("fft"), mv_plain),
+                 ("map x vec 16384 fwd", "fused", {}, call16("fused"), call16("fft"), mv_plain)]
+    maps3 = [[*s, torch.randn(B, C, *S, device="cuda")] for s in plain]
+    ref = call16("fft", True)
+    variants += [("3 maps pooled 16384", "fft", {}, ref, ref, maps3),
+                 ("3 maps pooled 16384", "fused, slots in global memory", {}, call16("fused", True), ref, maps3)]
     print(f"{'case':18s} {'variant':36s} {'median':>10s}  rel err vs fft")
     for case in dict.fromkeys(v[0] for v in variants):
         compare([v for v in variants if v[0] == case])
