@@ -120,7 +120,7 @@ def main():
                   ref, mv_sets)]
     # d = 16384: the map x vector backward's half spectra, and the pooled forward's of three maps, do
     # not fit beside Z in shared memory and live in global memory (one block per SM taking the thread
-    # groups in turn); 'auto' leaves those directions to fft, the map x vector forward fused.
+    # groups in turn); 'auto' leaves such a backward to fft (the forward runs fused).
     hs16, ss16 = random_hashes((C, C, C), 2 * D, torch.Generator().manual_seed(0), device="cuda")
     grad16 = torch.randn(B, 2 * D, *S, device="cuda")
 

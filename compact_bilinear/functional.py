@@ -62,9 +62,8 @@ def compact_bilinear_pooling(
         signed_sqrt: apply ``sign(z) sqrt(|z|)`` (default False; see :func:`signed_sqrt`).
         l2_normalize: L2-normalise each output vector over its d channels (default False).
         algorithm: ``"auto"`` (default: the fused kernel where it applies on CUDA, else the
-            FFT path; also the FFT path for a direction, forward or backward, whose half
-            spectra the fused kernel would keep in global memory), ``"fused"`` (error if it
-            cannot apply) or ``"fft"``.
+            FFT path; also the FFT path for a backward whose half spectra the fused kernel
+            would keep in global memory), ``"fused"`` (error if it cannot apply) or ``"fft"``.
 
     Returns:
         ``Tensor[B, d, *S]``, or ``Tensor[B, d]`` when ``sum_pool`` or every input is a vector.

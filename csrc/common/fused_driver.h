@@ -144,10 +144,12 @@ inline std::optional<FusedPlan> fused_choice(const Problem& p, const std::string
   const auto why = fused_unsupported_reason(p, backward, be.limits, plan);
   TORCH_CHECK_VALUE(algorithm == "auto" || why.empty(), "compact_bilinear: algorithm='fused' cannot run this call: ",
                     why, "; use algorithm='auto' or 'fft'");
-  // 'auto' leaves to fft the plans whose half spectra live in global memory: on an H100 (run 11) the
-  // map x vector forward+backward at d = 16384, whose backward runs that way, took 1570 us fused and
-  // 1435 us with fft throughout.
-  if (!why.empty() || !(algorithm == "fused" || (be.prefer_fused && !plan.global_slots))) return std::nullopt;
+  // 'auto' leaves to fft a backward whose half spectra live in global memory. On an H100 (run 12, d =
+  // 16384, fused_ab.py) the map x vector forward+backward took 1541 us fused, 1454 us with fft and
+  // 1152 us with the forward fused (230 us, against 535 with fft) and the backward with fft; a
+  // forward with its slots there, the pooled forward of three maps, took 594 us fused, 707 with fft.
+  const bool slow = backward && plan.global_slots;
+  if (!why.empty() || !(algorithm == "fused" || (be.prefer_fused && !slow))) return std::nullopt;
   return plan;
 }
 

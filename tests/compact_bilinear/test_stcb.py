@@ -245,17 +245,18 @@ def test_fused_slots_in_global_memory(name, device):
 
 
 @pytest.mark.parametrize("name", list(GLOBAL_SLOT_CASES))
-def test_auto_leaves_slots_in_global_memory_to_fft(name, device):
-    """'auto' takes the fused kernel on CUDA where it applies, except a direction (forward or
-    backward) whose plan keeps its half spectra in global memory: that one runs the fft path (on an
-    H100 the map x vector forward+backward at d = 16384 took 1570 us fused, 1435 us with fft).
-    On the CPU 'auto' is always fft."""
+def test_auto_leaves_a_backward_with_slots_in_global_memory_to_fft(name, device):
+    """'auto' takes the fused kernel on CUDA where it applies, except a backward whose plan keeps its
+    half spectra in global memory: that one runs the fft path (on an H100 at d = 16384 such a
+    backward took about 1.4x fft's time; a forward with its slots there beat fft by 16 %). On the
+    CPU 'auto' is always fft."""
     case, dtype = GLOBAL_SLOT_CASES[name]
     xs, hs, ss, d, sum_pool = make(case, device, dtype=dtype, batch=1)
     for backward in (False, True):
         plan = torch.ops.compact_bilinear.plan(xs, hs, ss, d, sum_pool, "fused", backward)
         auto = torch.ops.compact_bilinear.plan(xs, hs, ss, d, sum_pool, "auto", backward)
-        assert auto == (plan if device.type == "cuda" and "global_slots=0" in plan else "fft"), (backward, plan)
+        fused = device.type == "cuda" and not (backward and "global_slots=1" in plan)
+        assert auto == (plan if fused else "fft"), (backward, plan)
     # Every case here has a direction with slots in global memory.
     assert any("global_slots=1" in torch.ops.compact_bilinear.plan(xs, hs, ss, d, sum_pool, "fused", bw)
                for bw in (False, True))
