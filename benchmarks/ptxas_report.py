@@ -26,7 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # fused_phases.h Phase
-PHASES = ["vector spectra", "forward", "backward", "forward, prefetch", "forward 1 map, prefetch"]
+PHASES = ["vector spectra", "forward", "backward", "forward, prefetch", "forward 1 map, prefetch",
+          "forward pooled, prefetch"]
 KERNEL = re.compile(r"fused_kernel<(\w+), ([\w:]+), \(compact_bilinear::fused::Phase\)(\d), (\d), (true|false)>")
 
 

@@ -31,7 +31,8 @@ import tempfile
 from benchmarks.ptxas_report import REPO, cuda_tool, nvcc_command
 
 # fused_phases.h Phase
-PHASES = {"vector": 0, "forward": 1, "backward": 2, "forward-prefetch": 3, "forward-one-map-prefetch": 4}
+PHASES = {"vector": 0, "forward": 1, "backward": 2, "forward-prefetch": 3, "forward-one-map-prefetch": 4,
+          "forward-pooled-prefetch": 5}
 BARRIER = re.compile(r"\bBAR\.(SYNC|RED)")
 
 

@@ -305,8 +305,9 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   int64_t nmap = 0;
   for (int64_t k = 0; k < p.K; ++k) nmap += p.is_map[k];
   const int64_t nvec = p.K - nmap, groups = (nmap + 1) / 2;
-  // Rows reduced inside one thread group: at most 8 locations, spread evenly, so a pooled 7x7
-  // map gives 7 groups of 7 per sample (enough blocks to fill the GPU, few partial spectra).
+  // The backward's rows reduced inside one thread group: at most 8 locations, spread evenly, so a
+  // pooled 7x7 map gives 7 groups of 7 per sample (enough blocks to fill the GPU, few partial
+  // spectra). The pooled forward's chunks are sized below, once the plan's blocks per SM are known.
   const int64_t L = std::max<int64_t>(p.L, 1), balanced = (L + (L + 7) / 8 - 1) / ((L + 7) / 8);
   const int64_t elem = p.acc_dtype == at::kDouble ? 16 : 8;
   FusedPlan plan;
@@ -332,10 +333,7 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   if (!backward) {
     // Pooled: an accumulator slot. Unpooled: the first row's product of a pair waits in a slot,
     // except with a single map, whose two rows share the forward transform too; else single rows.
-    // COMPACT_BILINEAR_POOLED_ROWS=n (1..8) sets the pooled chunk's rows (benchmarks/fused_ab.py).
-    const char* pooled_env = std::getenv("COMPACT_BILINEAR_POOLED_ROWS");
-    const int64_t pooled_rows = pooled_env ? std::atoll(pooled_env) : 0;
-    plan.rows_per_chunk = p.out_map ? 2 : (pooled_rows >= 1 && pooled_rows <= 8 ? pooled_rows : balanced);
+    plan.rows_per_chunk = p.out_map ? 2 : balanced;
     const int64_t first_slot = p.out_map && nmap > 1 ? 1 : 0;
     plan.slots = (groups > 1 ? 1 : 0) + (p.out_map ? first_slot : 1);
     size();
@@ -380,24 +378,38 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   const std::string prefetch = prefetch_env ? prefetch_env : "1";
   TORCH_CHECK_VALUE(prefetch == "0" || prefetch == "1", "COMPACT_BILINEAR_PREFETCH must be '0' or '1', got '", prefetch,
                     "'");
+  // The plan's blocks an SM holds at once, by shared memory, registers (a kernel's cap under its
+  // launch bounds, fused.h min_blocks_per_sm, not its count), threads and blocks.
+  const int64_t threads = fused::group_threads(p.d, plan.max_pass_bits),
+                regs = dev.regs_per_sm / (fused::kMaxGroupThreads * fused::min_blocks_per_sm(plan.max_pass_bits));
+  const auto blocks_per_sm = [&](int64_t smem) {
+    return std::min({dev.smem_per_sm / (smem + dev.smem_reserved_per_block), dev.regs_per_sm / (threads * regs),
+                     dev.blocks_per_sm, dev.threads_per_sm / threads});
+  };
   if (!backward && prefetch == "1" && nmap >= 1 && !plan.global_slots) {
     int64_t channels = 0;
     for (int64_t k = 0; k < p.K; ++k)
       if (p.is_map[k]) channels = std::max(channels, p.x[k].size(1));
     const int64_t word = std::max<int64_t>(c10::elementSize(p.in_dtype), 4),
                   bytes = (2 * channels * word + 15) / 16 * 16;
-    // Registers: a kernel's cap under its launch bounds (fused.h min_blocks_per_sm), not its count.
-    const int64_t threads = fused::group_threads(p.d, plan.max_pass_bits),
-                  regs = dev.regs_per_sm / (fused::kMaxGroupThreads * fused::min_blocks_per_sm(plan.max_pass_bits));
-    const auto blocks_per_sm = [&](int64_t smem) {
-      return std::min({dev.smem_per_sm / (smem + dev.smem_reserved_per_block), dev.regs_per_sm / (threads * regs),
-                       dev.blocks_per_sm, dev.threads_per_sm / threads});
-    };
     const int64_t with = plan.smem_bytes + bytes;
     if (with <= smem_limit && blocks_per_sm(with) == blocks_per_sm(plan.smem_bytes)) {
       plan.prefetch_half = channels;
       plan.smem_bytes += bytes;
     }
+  }
+  // The pooled forward's chunks run over the flat rows of all samples (fused.h forward_chunk), as
+  // many rows each as make the chunks fit in the blocks the device runs at once, at least 2 (at
+  // B = 32, L = 49 on an H100: 6 rows, 262 chunks for 264 blocks; chunks of 7 of a sample's 7 x 7
+  // rows made 224, and the most rows a block took, which sets the time, was 7). nchunks bounds the
+  // chunks a sample's locations span, ceil((L - 1) / rows) + 1, each leaving a partial sum.
+  // COMPACT_BILINEAR_POOLED_ROWS=n sets the rows per chunk (benchmarks/fused_ab.py).
+  if (!backward && !p.out_map) {
+    const char* pooled_env = std::getenv("COMPACT_BILINEAR_POOLED_ROWS");
+    const int64_t pooled_rows = pooled_env ? std::atoll(pooled_env) : 0;
+    const int64_t rows = p.B * L, at_once = std::max<int64_t>(dev.sms * blocks_per_sm(plan.smem_bytes), 1);
+    plan.rows_per_chunk = pooled_rows >= 1 ? pooled_rows : std::max<int64_t>(2, (rows + at_once - 1) / at_once);
+    plan.nchunks = (L + plan.rows_per_chunk - 2) / plan.rows_per_chunk + 1;
   }
   return plan;
 }

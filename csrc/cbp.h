@@ -88,11 +88,11 @@ struct FusedPlan {
 // SM's shared memory and what the runtime reserves of it per block, an SM's registers, blocks and
 // threads.
 struct DeviceLimits {
-  int64_t smem_per_block, smem_per_sm, smem_reserved_per_block, regs_per_sm, blocks_per_sm, threads_per_sm;
+  int64_t smem_per_block, smem_per_sm, smem_reserved_per_block, regs_per_sm, blocks_per_sm, threads_per_sm, sms;
 };
-// The host instance plans as for an H100 (an H200's limits are the same), so the host tests run the
-// plans the GPU runs.
-constexpr DeviceLimits kHostDeviceLimits{227 * 1024, 228 * 1024, 1024, 65536, 32, 2048};
+// The host instance plans as for an H100 SXM (an H200's limits are the same), so the host tests run
+// the plans the GPU runs.
+constexpr DeviceLimits kHostDeviceLimits{227 * 1024, 228 * 1024, 1024, 65536, 32, 2048, 132};
 // Empty if the fused kernel applies, with its plan in `plan` (for a device of these limits), else
 // why not.
 std::string fused_unsupported_reason(const Problem& p, bool backward, const DeviceLimits& dev, FusedPlan& plan);

@@ -774,30 +774,30 @@ CB_HD cplx<T> load_l2(const cplx<T>* p) {
 #endif
 }
 
-// Chunks of one sample's locations run in separate thread groups, each leaving its half spectrum
-// in `src` [nchunks][F]; the last to finish (G::last_to_arrive on the sample's arrival counter)
-// sums them, in chunk order whichever group that is, into S, which holds its own chunk c's sum
-// already. A single chunk has nothing to add. The other chunks' values of a bin are loaded
+// The n chunks that hold a sample's locations run in separate thread groups, each leaving its half
+// spectrum in `src` [n][F]; the last to finish (G::last_to_arrive on the sample's arrival counter)
+// sums them, in chunk order whichever group that is, into S, which holds its own (the c-th of the
+// n) already. A single chunk has nothing to add. The other chunks' values of a bin are loaded
 // kInFlight at a time, all before the first add: written as one loop over the chunks, the
 // compiler unrolled it by 4 and loaded the remainder one at a time, so the canonical pooled
 // forward's last chunk (7 chunks a sample, 16 bins a thread) waited on about 64 round trips to L2
 // one after another, where it now waits on 16, while the rest of the GPU has finished.
 template <typename T, typename In, class G>
-CB_HD void sum_chunks(const G& g, const Args<T, In>& a, cplx<T>* S, const cplx<T>* src, int64_t c) {
-  if (a.nchunks == 1) return;
+CB_HD void sum_chunks(const G& g, const Args<T, In>& a, cplx<T>* S, const cplx<T>* src, int64_t n, int64_t c) {
+  if (n == 1) return;
   constexpr int kInFlight = 8;
   g.for_each(a.F, [=, &a](int64_t f) {
     cplx<T> s(0, 0);
-    for (int64_t i0 = 0; i0 < a.nchunks; i0 += kInFlight) {
+    for (int64_t i0 = 0; i0 < n; i0 += kInFlight) {
       cplx<T> v[kInFlight];
       CB_UNROLL
       for (int j = 0; j < kInFlight; ++j) {
         const int64_t i = i0 + j;
-        v[j] = i < a.nchunks && i != c ? load_l2(src + i * a.F + f) : S[f];
+        v[j] = i < n && i != c ? load_l2(src + i * a.F + f) : S[f];
       }
       CB_UNROLL
       for (int j = 0; j < kInFlight; ++j)
-        if (i0 + j < a.nchunks) s += v[j];
+        if (i0 + j < n) s += v[j];
     }
     S[f] = s;
   });
@@ -913,11 +913,21 @@ CB_HD void forward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cp
   }
 }
 
-// Pooled forward, in the last of sample b's chunks to finish (this one, chunk c): the chunks'
-// spectra summed into `acc`, and the output row by one real inverse transform.
+// Pooled forward: `acc` holds chunk c's sum over its locations of sample b. Chunks of flat rows may
+// start and end inside a sample, so sample b's locations lie in chunks c0 .. c0 + n - 1; each leaves
+// its sum in the sample's part of a.partial [B][nchunks][F] (a.nchunks: the most chunks a sample
+// spans), and the last to finish sums them in chunk order (sum_chunks) and writes the output row by
+// one real inverse transform. A sample within one chunk is finished there.
 template <typename T, typename In, class G>
-CB_HD void forward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* acc, int64_t b, int64_t c) {
-  sum_chunks(g, a, acc, a.partial + b * a.nchunks * a.F, c);
+CB_HD void forward_pooled_sample(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* acc, int64_t b, int64_t c) {
+  const int64_t c0 = b * a.L / a.rows_per_chunk, n = ((b + 1) * a.L - 1) / a.rows_per_chunk - c0 + 1;
+  cplx<T>* partial = n > 1 ? a.partial + b * a.nchunks * a.F : nullptr;
+  if (n > 1) {
+    cplx<T>* dst = partial + (c - c0) * a.F;
+    g.for_each(a.F, [=](int64_t f) { dst[f] = acc[f]; });
+    if (!g.last_to_arrive(a.arrivals + b, static_cast<int>(n))) return;
+  }
+  sum_chunks(g, a, acc, partial, n, c - c0);
   const T scale = T(1) / static_cast<T>(a.d);
   const bool odd = a.d > 1;  // the odd samples (none at d = 1)
   In* out = a.out + b * a.d;
@@ -980,61 +990,82 @@ CB_HD void map_product(const G& g, const Args<T, In>& a, Sink sink, cplx<T>* z, 
   }
 }
 
-// Forward for one chunk of rows. Pooled: chunk c of sample b. Unpooled: chunk c of all B * L rows
-// (b is 0), so a pair may end one sample and start the next, and no sample's odd row count leaves
-// a block with a single row (at B = 32, L = 49: 784 blocks, 3 full waves on an H100, instead of
-// 800, whose last 8 blocks made a fourth wave of their own). Smem: z + [P slot if > 1 map pair] +
-// [acc slot if pooled, or, for unpooled rows in pairs of more than one map, the first row's
-// product]. A pair's real outputs share one inverse transform: Z = P_first + i P_second gives the
-// first row in Re, the second in Im.
+// Forward for chunk c of the B * L flat rows (b is 0), pooled or not. Unpooled, a pair may end one
+// sample and start the next, and no sample's odd row count leaves a block with a single row (at
+// B = 32, L = 49: 784 blocks, 3 full waves on an H100, instead of 800, whose last 8 blocks made a
+// fourth wave of their own). Pooled, the chunk's rows go sample by sample, each sample's sum
+// handed on after its last row in the chunk (forward_pooled_sample), so chunks need not align
+// with samples: the plan sizes them so that all run at once (cbp.cpp fused_plan; at B = 32, L = 49
+// on an H100, 262 chunks of 6 rows for its 264 blocks, where chunks of 7 of a sample's rows made
+// 224 and left 40 idle). Smem: z + [P slot if > 1 map pair] + [acc slot if pooled, or, for
+// unpooled rows in pairs of more than one map, the first row's product]. A pair's real outputs
+// share one inverse transform: Z = P_first + i P_second gives the first row in Re, the second in Im.
 //
 // Prefetch: the kernels that copy each gather's input values into the prefetch buffer while the
 // gather before it transforms (PrefetchWord), where the plan has a buffer (cbp.cpp fused_plan).
 // Kernels of their own, so the others compile as they did: their code in the loops over rows had
 // made the radix-32 forward spill 240 bytes instead of 36, in paths that do not prefetch; and one
 // for a single map (Maps::One) and one for several (Maps::Several): together, at radix 32, they
-// spilled 128 bytes, apart 20 and none (ptxas, sm_90, float).
+// spilled 128 bytes, apart 20 and none (ptxas, sm_90, float). The several maps' kernel is split
+// again into unpooled (Out::Rows) and pooled (Out::Pooled): with a sample's sum handed on inside
+// the loop over rows, one kernel for both spilled 96 bytes at radix 32 in the unpooled path.
 enum class Maps { Any, One, Several };
-template <bool Prefetch, Maps M, typename T, typename In, class G>
-CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c,
-                         Turn turn = {}) {
+enum class Out { Any, Rows, Pooled };
+template <bool Prefetch, Maps M, Out O, typename T, typename In, class G>
+CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t /*b = 0*/,
+                         int64_t c, Turn turn = {}) {
   const int groups = (a.nmap + 1) / 2;
   cplx<T>* P = groups > 1 ? slots : nullptr;
   cplx<T>* spare = slots + (groups > 1 ? a.F : 0);  // the plan's second kind of slot, if any
-  cplx<T>* acc = a.out_map ? nullptr : spare;
+  const bool pooled = O == Out::Any ? !a.out_map : O == Out::Pooled;  // known at compile time but in Out::Any
+  cplx<T>* acc = pooled ? spare : nullptr;
   cplx<T>* first = a.out_map && a.rows_per_chunk == 2 && a.nmap > 1 ? spare : nullptr;
-  if (acc) {
-    g.for_each(a.F, [=, &a](int64_t f) { acc[f] = cplx<T>(0, 0); });
-    g.sync();
-  }
   const bool one_map = M == Maps::Any ? a.nmap == 1 : M == Maps::One;
-  // Chunk c of sample b as flat row indices r = sample * L + location, r0 .. r1.
-  const auto rows_of = [&a](int64_t b, int64_t c) {
-    const int64_t r0 = b * a.L + c * a.rows_per_chunk, rows = a.out_map ? a.B * a.L : (b + 1) * a.L;
+  // Chunk c as flat row indices r = sample * L + location, r0 .. r1.
+  const auto rows_of = [&a](int64_t c) {
+    const int64_t r0 = c * a.rows_per_chunk, rows = a.B * a.L;
     return RowRange{r0, r0 + a.rows_per_chunk < rows ? r0 + a.rows_per_chunk : rows};
   };
-  const RowRange own = rows_of(b, c);
+  // Where the rows from r on stop, in a chunk that ends at r1: pooled, at the end of r's sample.
+  const auto sample_end = [&a, pooled](int64_t r, int64_t r1) {
+    const int64_t e = (r / a.L + 1) * a.L;
+    return !pooled || r1 < e ? r1 : e;
+  };
+  const RowRange own = rows_of(c);
   const int64_t r0 = own.r0, r1 = own.r1;
   const auto at = [&a](Row rl, int gi) { return maps_of_row(a, rl.b, rl.l, gi); };
-  // The first gather of chunk c of sample b: prefetched by the group before, if this block had one.
-  const auto first_of = [&a, &at, &rows_of, one_map](int64_t b, int64_t c) {
-    const RowRange rr = rows_of(b, c);
-    return one_map ? rows_of_one_map(a, rr.r0, rr.r1) : at(Row{rr.r0 / a.L, rr.r0 % a.L}, 0);
+  // The first gather of chunk c: prefetched by the group before, if this block had one.
+  const auto first_of = [&a, &at, &rows_of, &sample_end, one_map](int64_t c) {
+    const RowRange rr = rows_of(c);
+    return one_map ? rows_of_one_map(a, rr.r0, sample_end(rr.r0, rr.r1)) : at(Row{rr.r0 / a.L, rr.r0 % a.L}, 0);
   };
-  const auto next_chunk = [=] { return first_of(turn.next_bx, turn.next_by); };
+  const auto next_chunk = [=] { return first_of(turn.next_by); };
   if constexpr (Prefetch) {
-    if (turn.first) prefetch_values(g, a, prefetch_buffer(a, z), first_of(b, c));
+    if (turn.first) prefetch_values(g, a, prefetch_buffer(a, z), first_of(c));
   }
+  const auto zero_acc = [=, &a, &g] {
+    g.for_each(a.F, [=, &a](int64_t f) { acc[f] = cplx<T>(0, 0); });
+    g.sync();
+  };
   if (one_map) {
-    forward_rows_one_map<Prefetch>(g, a, z, acc, r0, r1, turn.next_bx >= 0, next_chunk);
+    for (int64_t s0 = r0; s0 < r1;) {  // pooled: a sample's rows at a time; unpooled: all at once
+      const int64_t s1 = sample_end(s0, r1);
+      if (pooled) zero_acc();
+      forward_rows_one_map<Prefetch>(g, a, z, acc, s0, s1, s1 < r1 || turn.next_bx >= 0, [=, &a] {
+        return s1 < r1 ? rows_of_one_map(a, s1, sample_end(s1, r1)) : next_chunk();
+      });
+      if (pooled) forward_pooled_sample(g, a, z, acc, s0 / a.L, c);
+      s0 = s1;
+    }
   } else {
     const bool pair = first != nullptr && r1 - r0 == 2;
     const bool plain = groups == 1 && a.nvec == 0;  // two maps (groups == 1 and nmap > 1)
+    if (pooled) zero_acc();
     for (int64_t r = r0; r < r1; ++r) {
       const Row rl{r / a.L, r % a.L};
       const bool hold = pair && r == r0;  // the first row of a pair: keep its product in `first`
-      const Sink sink = acc ? Sink::Acc : hold ? Sink::Hold : pair ? Sink::MergePair : Sink::Merge;
-      cplx<T>* dst = acc ? acc : first;
+      const Sink sink = pooled ? Sink::Acc : hold ? Sink::Hold : pair ? Sink::MergePair : Sink::Merge;
+      cplx<T>* dst = pooled ? acc : first;
       for (int gi = 0; gi < groups; ++gi) {
         const GatherAt cur = at(rl, gi);
         // The next gather: this row's next pair of maps, the next row's first, or the block's next chunk's first.
@@ -1051,16 +1082,13 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
         else
           map_product<false>(g, a, sink, z, P, dst, rb, gi, kb, last);
       }
-      if (!acc && !hold) inverse_to_rows(g, a, z, a.out + (pair ? r0 : r) * a.d, pair);
+      if (!pooled && !hold) inverse_to_rows(g, a, z, a.out + (pair ? r0 : r) * a.d, pair);
+      // Pooled: the sample's last row in this chunk hands its sum on.
+      if (pooled && (rl.l + 1 == a.L || r + 1 == r1)) {
+        forward_pooled_sample(g, a, z, acc, rl.b, c);
+        if (r + 1 < r1) zero_acc();
+      }
     }
-  }
-  if (acc) {
-    if (a.nchunks > 1) {
-      cplx<T>* dst = a.partial + (b * a.nchunks + c) * a.F;
-      g.for_each(a.F, [=](int64_t f) { dst[f] = acc[f]; });
-    }
-    if (a.nchunks == 1 || g.last_to_arrive(a.arrivals + b, static_cast<int>(a.nchunks)))
-      forward_finish(g, a, z, acc, b, c);
   }
 }
 
@@ -1266,7 +1294,7 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
 // chunks' spectra summed into S (its accumulator), one real inverse transform, the scatter.
 template <typename T, typename In, class G>
 CB_HD void backward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* S, int64_t b, int v, int64_t c) {
-  sum_chunks(g, a, S, a.partial + (v * a.B + b) * a.nchunks * a.F, c);
+  sum_chunks(g, a, S, a.partial + (v * a.B + b) * a.nchunks * a.F, a.nchunks, c);
   inverse_real(g, a, z, S, ZStore<T>{z});
   scatter_grad<true>(g, a, reinterpret_cast<const T*>(z), a.vec_ids[v], 0, b, 0);
   g.sync();

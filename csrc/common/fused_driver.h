@@ -74,7 +74,8 @@ at::Tensor launch_vector_spectra(const Problem& p, Args<T, In>& a, Launch&& laun
 }
 
 // The chunks' spectra [n][B][nchunks][F] of n sums over each sample's locations, and the samples'
-// arrival counters, where a sample's locations span several chunks (fused.h sum_chunks). Both
+// arrival counters, where a sample's locations may span several chunks (nchunks, the most), for
+// fused.h sum_chunks. Both
 // live until the call returns, after its kernels on the GPU's stream.
 template <typename T, typename In>
 std::pair<at::Tensor, at::Tensor> chunk_sums(const Problem& p, Args<T, In>& a, int64_t n) {
@@ -94,12 +95,13 @@ at::Tensor forward(const Problem& p, const FusedPlan& plan, Launch&& launch) {
   a.out = out.data_ptr<In>();
   const at::Tensor vspec = launch_vector_spectra(p, a, launch);
   const auto sums = chunk_sums(p, a, a.out_map ? 0 : 1);  // pooled: the product, summed
-  // Unpooled chunks count over all B * L rows (forward_chunk), pooled ones over each sample's L.
-  const int64_t chunks = a.out_map ? (p.B * p.L + plan.rows_per_chunk - 1) / plan.rows_per_chunk
-                                   : p.B * plan.nchunks;
-  const Phase ph = !plan.prefetch_half ? Phase::Forward : a.nmap == 1 ? Phase::ForwardOneMapPrefetch
-                                                                      : Phase::ForwardPrefetch;
-  launch(ph, chunks, a.out_map ? chunks : plan.nchunks, plan.smem_bytes, a);
+  // Chunks of all B * L rows (forward_chunk), pooled or not.
+  const int64_t chunks = (p.B * p.L + plan.rows_per_chunk - 1) / plan.rows_per_chunk;
+  const Phase ph = !plan.prefetch_half ? Phase::Forward
+                   : a.nmap == 1      ? Phase::ForwardOneMapPrefetch
+                   : a.out_map        ? Phase::ForwardPrefetch
+                                      : Phase::ForwardPooledPrefetch;
+  launch(ph, chunks, chunks, plan.smem_bytes, a);
   return out;
 }
 

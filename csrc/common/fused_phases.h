@@ -11,13 +11,16 @@
 namespace compact_bilinear {
 namespace fused {
 
-// ForwardPrefetch, ForwardOneMapPrefetch: the forward (fused.h forward_chunk) with its prefetch
-// buffer, where the plan has one, with two maps or more and with one.
-enum class Phase { VectorSpectra, Forward, Backward, ForwardPrefetch, ForwardOneMapPrefetch };
+// ForwardPrefetch, ForwardOneMapPrefetch, ForwardPooledPrefetch: the forward (fused.h forward_chunk)
+// with its prefetch buffer, where the plan has one: with two maps or more unpooled, with one map,
+// with two maps or more pooled.
+enum class Phase { VectorSpectra, Forward, Backward, ForwardPrefetch, ForwardOneMapPrefetch, ForwardPooledPrefetch };
 
 // Whether phase ph's blocks take its thread groups in turn (as many as run at once), each
 // prefetching the first gather of the group it takes next: the prefetching forward's.
-constexpr bool in_turn(Phase ph) { return ph == Phase::ForwardPrefetch || ph == Phase::ForwardOneMapPrefetch; }
+constexpr bool in_turn(Phase ph) {
+  return ph == Phase::ForwardPrefetch || ph == Phase::ForwardOneMapPrefetch || ph == Phase::ForwardPooledPrefetch;
+}
 
 // Runs phase `ph` for thread group (bx, by): z, its d-point buffer; slots, its a.slots half
 // spectra (in shared memory right after z, or in global memory where a.global_slots).
@@ -26,9 +29,12 @@ CB_HD void run_phase(const G& g, const Args<T, In>& a, Phase ph, cplx<T>* z, cpl
                      Turn turn = {}) {
   switch (ph) {
     case Phase::VectorSpectra: vector_spectra(g, a, z, bx, by); break;
-    case Phase::Forward: forward_chunk<false, Maps::Any>(g, a, z, slots, bx, by); break;
-    case Phase::ForwardPrefetch: forward_chunk<true, Maps::Several>(g, a, z, slots, bx, by, turn); break;
-    case Phase::ForwardOneMapPrefetch: forward_chunk<true, Maps::One>(g, a, z, slots, bx, by, turn); break;
+    case Phase::Forward: forward_chunk<false, Maps::Any, Out::Any>(g, a, z, slots, bx, by); break;
+    case Phase::ForwardPrefetch: forward_chunk<true, Maps::Several, Out::Rows>(g, a, z, slots, bx, by, turn); break;
+    case Phase::ForwardOneMapPrefetch: forward_chunk<true, Maps::One, Out::Any>(g, a, z, slots, bx, by, turn); break;
+    case Phase::ForwardPooledPrefetch:
+      forward_chunk<true, Maps::Several, Out::Pooled>(g, a, z, slots, bx, by, turn);
+      break;
     case Phase::Backward: backward_chunk(g, a, z, slots, bx, by); break;
   }
 }

@@ -113,6 +113,7 @@ struct DeviceLaunch {
       case P::Backward: return launch_phase<T, In, P::Backward>(groups, ny, smem, a);
       case P::ForwardPrefetch: return launch_phase<T, In, P::ForwardPrefetch>(groups, ny, smem, a);
       case P::ForwardOneMapPrefetch: return launch_phase<T, In, P::ForwardOneMapPrefetch>(groups, ny, smem, a);
+      case P::ForwardPooledPrefetch: return launch_phase<T, In, P::ForwardPooledPrefetch>(groups, ny, smem, a);
     }
   }
 };
@@ -128,7 +129,8 @@ Backend cuda_backend() {
                             static_cast<int64_t>(prop->reservedSharedMemPerBlock),
                             prop->regsPerMultiprocessor,
                             prop->maxBlocksPerMultiProcessor,
-                            prop->maxThreadsPerMultiProcessor};
+                            prop->maxThreadsPerMultiProcessor,
+                            prop->multiProcessorCount};
   return Backend{&kCudaKernels, whole_batch, limits, /*prefer_fused=*/true};
 }
 

@@ -1,6 +1,6 @@
 #pragma once
 // The fused kernel (common/fused.h on a CUDA block) and its launch, included by one file per input
-// dtype (fused_f32.cu, ...), each instantiating the launches of its dtype's five phases with
+// dtype (fused_f32.cu, ...), each instantiating the launches of its dtype's six phases with
 // CB_INSTANTIATE_FUSED: the kernels then compile in parallel, one file per core.
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
@@ -125,4 +125,5 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
   CB_INSTANTIATE_FUSED_PHASE(In, Backward)              \
   CB_INSTANTIATE_FUSED_PHASE(In, ForwardPrefetch)       \
   CB_INSTANTIATE_FUSED_PHASE(In, ForwardOneMapPrefetch) \
+  CB_INSTANTIATE_FUSED_PHASE(In, ForwardPooledPrefetch) \
   }

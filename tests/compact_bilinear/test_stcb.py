@@ -422,7 +422,7 @@ def test_fused_prefetch_matches_the_direct_gather(name, dtype, device, monkeypat
 SEVERAL_CHUNKS_PER_BLOCK = {
     "k2_maps": (6, ((6, 5), 16384, [(7, 7), (7, 7)], False)),  # 147 pairs of rows
     "k2_map_x_vector": (6, ((6, 5), 16384, [(7, 7), ()], False)),  # 147 pairs of rows
-    "k2_maps_pooled": (20, ((6, 5), 16384, [(7, 7), (7, 7)], True)),  # 140 chunks of 7 rows
+    "k2_maps_pooled": (20, ((6, 5), 16384, [(7, 7), (7, 7)], True)),  # 140 chunks of 7 rows (set below)
 }
 
 
@@ -433,11 +433,14 @@ def test_fused_prefetch_where_blocks_take_several_chunks(name, device, monkeypat
     d = 16384 an H100 holds one block per SM, 132 in all (the plan's shared memory: 139264 bytes
     for Z, 204808 with a slot), so these calls give some blocks two chunks; the small tests above
     give every block a single chunk on a GPU. Float32 outputs and gradients are bit-identical with
-    and without the buffer and match the definition."""
+    and without the buffer and match the definition. (The plan sizes pooled chunks to fit the
+    blocks that run at once, 8 rows here; 7 rows per chunk make more.)"""
     batch, case = SEVERAL_CHUNKS_PER_BLOCK[name]
+    if case[3]:
+        monkeypatch.setenv("COMPACT_BILINEAR_POOLED_ROWS", "7")
     xs, hs, ss, d, sum_pool = make(case, device, dtype=torch.float32, batch=batch, requires_grad=True)
     plan = fused_plan(xs, hs, ss, d, sum_pool)
-    chunks = batch * plan["nchunks"] if sum_pool else -(-batch * 49 // plan["rows_per_chunk"])
+    chunks = -(-batch * 49 // plan["rows_per_chunk"])
     assert plan["prefetch_half"] == 6 and chunks > 132 and plan["smem_bytes"] > 228 * 1024 // 2
     ref = explicit_outer_product_sketch([x.detach().double() for x in xs], hs, ss, d, sum_pool)
     w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(device)
@@ -481,6 +484,24 @@ def test_fused_prefetch_only_where_it_costs_no_block_per_sm(monkeypatch):
     monkeypatch.setenv("COMPACT_BILINEAR_PREFETCH", "yes")
     with pytest.raises(ValueError, match="COMPACT_BILINEAR_PREFETCH must be '0' or '1', got 'yes'"):
         plan()
+
+
+@pytest.mark.parametrize("batch,rows,nchunks", [(32, 6, 9), (128, 24, 3), (1, 2, 25), (6, 2, 25)])
+def test_fused_pooled_chunks_fill_the_blocks_that_run_at_once(batch, rows, nchunks, monkeypatch):
+    """The pooled forward's chunks run over the flat rows of all samples, so they need not align
+    with samples: the plan gives each as many rows as make all chunks run at once, at least 2. The
+    host plans as an H100: 132 SMs, two blocks each at d = 8192 and C = 1024 float32 (110600 bytes
+    a block), so 264 at once. nchunks bounds the chunks one sample's 49 locations span (its partial
+    sums' stride): 9 of 6 rows, 3 of 24, 25 of 2; 8 of 7 rows (each sample spans exactly 7)."""
+    xs, hs, ss, d, _ = make(((1024, 1024), 8192, [(7, 7), (7, 7)], True), "cpu", dtype=torch.float32,
+                            batch=batch)
+    plan = fused_plan(xs, hs, ss, d, True)
+    assert plan["smem_bytes"] == 8 * (8192 + 512 + 4097) + 8192 and 2 * (plan["smem_bytes"] + 1024) <= 228 * 1024
+    at_once = 132 * 2
+    assert (plan["rows_per_chunk"], plan["nchunks"]) == (rows, nchunks)
+    assert -(-batch * 49 // rows) <= at_once and (rows == 2 or -(-batch * 49 // (rows - 1)) > at_once)
+    monkeypatch.setenv("COMPACT_BILINEAR_POOLED_ROWS", "7")
+    assert (fused_plan(xs, hs, ss, d, True)["rows_per_chunk"], fused_plan(xs, hs, ss, d, True)["nchunks"]) == (7, 8)
 
 
 GRAD_CASES = ["k2_vectors_odd_d", "k2_maps", "k2_map_x_vector", "k3_map_vec_map", "k2_maps_pooled",
