@@ -75,8 +75,7 @@ at::Tensor launch_vector_spectra(const Problem& p, Args<T, In>& a, Launch&& laun
 
 // The chunks' spectra [n][B][nchunks][F] of n sums over each sample's locations, and the samples'
 // arrival counters, where a sample's locations may span several chunks (nchunks, the most), for
-// fused.h sum_chunks. Both
-// live until the call returns, after its kernels on the GPU's stream.
+// fused.h sum_chunks. Both live until the call returns, after its kernels on the GPU's stream.
 template <typename T, typename In>
 std::pair<at::Tensor, at::Tensor> chunk_sums(const Problem& p, Args<T, In>& a, int64_t n) {
   if (n == 0 || a.nchunks == 1) return {};
