@@ -501,7 +501,8 @@ def test_fused_pooled_chunks_fill_the_blocks_that_run_at_once(batch, rows, nchun
     assert (plan["rows_per_chunk"], plan["nchunks"]) == (rows, nchunks)
     assert -(-batch * 49 // rows) <= at_once and (rows == 2 or -(-batch * 49 // (rows - 1)) > at_once)
     monkeypatch.setenv("COMPACT_BILINEAR_POOLED_ROWS", "7")
-    assert (fused_plan(xs, hs, ss, d, True)["rows_per_chunk"], fused_plan(xs, hs, ss, d, True)["nchunks"]) == (7, 8)
+    forced = fused_plan(xs, hs, ss, d, True)
+    assert (forced["rows_per_chunk"], forced["nchunks"]) == (7, 8)
 
 
 GRAD_CASES = ["k2_vectors_odd_d", "k2_maps", "k2_map_x_vector", "k3_map_vec_map", "k2_maps_pooled",
