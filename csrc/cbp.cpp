@@ -399,16 +399,17 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
     }
   }
   // The pooled forward's chunks run over the flat rows of all samples (fused.h forward_chunk), as
-  // many rows each as make the chunks fit in the blocks the device runs at once, at least 2 (at
-  // B = 32, L = 49 on an H100: 6 rows, 262 chunks for 264 blocks; chunks of 7 of a sample's 7 x 7
-  // rows made 224, and the most rows a block took, which sets the time, was 7). nchunks bounds the
-  // chunks a sample's locations span, ceil((L - 1) / rows) + 1, each leaving a partial sum.
+  // many rows each as make the chunks fit in the blocks the device runs at once (at B = 32, L = 49
+  // on an H100: 6 rows, 262 chunks for 264 blocks; chunks of 7 of a sample's 7 x 7 rows made 224,
+  // and the most rows a block took, which sets the time, was 7; inputs that are all vectors, L = 1,
+  // take a sample a chunk up to B = 264, as before). nchunks bounds the chunks a sample's locations
+  // span, ceil((L - 1) / rows) + 1, each leaving a partial sum.
   // COMPACT_BILINEAR_POOLED_ROWS=n sets the rows per chunk (benchmarks/fused_ab.py).
   if (!backward && !p.out_map) {
     const char* pooled_env = std::getenv("COMPACT_BILINEAR_POOLED_ROWS");
     const int64_t pooled_rows = pooled_env ? std::atoll(pooled_env) : 0;
     const int64_t rows = p.B * L, at_once = std::max<int64_t>(dev.sms * blocks_per_sm(plan.smem_bytes), 1);
-    plan.rows_per_chunk = pooled_rows >= 1 ? pooled_rows : std::max<int64_t>(2, (rows + at_once - 1) / at_once);
+    plan.rows_per_chunk = pooled_rows >= 1 ? pooled_rows : (rows + at_once - 1) / at_once;
     plan.nchunks = (L + plan.rows_per_chunk - 2) / plan.rows_per_chunk + 1;
   }
   return plan;

@@ -304,18 +304,23 @@ def test_fused_row_pairs_match_single_rows(name, device, monkeypatch):
     assert torch.equal(paired[map_grad], single[map_grad]) != one_map
 
 
-@pytest.mark.parametrize("spatial,rows", [((2, 4), "1"), ((2, 4), "3"), ((2, 4), "8"), ((9, 9), "")])
-def test_fused_sums_over_chunks_of_locations(spatial, rows, device, monkeypatch):
-    """A pooled output, and a vector input's gradient, sum over a sample's locations. Chunks of
-    locations run in separate thread groups, and the last of a sample's chunks to end sums their
-    spectra in chunk order and runs the (half-length) inverse transform. 8 locations pooled in
-    chunks of 1, 3 (the last one short) and 8 rows (one chunk: nothing to sum), and 81 in 11
-    chunks; the backward's vector gradient likewise (8 locations: one chunk, 81: eleven). Each
+@pytest.mark.parametrize("spatial,rows", [((2, 4), "1"), ((2, 4), "3"), ((2, 4), "5"), ((2, 4), "8"),
+                                          ((2, 4), "20"), ((9, 9), "")])
+@pytest.mark.parametrize("second", ["vector", "map"])
+def test_fused_sums_over_chunks_of_locations(spatial, rows, second, device, monkeypatch):
+    """A pooled output, and a vector input's gradient, sum over a sample's locations. The pooled
+    forward's chunks are runs of flat rows of all 3 samples, which may start and end inside a
+    sample; the last of a sample's chunks to end sums their spectra in chunk order and runs the
+    (half-length) inverse transform. 8 locations pooled in chunks of 1, 3, 5 (chunks straddling
+    samples), 8 (one a sample) and 20 rows (samples inside a chunk, and straddling), and 81 at the
+    plan's rows; the backward's vector gradient sums over chunks of a sample's locations (8: one
+    chunk, 81: eleven). A map beside a vector (a single map's rows go in pairs) and two maps. Each
     matches the definition, and repeated calls, whose chunks end in another order on the CPU's
     threads or the GPU's SMs, are bit-identical."""
     monkeypatch.setenv("COMPACT_BILINEAR_POOLED_ROWS", rows)
     for sum_pool in (True, False):
-        xs, hs, ss, d, _ = make(((6, 5), 64, [spatial, ()], sum_pool), device, requires_grad=True)
+        xs, hs, ss, d, _ = make(((6, 5), 64, [spatial, () if second == "vector" else spatial], sum_pool), device,
+                                requires_grad=True)
         ref = explicit_outer_product_sketch(xs, hs, ss, d, sum_pool)
         w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=ref.dtype).to(device)
         expect = forward_and_grads(lambda x: compact_bilinear_pooling_reference(x, hs, ss, d, sum_pool), xs, w)
@@ -486,20 +491,20 @@ def test_fused_prefetch_only_where_it_costs_no_block_per_sm(monkeypatch):
         plan()
 
 
-@pytest.mark.parametrize("batch,rows,nchunks", [(32, 6, 9), (128, 24, 3), (1, 2, 25), (6, 2, 25)])
+@pytest.mark.parametrize("batch,rows,nchunks", [(32, 6, 9), (128, 24, 3), (1, 1, 49), (6, 2, 25)])
 def test_fused_pooled_chunks_fill_the_blocks_that_run_at_once(batch, rows, nchunks, monkeypatch):
     """The pooled forward's chunks run over the flat rows of all samples, so they need not align
-    with samples: the plan gives each as many rows as make all chunks run at once, at least 2. The
+    with samples: the plan gives each as many rows as make all chunks run at once. The
     host plans as an H100: 132 SMs, two blocks each at d = 8192 and C = 1024 float32 (110600 bytes
     a block), so 264 at once. nchunks bounds the chunks one sample's 49 locations span (its partial
-    sums' stride): 9 of 6 rows, 3 of 24, 25 of 2; 8 of 7 rows (each sample spans exactly 7)."""
+    sums' stride): 9 of 6 rows, 3 of 24, 25 of 2, 49 of 1; 8 of 7 rows (each spans exactly 7)."""
     xs, hs, ss, d, _ = make(((1024, 1024), 8192, [(7, 7), (7, 7)], True), "cpu", dtype=torch.float32,
                             batch=batch)
     plan = fused_plan(xs, hs, ss, d, True)
     assert plan["smem_bytes"] == 8 * (8192 + 512 + 4097) + 8192 and 2 * (plan["smem_bytes"] + 1024) <= 228 * 1024
     at_once = 132 * 2
     assert (plan["rows_per_chunk"], plan["nchunks"]) == (rows, nchunks)
-    assert -(-batch * 49 // rows) <= at_once and (rows == 2 or -(-batch * 49 // (rows - 1)) > at_once)
+    assert -(-batch * 49 // rows) <= at_once and (rows == 1 or -(-batch * 49 // (rows - 1)) > at_once)
     monkeypatch.setenv("COMPACT_BILINEAR_POOLED_ROWS", "7")
     forced = fused_plan(xs, hs, ss, d, True)
     assert (forced["rows_per_chunk"], forced["nchunks"]) == (7, 8)
