@@ -333,7 +333,7 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   if (!backward) {
     // Pooled: an accumulator slot. Unpooled: the first row's product of a pair waits in a slot,
     // except with a single map, whose two rows share the forward transform too; else single rows.
-    plan.rows_per_chunk = p.out_map ? 2 : balanced;
+    plan.rows_per_chunk = p.out_map ? 2 : 1;  // pooled: sized at the end, once its blocks per SM are known
     const int64_t first_slot = p.out_map && nmap > 1 ? 1 : 0;
     plan.slots = (groups > 1 ? 1 : 0) + (p.out_map ? first_slot : 1);
     size();

@@ -80,7 +80,7 @@ struct FusedPlan {
   bool pair_rows = false;     // backward with one map input: rows in pairs (fused.h backward_rows_one_map)
   int64_t slots = 0;          // half spectra (F complex values each) kept beside the d-point buffer
   bool global_slots = false;  // the slots in global memory, where they do not fit in shared memory
-  int64_t prefetch_half = 0;  // the prefetch buffer's words per half (fused.h PrefetchWord), or 0
+  int64_t prefetch_half = 0;  // forward: the prefetch buffer's words per half (fused.h PrefetchWord), or 0
   int64_t smem_bytes = 0;     // per thread group
   int max_pass_bits = 5;      // log2 of the FFT passes' largest radix (fused.h: Schedule)
 };

@@ -149,8 +149,8 @@ inline std::optional<FusedPlan> fused_choice(const Problem& p, const std::string
   // 16384, fused_ab.py) the map x vector forward+backward took 1541 us fused, 1454 us with fft and
   // 1152 us with the forward fused (230 us, against 535 with fft) and the backward with fft; a
   // forward with its slots there, the pooled forward of three maps, took 594 us fused, 707 with fft.
-  const bool slow = backward && plan.global_slots;
-  if (!why.empty() || !(algorithm == "fused" || (be.prefer_fused && !slow))) return std::nullopt;
+  const bool global_backward = backward && plan.global_slots;
+  if (!why.empty() || !(algorithm == "fused" || (be.prefer_fused && !global_backward))) return std::nullopt;
   return plan;
 }
 
