@@ -5,11 +5,12 @@
 The FFT in passes up to radix 32 (the forward's default) and radix 8 (the backward's default;
 COMPACT_BILINEAR_FFT_RADIX=8 or 32 sets both: five or three passes at d = 8192); unpooled forward
 with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forward at several rows
-per chunk (the plan's, 6 at the canonical size, and others by COMPACT_BILINEAR_POOLED_ROWS), both
+per chunk (the plan's, 6 at the canonical size, and others by COMPACT_BILINEAR_SUM_ROWS), both
 with and without the prefetch of the next gather's input values (COMPACT_BILINEAR_PREFETCH=0),
+pooled forward+backward at the plan's rows per chunk and at 7 (a sample's 7 x 7 rows in 7 chunks),
 forward+backward with an NCHW-contiguous and a location-major upstream gradient, map x vector
 forward (unpooled and pooled, with and without the prefetch) and forward+backward with rows in
-pairs and one at a time; at d = 16384, map x vector forward+backward fused (its backward's half
+pairs (the backward's chunks at the plan's 12 rows and at 7) and one at a time; at d = 16384, map x vector forward+backward fused (its backward's half
 spectra in global memory) and with 'auto' (fused forward, fft backward), its forward alone, and the
 pooled forward of three maps (half spectra in global memory); each beside the fft path. CUDA
 events; a case's variants are timed in turn over 15 rounds (the median round per variant), inputs
@@ -79,8 +80,9 @@ def main():
     def fwd(algo, pool):
         return lambda xs: cb.compact_bilinear_pooling(xs, hs, ss, D, sum_pool=pool, algorithm=algo)
 
-    def fwd_bwd(algo, g=grad):
-        return lambda xs: torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs, ss, D, algorithm=algo), xs, g)
+    def fwd_bwd(algo, g=grad, pool=False):
+        return lambda xs: torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs, ss, D, sum_pool=pool, algorithm=algo),
+                                              xs, g)
 
     # (case, variant, environment, call, the fft path's call it must match, input sets)
     unpooled, pooled = fwd("fft", False), fwd("fft", True)
@@ -95,10 +97,19 @@ def main():
          plain),
         ("pooled fwd", "fft", {}, pooled, pooled, plain),
         ("pooled fwd", "fused (6 rows per chunk, the plan's)", {}, fwd("fused", True), pooled, plain),
-    ] + [("pooled fwd", f"fused, {n} rows per chunk", {"COMPACT_BILINEAR_POOLED_ROWS": n}, fwd("fused", True), pooled,
+    ] + [("pooled fwd", f"fused, {n} rows per chunk", {"COMPACT_BILINEAR_SUM_ROWS": n}, fwd("fused", True), pooled,
           plain) for n in ("2", "4", "5", "7", "8")] + [
         ("pooled fwd", "fused, radix 8", radix8, fwd("fused", True), pooled, plain),
         ("pooled fwd", "fused, no prefetch", no_prefetch, fwd("fused", True), pooled, plain)]
+    # Chunks of flat rows against a sample's 7 x 7 rows in chunks of 7 (SUM_ROWS=7: the plan before
+    # commit 2e3c3d3 in the forward and before this one in the backward).
+    pooled_grad = torch.randn(B, D, device="cuda")
+    ref = fwd_bwd("fft", pooled_grad, True)
+    variants += [("pooled fwd+bwd", "fft", {}, ref, ref, sets),
+                 ("pooled fwd+bwd", "fused (6 rows per chunk, the plan's)", {}, fwd_bwd("fused", pooled_grad, True),
+                  ref, sets),
+                 ("pooled fwd+bwd", "fused, 7 rows per chunk", {"COMPACT_BILINEAR_SUM_ROWS": "7"},
+                  fwd_bwd("fused", pooled_grad, True), ref, sets)]
     for layout, g in (("NCHW", grad), ("location-major", grad_rows)):
         ref = fwd_bwd("fft", g)
         variants += [("unpooled fwd+bwd", f"fft, {layout} grad", {}, ref, ref, sets),
@@ -117,7 +128,10 @@ def main():
                      (case, "fused, no prefetch", no_prefetch, fwd("fused", pool), ref, mv_plain)]
     ref = fwd_bwd("fft")
     variants += [("map x vec fwd+bwd", "fft, NCHW grad", {}, ref, ref, mv_sets),
-                 ("map x vec fwd+bwd", "fused, row pairs", {}, fwd_bwd("fused"), ref, mv_sets),
+                 ("map x vec fwd+bwd", "fused, row pairs (backward: 12 rows per chunk, the plan's)", {},
+                  fwd_bwd("fused"), ref, mv_sets),
+                 ("map x vec fwd+bwd", "fused, row pairs, backward 7 rows per chunk",
+                  {"COMPACT_BILINEAR_SUM_ROWS": "7"}, fwd_bwd("fused"), ref, mv_sets),
                  ("map x vec fwd+bwd", "fused, single rows", {"COMPACT_BILINEAR_ROW_PAIRS": "0"}, fwd_bwd("fused"),
                   ref, mv_sets)]
     # d = 16384: the map x vector backward's half spectra, and the pooled forward's of three maps, do

@@ -305,10 +305,7 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   int64_t nmap = 0;
   for (int64_t k = 0; k < p.K; ++k) nmap += p.is_map[k];
   const int64_t nvec = p.K - nmap, groups = (nmap + 1) / 2;
-  // The backward's rows reduced inside one thread group: at most 8 locations, spread evenly, so a
-  // pooled 7x7 map gives 7 groups of 7 per sample (enough blocks to fill the GPU, few partial
-  // spectra). The pooled forward's chunks are sized below, once the plan's blocks per SM are known.
-  const int64_t L = std::max<int64_t>(p.L, 1), balanced = (L + (L + 7) / 8 - 1) / ((L + 7) / 8);
+  const int64_t L = std::max<int64_t>(p.L, 1);
   const int64_t elem = p.acc_dtype == at::kDouble ? 16 : 8;
   FusedPlan plan;
   // The FFT's largest radix. The forward takes radix 32 (d = 8192 in three passes), whose 32
@@ -322,10 +319,7 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   const std::string radix = radix_env ? radix_env : (p.acc_dtype == at::kDouble || backward ? "8" : "32");
   TORCH_CHECK_VALUE(radix == "8" || radix == "32", "COMPACT_BILINEAR_FFT_RADIX must be '8' or '32', got '", radix, "'");
   plan.max_pass_bits = radix == "8" ? 3 : 5;
-  const auto size = [&] {
-    plan.nchunks = (L + plan.rows_per_chunk - 1) / plan.rows_per_chunk;
-    plan.smem_bytes = elem * (fused::z_size(p.d) + plan.slots * p.F);
-  };
+  const auto size = [&] { plan.smem_bytes = elem * (fused::z_size(p.d) + plan.slots * p.F); };
   // Unpooled rows go in pairs whose real outputs share one inverse FFT, where the memory that takes
   // fits; COMPACT_BILINEAR_ROW_PAIRS=0 forces single rows (for A/B timing on a GPU).
   const char* pairs_env = std::getenv("COMPACT_BILINEAR_ROW_PAIRS");
@@ -333,7 +327,7 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   if (!backward) {
     // Pooled: an accumulator slot. Unpooled: the first row's product of a pair waits in a slot,
     // except with a single map, whose two rows share the forward transform too; else single rows.
-    plan.rows_per_chunk = p.out_map ? 2 : 1;  // pooled: sized at the end, once its blocks per SM are known
+    plan.rows_per_chunk = p.out_map ? 2 : 1;  // pooled: sized at the end (sums over locations)
     const int64_t first_slot = p.out_map && nmap > 1 ? 1 : 0;
     plan.slots = (groups > 1 ? 1 : 0) + (p.out_map ? first_slot : 1);
     size();
@@ -346,12 +340,12 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
     // Slots: the gradient's spectrum, the maps' outside the last pair, an accumulator per vector.
     // A single map's rows go in pairs that share each transform (fused.h backward_rows_one_map);
     // unpooled, the second row's gradient spectrum takes one more slot, where it fits.
-    // (Unpooled chunks serve to sum the vectors' gradients over locations; without vectors a
-    // chunk is a row, or a pair.)
+    // Unpooled without vectors a chunk is a row, or a pair; chunks that sum over locations are
+    // sized at the end.
     const int64_t last = nmap % 2 ? 1 : 2;
     const auto plan_rows = [&](bool pair) {
       plan.pair_rows = pair;
-      plan.rows_per_chunk = (p.out_map && nvec == 0) ? (pair ? 2 : 1) : balanced;
+      plan.rows_per_chunk = pair ? 2 : 1;
       plan.slots = 1 + (nmap - last) + nvec + (pair && p.out_map ? 1 : 0);
       size();
     };
@@ -398,20 +392,25 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
       plan.smem_bytes += bytes;
     }
   }
-  // The pooled forward's chunks run over the flat rows of all samples (fused.h forward_chunk), as
-  // many rows each as make the chunks fit in the blocks the device runs at once (at B = 32, L = 49
-  // on an H100: 6 rows, 262 chunks for 264 blocks; chunks of 7 of a sample's 7 x 7 rows made 224,
-  // and the most rows a block took, which sets the time, was 7; inputs that are all vectors, L = 1,
-  // take a sample a chunk up to B = 264, as before). nchunks bounds the chunks a sample's locations
-  // span, ceil((L - 1) / rows) + 1, each leaving a partial sum.
-  // COMPACT_BILINEAR_POOLED_ROWS=n sets the rows per chunk (benchmarks/fused_ab.py).
-  if (!backward && !p.out_map) {
-    const char* pooled_env = std::getenv("COMPACT_BILINEAR_POOLED_ROWS");
-    const int64_t pooled_rows = pooled_env ? std::atoll(pooled_env) : 0;
+  // Chunks run over the flat rows of all samples (fused.h forward_chunk, backward_chunk). Those
+  // that sum over a sample's locations (the pooled forward and backward, the backward with vector
+  // inputs) take as many rows each as make all chunks run at once in the blocks the device holds
+  // (at B = 32, L = 49 on an H100: 6 rows, 262 chunks for 264 blocks; chunks of 7 of a sample's
+  // 7 x 7 rows made 224, and the most rows a block took, which sets the time, was 7 where 6 would
+  // do; inputs that are all vectors, L = 1, take a sample a chunk up to B = 264). Where a single
+  // map's rows go in pairs (the forward's always do), an odd count is rounded up: a chunk's odd row
+  // would cost a whole transform alone, as much as the pair its chunk then holds.
+  // COMPACT_BILINEAR_SUM_ROWS=n sets those chunks' rows (benchmarks/fused_ab.py). nchunks bounds
+  // the chunks a sample's locations span, ceil((L - 1) / rows) + 1, each leaving a partial sum.
+  if (!p.out_map || (backward && nvec > 0)) {
+    const char* rows_env = std::getenv("COMPACT_BILINEAR_SUM_ROWS");
+    const int64_t forced = rows_env ? std::atoll(rows_env) : 0;
     const int64_t rows = p.B * L, at_once = std::max<int64_t>(dev.sms * blocks_per_sm(plan.smem_bytes), 1);
-    plan.rows_per_chunk = pooled_rows >= 1 ? pooled_rows : (rows + at_once - 1) / at_once;
-    plan.nchunks = (L + plan.rows_per_chunk - 2) / plan.rows_per_chunk + 1;
+    const bool paired = backward ? plan.pair_rows : nmap == 1;
+    plan.rows_per_chunk = forced >= 1 ? forced : std::max<int64_t>((rows + at_once - 1) / at_once, 1);  // B = 0: 1
+    if (forced < 1 && paired && plan.rows_per_chunk % 2) ++plan.rows_per_chunk;
   }
+  plan.nchunks = (L + plan.rows_per_chunk - 2) / plan.rows_per_chunk + 1;
   return plan;
 }
 
@@ -430,6 +429,9 @@ std::string fused_unsupported_reason(const Problem& p, bool backward, const Devi
   }
   if (channels >= (int64_t{1} << 30))
     return "the fused kernel indexes channels with 32-bit integers, got " + std::to_string(channels) + " in all";
+  if (p.B * std::max<int64_t>(p.L, 1) >= (int64_t{1} << 31))
+    return "the fused kernel numbers rows (samples x locations) with 32-bit integers, got " +
+           std::to_string(p.B * p.L);
   plan = fused_plan(p, backward, dev);
   if (plan.smem_bytes > dev.smem_per_block)
     return std::string("the fused ") + (backward ? "backward" : "forward") + " kernel would need " +

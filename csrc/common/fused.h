@@ -913,21 +913,42 @@ CB_HD void forward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cp
   }
 }
 
-// Pooled forward: `acc` holds chunk c's sum over its locations of sample b. Chunks of flat rows may
-// start and end inside a sample, so sample b's locations lie in chunks c0 .. c0 + n - 1; each leaves
-// its sum in the sample's part of a.partial [B][nchunks][F] (a.nchunks: the most chunks a sample
-// spans), and the last to finish sums them in chunk order (sum_chunks) and writes the output row by
-// one real inverse transform. A sample within one chunk is finished there.
+// The chunks c0 .. c0 + n - 1 of a.rows_per_chunk flat rows that hold sample b's locations.
+struct ChunkSpan {
+  int64_t c0, n;
+};
+template <typename T, typename In>
+CB_HD ChunkSpan chunks_of_sample(const Args<T, In>& a, int64_t b) {
+  const int64_t c0 = b * a.L / a.rows_per_chunk;
+  return ChunkSpan{c0, ((b + 1) * a.L - 1) / a.rows_per_chunk - c0 + 1};
+}
+
+// Chunk c's `count` sums over its locations of sample b (acc, [count][F]: the pooled product, or
+// the vectors' gradient spectra), handed on. Chunks of flat rows may start and end inside a
+// sample, so where its locations span several chunks, each leaves its sums in the sample's part of
+// a.partial [count][B][nchunks][F] (a.nchunks: the most chunks a sample spans), and the last to
+// finish adds the others' to its own in chunk order (sum_chunks). Returns whether this group now
+// holds the sample's whole sums: its only chunk, or the last to finish.
+template <typename T, typename In, class G>
+CB_HD bool hand_on_sums(const G& g, const Args<T, In>& a, cplx<T>* acc, int count, int64_t b, int64_t c) {
+  const ChunkSpan s = chunks_of_sample(a, b);
+  if (s.n == 1) return true;
+  for (int i = 0; i < count; ++i) {
+    cplx<T>* dst = a.partial + ((i * a.B + b) * a.nchunks + c - s.c0) * a.F;
+    const cplx<T>* src = acc + i * a.F;
+    g.for_each(a.F, [=](int64_t f) { dst[f] = src[f]; });
+  }
+  if (!g.last_to_arrive(a.arrivals + b, static_cast<int>(s.n))) return false;
+  for (int i = 0; i < count; ++i)
+    sum_chunks(g, a, acc + i * a.F, a.partial + (i * a.B + b) * a.nchunks * a.F, s.n, c - s.c0);
+  return true;
+}
+
+// Pooled forward: `acc` holds chunk c's sum over its locations of sample b; the group that ends
+// with the sample's whole sum (hand_on_sums) writes its output row by one real inverse transform.
 template <typename T, typename In, class G>
 CB_HD void forward_pooled_sample(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* acc, int64_t b, int64_t c) {
-  const int64_t c0 = b * a.L / a.rows_per_chunk, n = ((b + 1) * a.L - 1) / a.rows_per_chunk - c0 + 1;
-  cplx<T>* partial = n > 1 ? a.partial + b * a.nchunks * a.F : nullptr;
-  if (n > 1) {
-    cplx<T>* dst = partial + (c - c0) * a.F;
-    g.for_each(a.F, [=](int64_t f) { dst[f] = acc[f]; });
-    if (!g.last_to_arrive(a.arrivals + b, static_cast<int>(n))) return;
-  }
-  sum_chunks(g, a, acc, partial, n, c - c0);
+  if (!hand_on_sums(g, a, acc, 1, b, c)) return;
   const T scale = T(1) / static_cast<T>(a.d);
   const bool odd = a.d > 1;  // the odd samples (none at d = 1)
   In* out = a.out + b * a.d;
@@ -1290,46 +1311,51 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
   }
 }
 
-// Vector input v's gradient, in the last of sample b's chunks to finish (this one, chunk c): the
-// chunks' spectra summed into S (its accumulator), one real inverse transform, the scatter.
+// Vector input v's gradient, in the group that holds the sum S of its gradient spectra over sample
+// b's locations (hand_on_sums): one real inverse transform, the scatter.
 template <typename T, typename In, class G>
-CB_HD void backward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* S, int64_t b, int v, int64_t c) {
-  sum_chunks(g, a, S, a.partial + (v * a.B + b) * a.nchunks * a.F, a.nchunks, c);
+CB_HD void backward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, const cplx<T>* S, int64_t b, int v) {
   inverse_real(g, a, z, S, ZStore<T>{z});
   scatter_grad<true>(g, a, reinterpret_cast<const T*>(z), a.vec_ids[v], 0, b, 0);
   g.sync();
 }
 
-// Backward for one (sample b, chunk c) of locations. Slots: G, a second G where a single map's
+// Backward for chunk c of the B * L flat rows (b is 0). Slots: G, a second G where a single map's
 // unpooled rows go in pairs, one per map input outside the last pair, one accumulator per vector
-// input. Map inputs' gradients are written directly; vector inputs' spectra are summed over the
-// chunk's locations, and over the sample's chunks by the last to end (backward_finish).
+// input. Map inputs' gradients are written directly. Where the chunk sums over a sample's
+// locations (pooled, the sample's gradient spectrum is one G; vector inputs' gradient spectra are
+// summed), its rows go sample by sample, each sample's sums handed on after its last row in the
+// chunk (hand_on_sums), so chunks need not align with samples: the plan sizes them so that all run
+// at once, as the pooled forward's (cbp.cpp fused_plan; at B = 32, L = 49 on an H100, 262 chunks
+// of 6 rows for its 264 blocks, where 7 of a sample's rows made 224 and left 40 idle). Unpooled
+// without vectors a chunk is a row, or a single map's pair, whose rows go one at a time where the
+// pair would end one sample and start the next (as they did in chunks of a sample's rows). Rows are
+// numbered in 32 bits (the plan keeps B * L below 2^31): with 64-bit flat rows through the row
+// loops, the radix-8 backward, at its 64 registers, spilled 116 bytes (ptxas, sm_90); now 8.
 // No prefetch buffer: on an H100 (run 11) the backward took 2.5 % longer with one (docs/benchmarks.md).
 template <typename T, typename In, class G>
-CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t b, int64_t c) {
+CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t /*b = 0*/,
+                          int64_t c) {
   const bool g_pair = a.nmap == 1 && a.out_map && a.pair_rows;
   cplx<T>* Gs = slots;
   cplx<T>* mslot = slots + (g_pair ? 2 : 1) * a.F;
   cplx<T>* vslot = mslot + (a.nmap - (a.nmap % 2 ? 1 : 2)) * a.F;
-  if (a.nvec) {
-    g.for_each(a.nvec * a.F, [=, &a](int64_t i) { vslot[i] = cplx<T>(0, 0); });
-    g.sync();
-  }
-  if (!a.out_map) grad_spectrum(g, a, z, Gs, b, 0);
-  const int64_t l0 = c * a.rows_per_chunk, l1 = l0 + a.rows_per_chunk < a.L ? l0 + a.rows_per_chunk : a.L;
-  if (a.nmap == 1)
-    backward_rows_one_map(g, a, z, Gs, Gs + a.F, vslot, b, l0, l1);
-  else
-    backward_rows_maps(g, a, z, Gs, mslot, vslot, b, l0, l1);
-  if (a.nvec) {
-    if (a.nchunks > 1) {
-      g.for_each(a.nvec * a.F, [=, &a](int64_t i) {
-        const int64_t v = i / a.F, f = i % a.F;
-        a.partial[((v * a.B + b) * a.nchunks + c) * a.F + f] = vslot[i];
-      });
+  const int L = static_cast<int>(a.L), rows = static_cast<int>(a.B * a.L);
+  const int r0 = static_cast<int>(c * a.rows_per_chunk);
+  const int r1 = r0 + a.rows_per_chunk < rows ? r0 + static_cast<int>(a.rows_per_chunk) : rows;
+  for (int b = r0 / L; b * L < r1; ++b) {
+    const int l0 = r0 > b * L ? r0 - b * L : 0, l1 = r1 - b * L < L ? r1 - b * L : L;
+    if (a.nvec) {
+      g.for_each(a.nvec * a.F, [=, &a](int64_t i) { vslot[i] = cplx<T>(0, 0); });
+      g.sync();
     }
-    if (a.nchunks == 1 || g.last_to_arrive(a.arrivals + b, static_cast<int>(a.nchunks)))
-      for (int v = 0; v < a.nvec; ++v) backward_finish(g, a, z, vslot + v * a.F, b, v, c);
+    if (!a.out_map) grad_spectrum(g, a, z, Gs, b, 0);
+    if (a.nmap == 1)
+      backward_rows_one_map(g, a, z, Gs, Gs + a.F, vslot, b, l0, l1);
+    else
+      backward_rows_maps(g, a, z, Gs, mslot, vslot, b, l0, l1);
+    if (a.nvec && hand_on_sums(g, a, vslot, a.nvec, b, c))
+      for (int v = 0; v < a.nvec; ++v) backward_finish(g, a, z, vslot + v * a.F, b, v);
   }
 }
 

@@ -87,6 +87,11 @@ std::pair<at::Tensor, at::Tensor> chunk_sums(const Problem& p, Args<T, In>& a, i
   return {partial, arrivals};
 }
 
+// The chunks of rows_per_chunk of all B * L flat rows (fused.h forward_chunk, backward_chunk).
+inline int64_t flat_chunks(const Problem& p, const FusedPlan& plan) {
+  return (p.B * p.L + plan.rows_per_chunk - 1) / plan.rows_per_chunk;
+}
+
 template <typename T, typename In, class Launch>
 at::Tensor forward(const Problem& p, const FusedPlan& plan, Launch&& launch) {
   auto out = empty_output(p);
@@ -94,8 +99,7 @@ at::Tensor forward(const Problem& p, const FusedPlan& plan, Launch&& launch) {
   a.out = out.data_ptr<In>();
   const at::Tensor vspec = launch_vector_spectra(p, a, launch);
   const auto sums = chunk_sums(p, a, a.out_map ? 0 : 1);  // pooled: the product, summed
-  // Chunks of all B * L rows (forward_chunk), pooled or not.
-  const int64_t chunks = (p.B * p.L + plan.rows_per_chunk - 1) / plan.rows_per_chunk;
+  const int64_t chunks = flat_chunks(p, plan);
   const Phase ph = !plan.prefetch_half ? Phase::Forward
                    : a.nmap == 1      ? Phase::ForwardOneMapPrefetch
                    : a.out_map        ? Phase::ForwardPrefetch
@@ -117,7 +121,8 @@ std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, c
   for (int k = 0; k < a.K; ++k) a.grad_x[k] = grads[k].data_ptr<In>();
   const at::Tensor vspec = launch_vector_spectra(p, a, launch);
   const auto sums = chunk_sums(p, a, a.nvec);  // the vectors' gradient spectra, summed
-  launch(Phase::Backward, p.B * plan.nchunks, plan.nchunks, plan.smem_bytes, a);
+  const int64_t chunks = flat_chunks(p, plan);
+  launch(Phase::Backward, chunks, chunks, plan.smem_bytes, a);
   return grads;
 }
 

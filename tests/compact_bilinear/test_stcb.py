@@ -31,7 +31,7 @@ CASES = {
     "k2_maps_pooled": ((5, 7), 64, [(3, 4), (3, 4)], True),
     "k3_pooled_broadcast": ((5, 7, 3), 128, [(3, 3), (), (3, 3)], True),
     "k3_pooled_prime_d": ((4, 6, 3), 17, [(2, 2), (2, 2), ()], True),
-    "k1_count_sketch": ((9,), 16, [(2, 2)], False),
+    "k1_count_sketch": ((9,), 16, [(3, 3)], False),  # odd L: a row pair may straddle two samples
     "k2_map_x_vector_pooled": ((6, 5), 64, [(2, 5), ()], True),
     "k3_map_two_vectors": ((5, 4, 3), 32, [(3, 3), (), ()], False),
     "k3_map_two_vectors_pooled": ((5, 4, 3), 16, [(3, 3), (), ()], True),
@@ -308,16 +308,15 @@ def test_fused_row_pairs_match_single_rows(name, device, monkeypatch):
                                           ((2, 4), "20"), ((9, 9), "")])
 @pytest.mark.parametrize("second", ["vector", "map"])
 def test_fused_sums_over_chunks_of_locations(spatial, rows, second, device, monkeypatch):
-    """A pooled output, and a vector input's gradient, sum over a sample's locations. The pooled
-    forward's chunks are runs of flat rows of all 3 samples, which may start and end inside a
-    sample; the last of a sample's chunks to end sums their spectra in chunk order and runs the
-    (half-length) inverse transform. 8 locations pooled in chunks of 1, 3, 5 (chunks straddling
-    samples), 8 (one a sample) and 20 rows (samples inside a chunk, and straddling), and 81 at the
-    plan's rows; the backward's vector gradient sums over chunks of a sample's locations (8: one
-    chunk, 81: eleven). A map beside a vector (a single map's rows go in pairs) and two maps. Each
-    matches the definition, and repeated calls, whose chunks end in another order on the CPU's
-    threads or the GPU's SMs, are bit-identical."""
-    monkeypatch.setenv("COMPACT_BILINEAR_POOLED_ROWS", rows)
+    """A pooled output, and a vector input's gradient, sum over a sample's locations. The chunks
+    that sum (the pooled forward's and backward's, the backward's with a vector input) are runs of
+    flat rows of all 3 samples, which may start and end inside a sample; the last of a sample's
+    chunks to end sums their spectra in chunk order and runs the (half-length) inverse transform.
+    8 locations in chunks of 1, 3, 5 (chunks straddling samples), 8 (one a sample) and 20 rows
+    (samples inside a chunk, and straddling), and 81 at the plan's rows. A map beside a vector (a
+    single map's rows go in pairs) and two maps. Each matches the definition, and repeated calls,
+    whose chunks end in another order on the CPU's threads or the GPU's SMs, are bit-identical."""
+    monkeypatch.setenv("COMPACT_BILINEAR_SUM_ROWS", rows)
     for sum_pool in (True, False):
         xs, hs, ss, d, _ = make(((6, 5), 64, [spatial, () if second == "vector" else spatial], sum_pool), device,
                                 requires_grad=True)
@@ -442,7 +441,7 @@ def test_fused_prefetch_where_blocks_take_several_chunks(name, device, monkeypat
     blocks that run at once, 8 rows here; 7 rows per chunk make more.)"""
     batch, case = SEVERAL_CHUNKS_PER_BLOCK[name]
     if case[3]:
-        monkeypatch.setenv("COMPACT_BILINEAR_POOLED_ROWS", "7")
+        monkeypatch.setenv("COMPACT_BILINEAR_SUM_ROWS", "7")
     xs, hs, ss, d, sum_pool = make(case, device, dtype=torch.float32, batch=batch, requires_grad=True)
     plan = fused_plan(xs, hs, ss, d, sum_pool)
     chunks = -(-batch * 49 // plan["rows_per_chunk"])
@@ -491,22 +490,42 @@ def test_fused_prefetch_only_where_it_costs_no_block_per_sm(monkeypatch):
         plan()
 
 
-@pytest.mark.parametrize("batch,rows,nchunks", [(32, 6, 9), (128, 24, 3), (1, 1, 49), (6, 2, 25)])
-def test_fused_pooled_chunks_fill_the_blocks_that_run_at_once(batch, rows, nchunks, monkeypatch):
-    """The pooled forward's chunks run over the flat rows of all samples, so they need not align
-    with samples: the plan gives each as many rows as make all chunks run at once. The
-    host plans as an H100: 132 SMs, two blocks each at d = 8192 and C = 1024 float32 (110600 bytes
-    a block), so 264 at once. nchunks bounds the chunks one sample's 49 locations span (its partial
-    sums' stride): 9 of 6 rows, 3 of 24, 25 of 2, 49 of 1; 8 of 7 rows (each spans exactly 7)."""
-    xs, hs, ss, d, _ = make(((1024, 1024), 8192, [(7, 7), (7, 7)], True), "cpu", dtype=torch.float32,
-                            batch=batch)
-    plan = fused_plan(xs, hs, ss, d, True)
-    assert plan["smem_bytes"] == 8 * (8192 + 512 + 4097) + 8192 and 2 * (plan["smem_bytes"] + 1024) <= 228 * 1024
-    at_once = 132 * 2
+# (batch, second input a vector, sum_pool, backward) -> (rows_per_chunk, nchunks) at d = 8192,
+# C = 1024 x 2 float32, 7 x 7 maps: chunks that sum over a sample's locations.
+SUM_CHUNK_PLANS = {
+    (32, False, True, False): (6, 9),  # the canonical pooled forward: 262 chunks for 264 blocks
+    (128, False, True, False): (24, 3),
+    (1, False, True, False): (1, 49),
+    (6, False, True, False): (2, 25),
+    (1, True, True, False): (2, 25),  # a single map's rows go in pairs: 1 rounded up
+    (32, False, True, True): (6, 9),  # the pooled backward: Z and G, two blocks per SM
+    (32, True, False, True): (12, 5),  # map x vector: Z and three slots, one block per SM, 1568 / 132
+    (32, True, True, True): (12, 5),  # pooled map x vector: two slots, one block per SM
+    (1, True, False, True): (2, 25),
+}
+
+
+@pytest.mark.parametrize("batch,vector,sum_pool,backward", list(SUM_CHUNK_PLANS))
+def test_fused_sum_chunks_fill_the_blocks_that_run_at_once(batch, vector, sum_pool, backward, monkeypatch):
+    """Chunks that sum over a sample's locations (the pooled forward and backward, the backward with
+    a vector input) run over the flat rows of all samples, so they need not align with samples:
+    the plan gives each as many rows as make all chunks run at once, an even count where a single
+    map's rows go in pairs. The host plans as an H100: 132 SMs, two blocks each where a block has
+    Z and at most one slot beside it at d = 8192 and C = 1024 float32 (the pooled forward's 110600
+    bytes, the backward's 102408), one where it has more (167960 bytes for the map x vector
+    backward's three). nchunks bounds the chunks one sample's 49 locations span (its partial sums'
+    stride): 9 of 6 rows, 3 of 24, 5 of 12, 25 of 2, 49 of 1; 8 of 7 rows (each spans exactly 7)."""
+    case = ((1024, 1024), 8192, [(7, 7), () if vector else (7, 7)], sum_pool)
+    xs, hs, ss, d, _ = make(case, "cpu", dtype=torch.float32, batch=batch)
+    plan = fused_plan(xs, hs, ss, d, sum_pool, backward=backward)
+    per_sm = 2 if plan["smem_bytes"] <= 228 * 1024 // 2 - 1024 else 1
+    assert per_sm == (1 if backward and vector else 2)
+    rows, nchunks = SUM_CHUNK_PLANS[batch, vector, sum_pool, backward]
     assert (plan["rows_per_chunk"], plan["nchunks"]) == (rows, nchunks)
-    assert -(-batch * 49 // rows) <= at_once and (rows == 1 or -(-batch * 49 // (rows - 1)) > at_once)
-    monkeypatch.setenv("COMPACT_BILINEAR_POOLED_ROWS", "7")
-    forced = fused_plan(xs, hs, ss, d, True)
+    at_once, fewest = 132 * per_sm, rows - (2 if vector else 1)  # the next smaller count the plan could take
+    assert -(-batch * 49 // rows) <= at_once and (fewest < 1 or -(-batch * 49 // fewest) > at_once)
+    monkeypatch.setenv("COMPACT_BILINEAR_SUM_ROWS", "7")
+    forced = fused_plan(xs, hs, ss, d, sum_pool, backward=backward)
     assert (forced["rows_per_chunk"], forced["nchunks"]) == (7, 8)
 
 
@@ -631,13 +650,15 @@ def test_non_contiguous_inputs(device):
         torch.testing.assert_close(out, explicit_outer_product_sketch([x.contiguous() for x in nc], hs, ss, d))
 
 
-def test_empty_batch(device):
+@pytest.mark.parametrize("sum_pool", [False, True])
+def test_empty_batch(sum_pool, device):
+    """No samples: an empty output and empty gradients (the fused plan sizes chunks of no rows)."""
     hs, ss = random_hashes((4, 6), 16, device=device)
     x = torch.randn(0, 4, 3, 3, device=device, requires_grad=True)
     v = torch.randn(0, 6, device=device, requires_grad=True)
     for algo in ALGOS:
-        out = cb.compact_bilinear_pooling([x, v], hs, ss, 16, algorithm=algo)
-        assert out.shape == (0, 16, 3, 3)
+        out = cb.compact_bilinear_pooling([x, v], hs, ss, 16, sum_pool=sum_pool, algorithm=algo)
+        assert out.shape == ((0, 16) if sum_pool else (0, 16, 3, 3))
         gx, gv = torch.autograd.grad(out.sum(), (x, v))
         assert gx.shape == x.shape and gv.shape == v.shape
 
@@ -803,6 +824,16 @@ def test_fused_needs_a_channel_stride_below_4_gib():
         cb.compact_bilinear_pooling([x, v], hs, ss, 16, algorithm="fused")
     ref = explicit_outer_product_sketch([x.contiguous(), v], hs, ss, 16)
     torch.testing.assert_close(cb.compact_bilinear_pooling([x, v], hs, ss, 16), ref)
+
+
+def test_fused_needs_fewer_than_2_31_rows():
+    """The fused kernel numbers its rows (samples x locations) with 32-bit integers: 2^31 of them
+    (stride-0 views of one value, so nothing of that size is allocated) are 'fused's clear error."""
+    hs, ss = random_hashes((1, 4), 16, torch.Generator().manual_seed(0))
+    x = torch.ones(1).as_strided((2 ** 16, 1, 2 ** 15), (0, 0, 0))
+    v = torch.ones(1).as_strided((2 ** 16, 4), (0, 0))
+    with pytest.raises(ValueError, match="numbers rows .* with 32-bit integers, got 2147483648"):
+        cb.compact_bilinear_pooling([x, v], hs, ss, 16, algorithm="fused")
 
 
 def test_inputs_on_different_devices():
