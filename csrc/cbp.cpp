@@ -404,7 +404,11 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   // the chunks a sample's locations span, ceil((L - 1) / rows) + 1, each leaving a partial sum.
   if (!p.out_map || (backward && nvec > 0)) {
     const char* rows_env = std::getenv("COMPACT_BILINEAR_SUM_ROWS");
-    const int64_t forced = rows_env ? std::atoll(rows_env) : 0;
+    const std::string text = rows_env ? rows_env : "";
+    const bool digits = text.size() <= 9 && text.find_first_not_of("0123456789") == std::string::npos;
+    const int64_t forced = digits && !text.empty() ? std::stoll(text) : 0;
+    TORCH_CHECK_VALUE(digits && (text.empty() || forced >= 1),
+                      "COMPACT_BILINEAR_SUM_ROWS must be a positive integer below 10^9 (or empty), got '", text, "'");
     const int64_t rows = p.B * L, at_once = std::max<int64_t>(dev.sms * blocks_per_sm(plan.smem_bytes), 1);
     const bool paired = backward ? plan.pair_rows : nmap == 1;
     plan.rows_per_chunk = forced >= 1 ? forced : std::max<int64_t>((rows + at_once - 1) / at_once, 1);  // B = 0: 1

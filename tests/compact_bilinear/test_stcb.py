@@ -527,6 +527,10 @@ def test_fused_sum_chunks_fill_the_blocks_that_run_at_once(batch, vector, sum_po
     monkeypatch.setenv("COMPACT_BILINEAR_SUM_ROWS", "7")
     forced = fused_plan(xs, hs, ss, d, sum_pool, backward=backward)
     assert (forced["rows_per_chunk"], forced["nchunks"]) == (7, 8)
+    for bad in ("0", "-3", "six", "1e3"):
+        monkeypatch.setenv("COMPACT_BILINEAR_SUM_ROWS", bad)
+        with pytest.raises(ValueError, match=f"COMPACT_BILINEAR_SUM_ROWS must be a positive integer .*got '{bad}'"):
+            fused_plan(xs, hs, ss, d, sum_pool, backward=backward)
 
 
 GRAD_CASES = ["k2_vectors_odd_d", "k2_maps", "k2_map_x_vector", "k3_map_vec_map", "k2_maps_pooled",
