@@ -10,9 +10,10 @@ with and without the prefetch of the next gather's input values (COMPACT_BILINEA
 pooled forward+backward at the plan's rows per chunk and at 7 (a sample's 7 x 7 rows in 7 chunks),
 forward+backward with an NCHW-contiguous and a location-major upstream gradient, map x vector
 forward (unpooled and pooled, with and without the prefetch) and forward+backward with rows in
-pairs (the backward's chunks at the plan's 12 rows and at 7) and one at a time; at d = 16384, map x vector forward+backward fused (its backward's half
-spectra in global memory) and with 'auto' (fused forward, fft backward), its forward alone, and the
-pooled forward of three maps (half spectra in global memory); each beside the fft path. CUDA
+pairs (the backward's chunks at the plan's 12 rows and at 7) and one at a time; at d = 16384, map
+x vector forward+backward fused (its backward's half spectra in global memory) and with 'auto'
+(fused forward, fft backward), its forward alone, and the pooled forward of three maps (half
+spectra in global memory); each beside the fft path. CUDA
 events; a case's variants are timed in turn over 15 rounds (the median round per variant), inputs
 rotated so L2 does not hold them, random normal inputs, every variant checked against the fft path
 before it is timed.
@@ -102,7 +103,7 @@ def main():
         ("pooled fwd", "fused, radix 8", radix8, fwd("fused", True), pooled, plain),
         ("pooled fwd", "fused, no prefetch", no_prefetch, fwd("fused", True), pooled, plain)]
     # Chunks of flat rows against a sample's 7 x 7 rows in chunks of 7 (SUM_ROWS=7: the plan before
-    # commit 2e3c3d3 in the forward and before this one in the backward).
+    # commit 2e3c3d3 in the forward and before c7cbb24 in the backward).
     pooled_grad = torch.randn(B, D, device="cuda")
     ref = fwd_bwd("fft", pooled_grad, True)
     variants += [("pooled fwd+bwd", "fft", {}, ref, ref, sets),
