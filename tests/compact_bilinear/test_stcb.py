@@ -222,13 +222,16 @@ GLOBAL_SLOT_CASES = {
 }
 
 
+@pytest.mark.parametrize("rows", ["", "5"])
 @pytest.mark.parametrize("name", list(GLOBAL_SLOT_CASES))
-def test_fused_slots_in_global_memory(name, device):
+def test_fused_slots_in_global_memory(name, rows, device, monkeypatch):
     """Where a thread group's half spectra do not fit beside Z in shared memory, the fused kernel
     keeps them in global memory, a workspace per concurrent thread group that it reuses from one
     group to the next; before, these calls took the FFT path (and algorithm='fused' raised). The
     output and the gradients match the definition. On a GPU, 300 samples give more thread groups
-    than the grid has blocks (one per SM here), so each block takes several in turn."""
+    than the grid has blocks (one per SM here), so each block takes several in turn. At 5 rows a
+    chunk, the chunks that sum over 6 locations (pooled, or a vector's gradient) straddle samples."""
+    monkeypatch.setenv("COMPACT_BILINEAR_SUM_ROWS", rows)
     case, dtype = GLOBAL_SLOT_CASES[name]
     batch = 2 if device.type == "cpu" else 300
     xs, hs, ss, d, sum_pool = make(case, device, dtype=dtype, batch=batch, requires_grad=True)
