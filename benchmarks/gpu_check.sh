@@ -154,7 +154,7 @@ if [ -n "$AB" ]; then
     PYTHONPATH="$AB" timeout 120 $PY "$AB/benchmarks/fused_ab.py" || { echo "fused_ab (A/B build) FAILED"; status=1; }
 fi
 
-step "Nsight Compute: the fused kernel's four canonical launches (benchmarks/ncu_cases.py)"
+step "Nsight Compute: the fused kernel's six canonical launches (benchmarks/ncu_cases.py)"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ]; then
     # --clock-control none: measure the card as found (never lock its clocks). The default build,
@@ -162,7 +162,7 @@ if [ -n "$NCU" ]; then
     # the warp-state section: cycles per issued instruction spent in each stall).
     profile=("$NCU" --clock-control none -k regex:fused_kernel)
     ncu_sections() {
-        timeout 150 "${profile[@]}" -c 4 \
+        timeout 150 "${profile[@]}" -c 6 \
             --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
             --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
             --section MemoryWorkloadAnalysis_Tables \
@@ -176,7 +176,7 @@ if [ -n "$NCU" ]; then
         PYTHONPATH="$AB" ncu_sections "$AB"
     fi
     stall_reasons() {
-        timeout 100 "${profile[@]}" -c 4 --section WarpStateStats --page raw \
+        timeout 100 "${profile[@]}" -c 6 --section WarpStateStats --page raw \
             $PY benchmarks/ncu_cases.py 2>&1 | grep -E "fused_kernel|issue_stalled.*per_issue_active|rel err" \
             >>"$OUT/ncu.txt" || echo "ncu (stall reasons) exited $?"
     }

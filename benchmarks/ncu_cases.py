@@ -1,10 +1,13 @@
 """The fused kernel's launches at the canonical size, for Nsight Compute (gpu_check.sh).
 
-    ncu -k regex:fused_kernel -c 4 python benchmarks/ncu_cases.py
+    ncu -k regex:fused_kernel -c 6 python benchmarks/ncu_cases.py
 
-Four launches, in this order: unpooled forward; pooled forward (whose last chunk of each sample
-finishes it); the forward and the backward of an unpooled forward+backward. Inputs are random normals (never
-zeros); each result is checked against the fft path so a profile is never of a wrong kernel.
+Six launches, in this order: unpooled forward; pooled forward (whose last chunk of each sample
+finishes it); the forward and the backward of an unpooled forward+backward; the forward and the
+backward of a pooled forward+backward. Inputs are random normals (never zeros); each result is
+checked against the fft path so a profile is never of a wrong kernel. The backward's upstream
+gradient is that of a sum (every value 1, read at stride 0), so its kernel time leaves out the
+gradient's layout (benchmarks/fused_ab.py times NCHW against location-major).
 """
 import torch
 
@@ -19,9 +22,12 @@ def main(batch=32, channels=1024, d=8192):
         got = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=pool, algorithm="fused")
         want = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=pool, algorithm="fft")
         print(f"sum_pool={pool}: rel err vs fft {((got - want).norm() / want.norm()).item():.1e}")
-    grads = torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused").sum(), xs)
-    ref = torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fft").sum(), xs)
-    print("backward: rel err vs fft", max(((g - r).norm() / r.norm()).item() for g, r in zip(grads, ref)))
+    for pool in (False, True):
+        grads = torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=pool, algorithm="fused").sum(),
+                                    xs)
+        ref = torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=pool, algorithm="fft").sum(), xs)
+        err = max(((g - r).norm() / r.norm()).item() for g, r in zip(grads, ref))
+        print(f"backward{' pooled' if pool else ''}: rel err vs fft {err:.1e}")
 
 
 if __name__ == "__main__":
