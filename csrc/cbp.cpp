@@ -433,9 +433,9 @@ std::string fused_unsupported_reason(const Problem& p, bool backward, const Devi
   }
   if (channels >= (int64_t{1} << 30))
     return "the fused kernel indexes channels with 32-bit integers, got " + std::to_string(channels) + " in all";
-  if (p.B * std::max<int64_t>(p.L, 1) >= (int64_t{1} << 31))
-    return "the fused kernel numbers rows (samples x locations) with 32-bit integers, got " +
-           std::to_string(p.B * p.L);
+  const int64_t rows = p.B * std::max<int64_t>(p.L, 1);  // the flat rows fused_plan chunks
+  if (rows >= (int64_t{1} << 31))
+    return "the fused kernel numbers rows (samples x locations) with 32-bit integers, got " + std::to_string(rows);
   plan = fused_plan(p, backward, dev);
   if (plan.smem_bytes > dev.smem_per_block)
     return std::string("the fused ") + (backward ? "backward" : "forward") + " kernel would need " +
