@@ -35,7 +35,7 @@ bool is_real_number_dtype(at::ScalarType t) {
 // (any in-place write through the tensor bumps them). Writes through `.data` bypass the version
 // counter; replace the tensor instead.
 struct HashTables {
-  at::Tensor hash, sign, perm, sorted_hash, sorted_sign, gather;
+  at::Tensor hash, sign, perm, sorted_hash, sorted_sign, bucket_start, gather;
 };
 
 struct HashCacheEntry {
@@ -78,6 +78,8 @@ HashTables build_hash_tables(const at::Tensor& h_in, const at::Tensor& s_in, int
   t.sorted_hash = std::get<0>(sorted).contiguous();
   t.perm = std::get<1>(sorted).contiguous();
   t.sorted_sign = t.sign.index_select(0, t.perm).contiguous();
+  // Bucket j's run of sorted positions starts at bucket_start[j] and ends at bucket_start[j + 1].
+  t.bucket_start = at::searchsorted(t.sorted_hash, at::arange(d + 1, t.sorted_hash.options())).contiguous();
   t.gather = gather_codes(t.sorted_hash, t.perm, d);
   return t;
 }
@@ -190,8 +192,8 @@ Problem make_problem(at::TensorList inputs, at::TensorList hash_indices, at::Ten
     p.hash.push_back(hi.hash);
     p.sign.push_back(hi.sign);
     p.perm.push_back(hi.perm);
-    p.sorted_hash.push_back(hi.sorted_hash);
     p.sorted_sign.push_back(hi.sorted_sign);
+    p.bucket_start.push_back(hi.bucket_start);
     p.gather.push_back(hi.gather);
   }
   return p;
@@ -235,6 +237,10 @@ static void for_each_chunk(const Problem& p, int64_t chunk, const F& fn) {
   for (int64_t b0 = 0; b0 < p.B; b0 += chunk) fn(b0, std::min(chunk, p.B - b0));
 }
 
+// The inverse transforms' norm: "forward" puts 1/n on the forward transform, so the inverse is
+// unscaled (input 0's sketch carries the 1/d: sketch_scale).
+constexpr c10::string_view kUnscaled = "forward";
+
 at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk) {
   auto out = empty_output(p);
   const int64_t Lout = p.out_map ? p.L : 1;
@@ -246,7 +252,7 @@ at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk) 
       auto cs = at::empty({bc * (p.is_map[k] ? p.L : 1), p.d}, copt);
       {
         RECORD_FUNCTION("compact_bilinear::sketch", {});
-        kern.sketch(p, k, p.x[k].narrow(0, b0, bc), cs);
+        kern.sketch(p, k, p.x[k].narrow(0, b0, bc), sketch_scale(p, k), cs);
       }
       spectra.push_back(at::fft_rfft(cs, std::nullopt, -1));
     }
@@ -258,9 +264,9 @@ at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk) 
     spectra.clear();
     auto dst = rows.narrow(0, b0 * Lout, bc * Lout);
     if (p.in_dtype == p.acc_dtype)
-      at::fft_irfft_out(dst, P, p.d, -1);
+      at::fft_irfft_out(dst, P, p.d, -1, kUnscaled);
     else
-      dst.copy_(at::fft_irfft(P, p.d, -1));
+      dst.copy_(at::fft_irfft(P, p.d, -1, kUnscaled));
   });
   return out;
 }
@@ -279,7 +285,7 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
       auto cs = at::empty({rows, p.d}, grows.options());
       {
         RECORD_FUNCTION("compact_bilinear::sketch", {});
-        kern.sketch(p, k, p.x[k].narrow(0, b0, bc), cs);
+        kern.sketch(p, k, p.x[k].narrow(0, b0, bc), sketch_scale(p, k), cs);
       }
       spectra.push_back(at::fft_rfft(cs, std::nullopt, -1));
       Q.push_back(at::empty({rows, p.F}, G.options()));
@@ -290,10 +296,10 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
     }
     spectra.clear();
     for (int k = 0; k < p.K; ++k) {
-      auto gcs = at::fft_irfft(Q[k], p.d, -1);
+      auto gcs = at::fft_irfft(Q[k], p.d, -1, kUnscaled);
       auto gx = grads[k].narrow(0, b0, bc);
       RECORD_FUNCTION("compact_bilinear::sketch_backward", {});
-      kern.sketch_backward(p, k, gcs, gx);
+      kern.sketch_backward(p, k, gcs, sketch_scale(p, k), gx);
     }
   });
   return grads;

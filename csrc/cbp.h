@@ -21,8 +21,9 @@ struct Problem {
   std::array<bool, kMaxInputs> is_map{};    // rows of input k are B*L (map) or B (vector)
   std::vector<at::Tensor> x;                // (B, C_k, L_k) views of the inputs
   std::vector<at::Tensor> hash, sign;       // int64 [C_k] and compute-dtype [C_k]
-  // Inverse hash: channels sorted by bucket (perm), their buckets and signs in that order.
-  std::vector<at::Tensor> perm, sorted_hash, sorted_sign;
+  // Inverse hash: channels sorted by bucket (perm), their buckets and signs in that order, and
+  // where each bucket's run of sorted positions starts (int64 [d + 1]; spectral.h bucket_sketch).
+  std::vector<at::Tensor> perm, sorted_sign, bucket_start;
   // The same as the fused gather reads it: int32 [C_k, 2] (fused.h GatherCode), for d <= 2^14.
   std::vector<at::Tensor> gather;
   at::ScalarType in_dtype = at::kFloat, acc_dtype = at::kFloat;
@@ -41,17 +42,25 @@ void check_grad_out(const Problem& p, const at::Tensor& grad_out);
 std::vector<at::Tensor> shape_like_inputs(std::vector<at::Tensor> grads, at::TensorList inputs);
 
 // Per-device building blocks of the FFT (composite) path. Spectra are complex (rows, F) tensors.
+// The inverse FFTs run unnormalised: their 1/d is carried by input 0's sketch and its gradient
+// (`scale`, see sketch_scale), so it costs no pass of its own over the output.
 struct FftKernels {
-  // cs (B*L_k, d) <- gather count sketch of input k.
-  void (*sketch)(const Problem&, int k, const at::Tensor& x, at::Tensor& cs);
+  // cs (B*L_k, d) <- scale * count sketch of input k (every bucket written; spectral.h bucket_sketch).
+  void (*sketch)(const Problem&, int k, const at::Tensor& x, double scale, at::Tensor& cs);
   // P (out spectrum rows, F) <- K-way product with vector broadcast and frequency-domain pooling.
   void (*product)(const Problem&, int64_t batch, const std::vector<at::Tensor>& spectra, at::Tensor& P);
   // Q_k (rows_k, F) <- G * conj(prod_{m != k} spectra_m), summed over locations for vectors.
   void (*product_backward)(const Problem&, int64_t batch, const at::Tensor& G,
                            const std::vector<at::Tensor>& spectra, std::vector<at::Tensor>& Q);
-  // grad_x (B, C_k, L_k) <- sign[i] * grad_cs[row, hash[i]].
-  void (*sketch_backward)(const Problem&, int k, const at::Tensor& grad_cs, at::Tensor& grad_x);
+  // grad_x (B, C_k, L_k) <- scale * sign[i] * grad_cs[row, hash[i]].
+  void (*sketch_backward)(const Problem&, int k, const at::Tensor& grad_cs, double scale, at::Tensor& grad_x);
 };
+
+// The scale of input k's sketch and of its gradient in the FFT path: the 1/d of the inverse FFT
+// goes with input 0. Every output and gradient is linear in input 0's sketch or is its gradient,
+// so each gets the 1/d exactly once; at powers of two d the result is bit-identical to scaling
+// after the inverse transform (a power of two), where torch's irfft spent a pass over the output.
+inline double sketch_scale(const Problem& p, int k) { return k == 0 ? 1.0 / static_cast<double>(p.d) : 1.0; }
 
 // Pointers of the FFT path's spectral product for one chunk of samples.
 template <typename T>

@@ -120,29 +120,20 @@ CB_HD void spectral_product_backward(const SpectralArgs<T>& a, int64_t b, int64_
 #undef CB_CALL
 }
 
-// The count sketch cs[j] = sum_{i: h[i] = j} s[i] x[i], as a gather over the channels sorted by
-// bucket (perm, with their buckets and signs in that order). Position q that starts its bucket's
-// run sums the run in channel order and returns true with (bucket, sum); other positions return
-// false. Work is O(C) per row, no atomics, and every bucket sums its channels in channel order:
-// the order of the CPU's sequential scatter, so every path produces identical sketches. Unset
-// buckets are zero. The fused kernel's gather (fused.h gather_sketches) walks the same runs in the
-// same order from a packed copy of these tables, so its sketches are the same too.
-template <typename T, typename In, typename I>
-CB_HD T add_run(const In* x, int64_t stride_c, const int64_t* perm, const int64_t* sorted_hash, const T* sorted_sign,
-                I C, I r0, int64_t bucket, T sum) {
-  // sum + the terms of bucket's run from sorted position r0 on, in channel order.
-  for (I r = r0; r < C && sorted_hash[r] == bucket; ++r) sum += sorted_sign[r] * static_cast<T>(x[perm[r] * stride_c]);
-  return sum;
-}
-
+// Bucket j of the count sketch times `scale`, cs[j] = sum_{i: h[i] = j} (scale s[i]) x[i], as a gather over the
+// channels sorted by bucket (perm, with their signs in that order): bucket j's run is the sorted
+// positions start[j] .. start[j + 1] - 1. The sort is stable, so each bucket sums its channels in
+// channel order from 0, the order of a sequential scatter, and the fused kernel's gather (fused.h
+// gather_sketches) walks the same runs in the same order: every path's sketches are identical.
+// Every bucket is computed, empty ones as 0, so a sketch needs no zeroing pass, and consecutive
+// buckets can go to consecutive threads (coalesced stores on the GPU). No atomics.
 template <typename T, typename In>
-CB_HD bool bucket_sum(const In* x, int64_t stride_c, const int64_t* perm, const int64_t* sorted_hash,
-                      const T* sorted_sign, int64_t C, int64_t q, int64_t& bucket, T& sum) {
-  const int64_t j = sorted_hash[q];
-  if (q > 0 && sorted_hash[q - 1] == j) return false;
-  bucket = j;
-  sum = add_run(x, stride_c, perm, sorted_hash, sorted_sign, C, q, j, T(0));
-  return true;
+CB_HD T bucket_sketch(const In* x, int64_t stride_c, const int64_t* perm, const T* sorted_sign, const int64_t* start,
+                      T scale, int64_t j) {
+  T sum(0);
+  for (int64_t q = start[j], end = start[j + 1]; q < end; ++q)
+    sum += scale * sorted_sign[q] * static_cast<T>(x[perm[q] * stride_c]);
+  return sum;
 }
 
 }  // namespace compact_bilinear

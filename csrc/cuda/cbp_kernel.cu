@@ -6,6 +6,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
 
+#include <algorithm>
+#include <limits>
+
 #include "cbp.h"
 #include "common/fused_driver.h"
 #include "common/spectral.h"
@@ -18,28 +21,30 @@ constexpr int kThreads = 256;
 
 int64_t blocks_for(int64_t n) { return (n + kThreads - 1) / kThreads; }
 
-// One thread per (row, sorted channel position); cs is zeroed first.
+// A block per row (rows in turn past the grid's limit), its threads over the row's buckets: every
+// bucket written once (no zeroing pass), consecutive buckets by consecutive threads (coalesced
+// stores, where a scatter from each channel's thread stored a sector per value).
 template <typename T, typename In>
-__global__ void sketch_kernel(const In* __restrict__ x, int64_t rows, int64_t C, int64_t Lk, int64_t sb, int64_t sc,
-                              int64_t sl, const int64_t* __restrict__ perm, const int64_t* __restrict__ sorted_hash,
-                              const T* __restrict__ sgn, int64_t d, T* __restrict__ out) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= rows * C) return;
-  const int64_t r = i / C;
-  int64_t j;
-  T sum;
-  if (bucket_sum(x + (r / Lk) * sb + (r % Lk) * sl, sc, perm, sorted_hash, sgn, C, i % C, j, sum)) out[r * d + j] = sum;
+__global__ void sketch_kernel(const In* __restrict__ x, int64_t rows, int64_t Lk, int64_t sb, int64_t sc, int64_t sl,
+                              const int64_t* __restrict__ perm, const T* __restrict__ sgn,
+                              const int64_t* __restrict__ start, T scale, int64_t d, T* __restrict__ out) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const In* row = x + (r / Lk) * sb + (r % Lk) * sl;
+    T* o = out + r * d;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) o[j] = bucket_sketch(row, sc, perm, sgn, start, scale, j);
+  }
 }
 
-void sketch_cuda(const Problem& p, int k, const at::Tensor& x, at::Tensor& cs) {
+void sketch_cuda(const Problem& p, int k, const at::Tensor& x, double scale, at::Tensor& cs) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "compact_bilinear_sketch_cuda", [&] {
     using T = fused::acc_t<scalar_t>;
-    const int64_t rows = x.size(0) * x.size(2), C = x.size(1);
-    cs.zero_();
-    if (rows * C == 0) return;
-    sketch_kernel<T, scalar_t><<<blocks_for(rows * C), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        x.data_ptr<scalar_t>(), rows, C, x.size(2), x.stride(0), x.stride(1), x.stride(2), p.perm[k].data_ptr<int64_t>(),
-        p.sorted_hash[k].data_ptr<int64_t>(), p.sorted_sign[k].data_ptr<T>(), p.d, cs.data_ptr<T>());
+    const int64_t rows = x.size(0) * x.size(2);
+    if (rows == 0) return;
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>(rows, std::numeric_limits<int32_t>::max()));
+    sketch_kernel<T, scalar_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        x.data_ptr<scalar_t>(), rows, x.size(2), x.stride(0), x.stride(1), x.stride(2), p.perm[k].data_ptr<int64_t>(),
+        p.sorted_sign[k].data_ptr<T>(), p.bucket_start[k].data_ptr<int64_t>(), static_cast<T>(scale), p.d,
+        cs.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -77,21 +82,22 @@ void product_backward_cuda(const Problem& p, int64_t batch, const at::Tensor& G,
 
 template <typename T, typename In>
 __global__ void sketch_backward_kernel(const T* __restrict__ gcs, const int64_t* __restrict__ h, const T* __restrict__ s,
-                                       int64_t B, int64_t C, int64_t Lk, int64_t d, In* __restrict__ gx) {
+                                       T scale, int64_t B, int64_t C, int64_t Lk, int64_t d, In* __restrict__ gx) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= B * C * Lk) return;
   const int64_t l = i % Lk, c = (i / Lk) % C, b = i / (Lk * C);
-  gx[i] = static_cast<In>(s[c] * gcs[(b * Lk + l) * d + h[c]]);
+  gx[i] = static_cast<In>(scale * s[c] * gcs[(b * Lk + l) * d + h[c]]);
 }
 
-void sketch_backward_cuda(const Problem& p, int k, const at::Tensor& grad_cs, at::Tensor& grad_x) {
+void sketch_backward_cuda(const Problem& p, int k, const at::Tensor& grad_cs, double scale, at::Tensor& grad_x) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_x.scalar_type(), "compact_bilinear_sketch_bwd_cuda",
                                   [&] {
     using T = fused::acc_t<scalar_t>;
     const int64_t n = grad_x.numel();
     if (n == 0) return;
     sketch_backward_kernel<T, scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        grad_cs.data_ptr<T>(), p.hash[k].data_ptr<int64_t>(), p.sign[k].data_ptr<T>(), grad_x.size(0), grad_x.size(1),
+        grad_cs.data_ptr<T>(), p.hash[k].data_ptr<int64_t>(), p.sign[k].data_ptr<T>(), static_cast<T>(scale),
+        grad_x.size(0), grad_x.size(1),
         grad_x.size(2), p.d, grad_x.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -187,6 +187,52 @@ def test_fft_radix_rejects_other_values(monkeypatch):
         cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
 
 
+SKETCH_CASES = {
+    **{n: CASES[n] for n in ("k2_vectors_odd_d", "k3_map_vec_map", "k2_maps_pooled", "k3_pooled_prime_d",
+                             "k1_count_sketch")},
+    "k2_crowded_buckets": ((40, 9), 8, [(2, 3), (2, 3)], False),  # 5 channels a bucket on average
+    "k2_sparse_buckets": ((5, 3), 1000, [(2, 2), ()], False),  # most buckets empty, d not a power of 2
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", list(SKETCH_CASES))
+def test_fft_sketch_gather_matches_the_scatter(name, dtype, monkeypatch):
+    """The CUDA kernel's count sketch (spectral.h bucket_sketch: each bucket sums its run of the
+    channels sorted by bucket, every bucket written) against the CPU's scatter, on the CPU through
+    COMPACT_BILINEAR_HOST_SKETCH=gather: bit-identical outputs and gradients (the same sums in the
+    same order, input 0's terms scaled by the inverse FFT's 1/d), with buckets that hold many
+    channels, all of an input's channels in one bucket, empty buckets, and a vector whose channels
+    are not contiguous."""
+    xs, hs, ss, d, sum_pool = make(SKETCH_CASES[name], "cpu", dtype=dtype)
+    hs[-1] = torch.full_like(hs[-1], d - 1)  # one bucket takes all of the last input's channels
+    xs[-1] = xs[-1].transpose(0, 1).contiguous().transpose(0, 1) if xs[-1].dim() == 2 else xs[-1]
+    xs = [x.requires_grad_() for x in xs]
+    w = None
+
+    def run():
+        nonlocal w
+        out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fft")
+        w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype) if w is None else w
+        return [out, *torch.autograd.grad(out, xs, w)]
+
+    scatter = run()
+    monkeypatch.setenv("COMPACT_BILINEAR_HOST_SKETCH", "gather")
+    gather = run()
+    for a, b in zip(scatter, gather):
+        assert torch.equal(a, b)
+    if dtype == torch.float64:
+        ref = explicit_outer_product_sketch([x.detach() for x in xs], hs, ss, d, sum_pool)
+        torch.testing.assert_close(gather[0], ref, rtol=1e-10, atol=1e-10 * ref.abs().max().item())
+
+
+def test_host_sketch_rejects_other_values(monkeypatch):
+    xs, hs, ss, d, _ = make(CASES["k2_maps"], "cpu")
+    monkeypatch.setenv("COMPACT_BILINEAR_HOST_SKETCH", "atomic")
+    with pytest.raises(ValueError, match="COMPACT_BILINEAR_HOST_SKETCH must be 'scatter' or 'gather', got 'atomic'"):
+        cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fft")
+
+
 def test_host_order_rejects_unknown_schedules(monkeypatch):
     xs, hs, ss, d, _ = make(CASES["k2_maps"], "cpu")
     monkeypatch.setenv("COMPACT_BILINEAR_HOST_ORDER", "sideways")
