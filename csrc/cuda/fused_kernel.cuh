@@ -10,6 +10,10 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <utility>
 
 #include "cuda/fused_launch.h"
 
@@ -73,6 +77,32 @@ __global__ void __launch_bounds__(fused::kMaxGroupThreads, BlockGroup<MaxPassBit
   }
 }
 
+// Blocks of `kernel` the current device runs at once with `threads` threads and `smem` bytes of
+// dynamic shared memory (the occupancy API times the SM count), the kernel's shared-memory limit
+// first raised to `smem` where it is lower. Both runtime calls happen once per kernel, device and
+// size, not on every launch: their answers do not change, and each costs host time that a small
+// call waits on. The limit only ever rises, so every size cached so far stays launchable.
+template <class Kernel>
+int64_t blocks_at_once(Kernel kernel, int threads, int64_t smem) {
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, int, int64_t>, int64_t> at_once;
+  static std::map<std::pair<const void*, int>, int64_t> limit;  // the attribute as set so far
+  const int device = c10::cuda::current_device();
+  const void* k = reinterpret_cast<const void*>(kernel);
+  std::lock_guard<std::mutex> lock(mu);
+  const auto it = at_once.find(std::make_tuple(k, device, threads, smem));
+  if (it != at_once.end()) return it->second;
+  int64_t& lim = limit.emplace(std::make_pair(k, device), 48 * 1024).first->second;
+  if (smem > lim) {  // before the occupancy query too
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    lim = smem;
+  }
+  int per_sm = 0, sms = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, static_cast<size_t>(smem)));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return at_once[std::make_tuple(k, device, threads, smem)] = static_cast<int64_t>(sms) * std::max(per_sm, 1);
+}
+
 }  // namespace fused_detail
 
 template <typename T, typename In, fused::Phase Ph>
@@ -82,16 +112,8 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
     const int threads = fused::group_threads(a.d, kBits);
     // One block per thread group, or (in_turn) as many as run at once, by the occupancy API.
     const auto launch = [&](auto kernel, bool in_turn) {
-      if (smem > 48 * 1024)  // before the occupancy query too
-        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-      int64_t blocks = groups;
-      if (in_turn) {
-        int per_sm = 0, sms = 0;
-        C10_CUDA_CHECK(
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, static_cast<size_t>(smem)));
-        C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
-        blocks = std::min<int64_t>(groups, static_cast<int64_t>(sms) * std::max(per_sm, 1));
-      }
+      const int64_t at_once = fused_detail::blocks_at_once(kernel, threads, smem);
+      const int64_t blocks = in_turn ? std::min(groups, at_once) : groups;
       // Slots in global memory: a.slots half spectra for each block, freed after the kernel, in
       // stream order, by the caching allocator.
       const c10::DataPtr workspace =
