@@ -451,10 +451,10 @@ CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
 // ---------------------------------------------------------------------------------------------
 // Phases.
 
-// Count sketches into Re (part 0) and Im (part 1) of Z: the FFT path's gather (spectral.h
-// bucket_sketch) from each input's GatherCodes. The position that starts a bucket's run of sorted
-// channels sums the run in channel order, as bucket_sketch does, so every path's sketches are
-// identical; other positions do nothing, and buckets no channel hits keep their 0. The loads form a chain (code and sign, then
+// Count sketches into Re (part 0) and Im (part 1) of Z from each input's GatherCodes. The position
+// that starts a bucket's run of sorted channels sums the run in channel order, as the FFT path's
+// gather (spectral.h bucket_sketch) does, so every path's sketches are identical; other positions
+// do nothing, and buckets no channel hits keep their 0. The loads form a chain (code and sign, then
 // the input value), so a virtual thread takes U consecutive positions of each of its N inputs,
 // i U .. i U + U - 1, and issues each step's loads for all of them before it uses any: one chain's
 // latency for N sketches (a second loop's loads could not pass the first's stores to Z).

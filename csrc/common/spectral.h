@@ -120,9 +120,9 @@ CB_HD void spectral_product_backward(const SpectralArgs<T>& a, int64_t b, int64_
 #undef CB_CALL
 }
 
-// Bucket j of the count sketch times `scale`, cs[j] = sum_{i: h[i] = j} (scale s[i]) x[i], as a gather over the
-// channels sorted by bucket (perm, with their signs in that order): bucket j's run is the sorted
-// positions start[j] .. start[j + 1] - 1. The sort is stable, so each bucket sums its channels in
+// Bucket j of the count sketch times `scale`, cs[j] = sum_{i: h[i] = j} (scale s[i]) x[i], as a
+// gather over the channels sorted by bucket (perm, with their signs in that order): bucket j's run
+// is the sorted positions start[j] .. start[j + 1] - 1. The sort is stable, so each bucket sums its channels in
 // channel order from 0, the order of a sequential scatter, and the fused kernel's gather (fused.h
 // gather_sketches) walks the same runs in the same order: every path's sketches are identical.
 // Every bucket is computed, empty ones as 0, so a sketch needs no zeroing pass, and consecutive

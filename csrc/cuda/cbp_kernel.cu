@@ -21,9 +21,11 @@ constexpr int kThreads = 256;
 
 int64_t blocks_for(int64_t n) { return (n + kThreads - 1) / kThreads; }
 
-// A block per row (rows in turn past the grid's limit), its threads over the row's buckets: every
-// bucket written once (no zeroing pass), consecutive buckets by consecutive threads (coalesced
-// stores, where a scatter from each channel's thread stored a sector per value).
+// A thread per bucket: every bucket written once (no zeroing pass), in coalesced stores, where a
+// scatter from each channel's thread stored a sector per value. Blocks take rows in turn (x) and,
+// where the rows are too few to fill the device, a share of each row's buckets (y): a call of a
+// few rows (a vector at d = 16000) still spreads over the SMs, and a block works out its row's
+// address (two 64-bit divisions) once per row, not once per bucket.
 template <typename T, typename In>
 __global__ void sketch_kernel(const In* __restrict__ x, int64_t rows, int64_t Lk, int64_t sb, int64_t sc, int64_t sl,
                               const int64_t* __restrict__ perm, const T* __restrict__ sgn,
@@ -31,7 +33,9 @@ __global__ void sketch_kernel(const In* __restrict__ x, int64_t rows, int64_t Lk
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const In* row = x + (r / Lk) * sb + (r % Lk) * sl;
     T* o = out + r * d;
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) o[j] = bucket_sketch(row, sc, perm, sgn, start, scale, j);
+    for (int64_t j = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < d;
+         j += static_cast<int64_t>(gridDim.y) * blockDim.x)
+      o[j] = bucket_sketch(row, sc, perm, sgn, start, scale, j);
   }
 }
 
@@ -40,8 +44,12 @@ void sketch_cuda(const Problem& p, int k, const at::Tensor& x, double scale, at:
     using T = fused::acc_t<scalar_t>;
     const int64_t rows = x.size(0) * x.size(2);
     if (rows == 0) return;
-    const auto blocks = static_cast<unsigned>(std::min<int64_t>(rows, std::numeric_limits<int32_t>::max()));
-    sketch_kernel<T, scalar_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    // About 8 blocks per SM in all, in rows first.
+    const int64_t want = 8 * static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+    const int64_t shares = std::min({blocks_for(p.d), (want + rows - 1) / rows, int64_t{65535}});
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(rows, std::numeric_limits<int32_t>::max())),
+                    static_cast<unsigned>(shares));
+    sketch_kernel<T, scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), rows, x.size(2), x.stride(0), x.stride(1), x.stride(2), p.perm[k].data_ptr<int64_t>(),
         p.sorted_sign[k].data_ptr<T>(), p.bucket_start[k].data_ptr<int64_t>(), static_cast<T>(scale), p.d,
         cs.data_ptr<T>());
@@ -97,8 +105,7 @@ void sketch_backward_cuda(const Problem& p, int k, const at::Tensor& grad_cs, do
     if (n == 0) return;
     sketch_backward_kernel<T, scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         grad_cs.data_ptr<T>(), p.hash[k].data_ptr<int64_t>(), p.sign[k].data_ptr<T>(), static_cast<T>(scale),
-        grad_x.size(0), grad_x.size(1),
-        grad_x.size(2), p.d, grad_x.data_ptr<scalar_t>());
+        grad_x.size(0), grad_x.size(1), grad_x.size(2), p.d, grad_x.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
