@@ -16,10 +16,16 @@ ALGORITHMS = ("auto", "fused", "fft")
 SIGNED_SQRT_EPS = 1e-8
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def signed_sqrt(z: Tensor, eps: float = SIGNED_SQRT_EPS) -> Tensor:
     """``sign(z) * (sqrt(|z| + eps) - sqrt(eps))``: the MCB signed square root, shifted so it is
-    continuous and its gradient stays finite at 0 (at most ``1 / (2 sqrt(eps))``)."""
-    return torch.sign(z) * (torch.sqrt(z.abs() + eps) - eps**0.5)
+    continuous and its gradient stays finite at 0 (at most ``1 / (2 sqrt(eps))``). float16 and
+    bfloat16 are computed in float32 and returned in their own dtype: in float16 eps = 1e-8 is 0,
+    and the gradient at 0 would be NaN."""
+    w = z.float() if z.dtype in _HALF else z
+    return (torch.sign(w) * (torch.sqrt(w.abs() + eps) - eps**0.5)).to(z.dtype)
 
 
 _signed_sqrt = signed_sqrt  # the keyword argument of compact_bilinear_pooling shadows the name
@@ -71,17 +77,21 @@ def compact_bilinear_pooling(
     inputs = _as_tensor_list("inputs", inputs)
     hash_indices = _as_tensor_list("hash_indices", hash_indices)
     hash_signs = _as_tensor_list("hash_signs", hash_signs)
+    # len(), not bool(): torch 2.11's Dynamo cannot trace bool() of a list (fullgraph compile failed).
+    # Checked here: without a tensor the op itself cannot even be dispatched.
+    if len(inputs) == 0:
+        raise ValueError("compact_bilinear_pooling: inputs must hold at least one tensor, got none")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"compact_bilinear_pooling: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if not isinstance(output_dim, int) or isinstance(output_dim, bool):
         raise TypeError(f"compact_bilinear_pooling: output_dim must be an int, got {type(output_dim).__name__}")
-    # len(), not bool(): torch 2.11's Dynamo cannot trace bool() of a list (fullgraph compile failed)
-    autocast = len(inputs) > 0 and torch.is_autocast_enabled(inputs[0].device.type)
+    # (Meta tensors have no autocast state to ask about: torch raises for the device type.)
+    autocast = inputs[0].device.type != "meta" and torch.is_autocast_enabled(inputs[0].device.type)
     if autocast:
         # Under autocast, run in the autocast dtype: the kernels accumulate in float32 anyway.
         dtype = torch.get_autocast_dtype(inputs[0].device.type)
         inputs = [x.to(dtype) if x.is_floating_point() else x for x in inputs]
-    elif inputs and all(x.is_floating_point() for x in inputs) and len({x.dtype for x in inputs}) > 1:
+    elif all(x.is_floating_point() for x in inputs) and len({x.dtype for x in inputs}) > 1:
         dtype = inputs[0].dtype
         for x in inputs[1:]:
             dtype = torch.promote_types(dtype, x.dtype)
@@ -89,8 +99,14 @@ def compact_bilinear_pooling(
     # The autocast-off context only where autocast is on: entering it costs about 3 us per call.
     with torch.autocast(inputs[0].device.type, enabled=False) if autocast else contextlib.nullcontext():
         out = ops.forward(inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm)
-    if signed_sqrt:
-        out = _signed_sqrt(out)
-    if l2_normalize:
-        out = F.normalize(out, dim=1)
+    if signed_sqrt or l2_normalize:
+        # In float32 for float16 and bfloat16 outputs: both eps (1e-8, and F.normalize's 1e-12) are 0
+        # in float16, so an output of 0 (a zero location, an empty bucket) gave NaN values and
+        # gradients there.
+        y = out.float() if out.dtype in _HALF else out
+        if signed_sqrt:
+            y = _signed_sqrt(y)
+        if l2_normalize:
+            y = F.normalize(y, dim=1)
+        out = y.to(out.dtype)
     return out
