@@ -1031,24 +1031,6 @@ CB_HD void map_product(const G& g, const Args<T, In>& a, Sink sink, cplx<T>* z, 
 // the loop over rows, one kernel for both spilled 96 bytes at radix 32 in the unpooled path.
 enum class Maps { Any, One, Several };
 enum class Out { Any, Rows, Pooled };
-// The flat rows r0 .. r1 (sample * L + location) of the forward's chunk c (fused_driver.h
-// forward_chunks counts them). Pooled, chunks run over the rows of all samples, a sample's sums
-// handed on between them (hand_on_sums). Unpooled, each sample's rows are chunked on their own:
-// the rows of a chunk share transforms (a pair's outputs share the inverse; a single map's two
-// rows share the forward too), so a NaN or inf stays in its sample, as on the FFT path, where
-// flat pairs at an odd L paired a sample's last location with the next sample's first. A
-// sample's last chunk then has a single row (at B = 32, L = 49: 800 chunks where there were 784).
-template <typename T, typename In>
-CB_HD RowRange forward_chunk_rows(const Args<T, In>& a, int64_t c) {
-  const int64_t n = a.rows_per_chunk;
-  if (!a.out_map) {
-    const int64_t r0 = c * n, rows = a.B * a.L;
-    return RowRange{r0, r0 + n < rows ? r0 + n : rows};
-  }
-  const int64_t per_sample = (a.L + n - 1) / n, b = c / per_sample, r0 = b * a.L + c % per_sample * n;
-  return RowRange{r0, r0 + n < (b + 1) * a.L ? r0 + n : (b + 1) * a.L};
-}
-
 template <bool Prefetch, Maps M, Out O, typename T, typename In, class G>
 CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* slots, int64_t /*b = 0*/,
                          int64_t c, Turn turn = {}) {
@@ -1059,11 +1041,19 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
   cplx<T>* acc = pooled ? spare : nullptr;
   cplx<T>* first = a.out_map && a.rows_per_chunk == 2 && a.nmap > 1 ? spare : nullptr;
   const bool one_map = M == Maps::Any ? a.nmap == 1 : M == Maps::One;
-  const auto rows_of = [&a](int64_t c) { return forward_chunk_rows(a, c); };
-  // Where the rows from r on stop, in a chunk that ends at r1: pooled, at the end of r's sample.
-  const auto sample_end = [&a, pooled](int64_t r, int64_t r1) {
+  // Chunk c as flat row indices r = sample * L + location, r0 .. r1.
+  const auto rows_of = [&a](int64_t c) {
+    const int64_t r0 = c * a.rows_per_chunk, rows = a.B * a.L;
+    return RowRange{r0, r0 + a.rows_per_chunk < rows ? r0 + a.rows_per_chunk : rows};
+  };
+  // Where the rows from r on stop, in a chunk that ends at r1: at the end of r's sample. Pooled,
+  // the sums are a sample's; unpooled, rows that share a transform (a single map's two rows, a
+  // pair's outputs) must be of one sample, so that a NaN or inf stays in its sample as on the FFT
+  // path: at an odd L, a flat pair can hold a sample's last location and the next one's first,
+  // and then runs as two single rows (at B = 32, L = 49: 16 of the 784 pairs).
+  const auto sample_end = [&a](int64_t r, int64_t r1) {
     const int64_t e = (r / a.L + 1) * a.L;
-    return !pooled || r1 < e ? r1 : e;
+    return r1 < e ? r1 : e;
   };
   const RowRange own = rows_of(c);
   const int64_t r0 = own.r0, r1 = own.r1;
@@ -1082,7 +1072,7 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
     g.sync();
   };
   if (one_map) {
-    for (int64_t s0 = r0; s0 < r1;) {  // pooled: a sample's rows at a time; unpooled: all at once
+    for (int64_t s0 = r0; s0 < r1;) {  // a sample's rows at a time
       const int64_t s1 = sample_end(s0, r1);
       if (pooled) zero_acc();
       forward_rows_one_map<Prefetch>(g, a, z, acc, s0, s1, s1 < r1 || turn.next_bx >= 0, [=, &a] {
@@ -1092,7 +1082,7 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
       s0 = s1;
     }
   } else {
-    const bool pair = first != nullptr && r1 - r0 == 2;
+    const bool pair = first != nullptr && r1 - r0 == 2 && sample_end(r0, r1) == r1;
     const bool plain = groups == 1 && a.nvec == 0;  // two maps (groups == 1 and nmap > 1)
     if (pooled) zero_acc();
     for (int64_t r = r0; r < r1; ++r) {

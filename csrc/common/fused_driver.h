@@ -87,14 +87,9 @@ std::pair<at::Tensor, at::Tensor> chunk_sums(const Problem& p, Args<T, In>& a, i
   return {partial, arrivals};
 }
 
-// The chunks of rows_per_chunk of all B * L flat rows (fused.h backward_chunk, the pooled forward).
+// The chunks of rows_per_chunk of all B * L flat rows (fused.h forward_chunk, backward_chunk).
 inline int64_t flat_chunks(const Problem& p, const FusedPlan& plan) {
   return (p.B * p.L + plan.rows_per_chunk - 1) / plan.rows_per_chunk;
-}
-
-// The forward's chunks (fused.h forward_chunk_rows): unpooled, each sample's L rows on their own.
-inline int64_t forward_chunks(const Problem& p, const FusedPlan& plan) {
-  return p.out_map ? p.B * ((p.L + plan.rows_per_chunk - 1) / plan.rows_per_chunk) : flat_chunks(p, plan);
 }
 
 template <typename T, typename In, class Launch>
@@ -104,7 +99,7 @@ at::Tensor forward(const Problem& p, const FusedPlan& plan, Launch&& launch) {
   a.out = out.data_ptr<In>();
   const at::Tensor vspec = launch_vector_spectra(p, a, launch);
   const auto sums = chunk_sums(p, a, a.out_map ? 0 : 1);  // pooled: the product, summed
-  const int64_t chunks = forward_chunks(p, plan);
+  const int64_t chunks = flat_chunks(p, plan);
   const Phase ph = !plan.prefetch_half ? Phase::Forward
                    : a.nmap == 1      ? Phase::ForwardOneMapPrefetch
                    : a.out_map        ? Phase::ForwardPrefetch
