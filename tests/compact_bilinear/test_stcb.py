@@ -801,8 +801,9 @@ def test_cpu_thread_count_does_not_change_results(name, algo):
 def test_nan_stays_in_its_sample(name, algo, device):
     """A NaN in one sample's input leaves the other samples finite. The fused kernel shares
     transforms between rows (a pair's outputs share an inverse, a single map's two rows a forward
-    too), so its unpooled chunks keep to one sample: with flat pairs, at an odd number of
-    locations (3 x 3 here), a sample's last location was paired with the next sample's first."""
+    too), so rows that share one must be of one sample: at an odd number of locations (3 x 3 here)
+    a flat pair can hold a sample's last location and the next one's first, and runs as two single
+    rows. Pairing them anyway fails the map x map case, and a single map's pairs three cases."""
     case = {"k2_maps_odd_l": ((5, 7), 16, [(3, 3), (3, 3)], False)}.get(name, CASES.get(name))
     if algo == "fused" and not fused_applies(case[1]):
         pytest.skip("d is not a power of two")
