@@ -122,11 +122,11 @@ CB_HD void spectral_product_backward(const SpectralArgs<T>& a, int64_t b, int64_
 
 // Bucket j of the count sketch times `scale`, cs[j] = sum_{i: h[i] = j} (scale s[i]) x[i], as a
 // gather over the channels sorted by bucket (perm, with their signs in that order): bucket j's run
-// is the sorted positions start[j] .. start[j + 1] - 1. The sort is stable, so each bucket sums its channels in
-// channel order from 0, the order of a sequential scatter, and the fused kernel's gather (fused.h
-// gather_sketches) walks the same runs in the same order: every path's sketches are identical.
-// Every bucket is computed, empty ones as 0, so a sketch needs no zeroing pass, and consecutive
-// buckets can go to consecutive threads (coalesced stores on the GPU). No atomics.
+// is the sorted positions start[j] .. start[j + 1] - 1. The sort is stable, so each bucket sums
+// its channels in channel order from 0, the order of a sequential scatter, and the fused kernel's
+// gather (fused.h gather_sketches) walks the same runs in the same order: every path's sketches
+// are identical. Every bucket is computed, empty ones as 0, so a sketch needs no zeroing pass, and
+// consecutive buckets can go to consecutive threads (coalesced stores on the GPU). No atomics.
 template <typename T, typename In>
 CB_HD T bucket_sketch(const In* x, int64_t stride_c, const int64_t* perm, const T* sorted_sign, const int64_t* start,
                       T scale, int64_t j) {
