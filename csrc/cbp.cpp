@@ -325,7 +325,7 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   const std::string radix = radix_env ? radix_env : (p.acc_dtype == at::kDouble || backward ? "8" : "32");
   TORCH_CHECK_VALUE(radix == "8" || radix == "32", "COMPACT_BILINEAR_FFT_RADIX must be '8' or '32', got '", radix, "'");
   plan.max_pass_bits = radix == "8" ? 3 : 5;
-  const auto size = [&] { plan.smem_bytes = elem * (fused::z_size(p.d) + plan.slots * p.F); };
+  const auto size = [&] { plan.smem_bytes = elem * (fused::kCodeValues + fused::z_size(p.d) + plan.slots * p.F); };
   // Unpooled rows go in pairs whose real outputs share one inverse FFT, where the memory that takes
   // fits; COMPACT_BILINEAR_ROW_PAIRS=0 forces single rows (for A/B timing on a GPU).
   const char* pairs_env = std::getenv("COMPACT_BILINEAR_ROW_PAIRS");
@@ -365,7 +365,7 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   if (plan.smem_bytes > smem_limit) {
     plan.global_slots = true;
     plan.max_pass_bits = 3;
-    plan.smem_bytes = elem * fused::z_size(p.d);
+    plan.smem_bytes = elem * (fused::kCodeValues + fused::z_size(p.d));
   }
   // The forward's prefetch buffer (fused.h PrefetchWord): two halves of the largest map's channel
   // count, for a call with a map (a gather of two maps of a row, or of two rows of a single map),

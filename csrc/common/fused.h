@@ -135,10 +135,15 @@ CB_HD constexpr int ilog2(int64_t n) {
 // the bin f = bitrev(2t) of each half-spectrum slot t < d/2 (grad_spectrum).
 CB_HD constexpr int64_t tw_slot_offset(int64_t d) { return d > 1 ? d : 2; }
 
-// Position of element i of Z in the padded buffer, and the buffer's size in complex values.
+// Position of element i of Z in the padded buffer, and the buffer's size in complex values. Just
+// before Z, kCodeValues more values hold the group's magnitude codes (codes_of): a thread group's
+// shared memory is kCodeValues + z_size(d) values, then its slots. Before Z rather than after it,
+// their address is Z's with a constant offset: after it, the compiler kept it in two registers
+// through the transforms, and the single map's forward spilled in its FFT passes (ptxas, sm_90).
 CB_HD int zi(int i) { return i + (i >> 4); }
 CB_HD int64_t zi(int64_t i) { return i + (i >> 4); }
 CB_HD int64_t z_size(int64_t n) { return n + (n >> 4); }
+constexpr int64_t kCodeValues = 2;
 
 // The passes of an n = 2^log2n point transform: as few as the largest radix 2^max_bits allows,
 // of balanced sizes (q or q + 1 stages), ordered against bank conflicts. In the padded layout a
@@ -449,6 +454,134 @@ CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Balance. Two real signals that share a complex transform (x in Re, y in Im) both take rounding
+// error in proportion to the larger, so the smaller one's error, relative to itself, is float's
+// times the ratio of their magnitudes: unbalanced, 10^4 cost 8.5e-4 (two 3x3 maps, d = 1024), and
+// a signal that is exactly 0 came out as the other's rounding error. So each gather measures the
+// largest value of each of its sketches as a code (mag_code: its binary exponent), y goes into the
+// transform times up = 2^(code x - code y), exact, which makes the two about equal, and the spectra
+// split() returns are multiplied back by `re` and `im` (Balance): 1 and 1 / up, or 0 for a signal
+// that is exactly 0, whose spectrum then is exactly 0 as well. The code of a product of spectra is
+// the sum of its factors' codes, which balances two products that share an inverse transform the
+// same way: two rows' outputs (forward_chunk), or two inputs' gradients, where input a's is the
+// output gradient times b's spectrum and b's times a's (backward_rows_maps).
+
+// A value's magnitude as a small integer, in the order of |v|: 0 for 0, else its biased binary
+// exponent plus one (subnormals 1); inf and NaN kNonFiniteCode, above every finite value's.
+template <typename T>
+constexpr int kNonFiniteCode = sizeof(T) == 4 ? 256 : 2048;
+template <typename T>
+CB_HD int mag_code(T v) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "float or double inside");
+  if constexpr (sizeof(T) == 4) {
+    uint32_t b;
+    memcpy(&b, &v, 4);
+    b &= 0x7fffffffu;
+    return b ? static_cast<int>(b >> 23) + 1 : 0;
+  } else {
+    uint64_t b;
+    memcpy(&b, &v, 8);
+    b &= ~(uint64_t{1} << 63);
+    return b ? static_cast<int>(b >> 52) + 1 : 0;
+  }
+}
+template <typename T>
+CB_HD int mag_code(cplx<T> v) {
+  const int a = mag_code(v.real()), b = mag_code(v.imag());
+  return a > b ? a : b;
+}
+
+// 2^k, for |k| up to kMaxShift<T> (normal numbers both ways, so scaling by it is exact).
+template <typename T>
+constexpr int kMaxShift = sizeof(T) == 4 ? 126 : 1022;
+template <typename T>
+CB_HD T pow2(int k) {
+  if constexpr (sizeof(T) == 4) {
+    const uint32_t b = static_cast<uint32_t>(k + 127) << 23;
+    T r;
+    memcpy(&r, &b, 4);
+    return r;
+  } else {
+    const uint64_t b = static_cast<uint64_t>(k + 1023) << 52;
+    T r;
+    memcpy(&r, &b, 8);
+    return r;
+  }
+}
+
+// A signal's magnitude as a code or a sum of codes (a product's), with whether one of them was 0
+// (then the signal is 0) or not finite (then nothing is balanced).
+struct Mag {
+  int log2 = 0;
+  bool zero = false, finite = true;
+  template <typename T>
+  CB_HD static Mag of(int code) {
+    return Mag{code, code == 0, code < kNonFiniteCode<T>};
+  }
+  CB_HD Mag operator*(Mag o) const { return Mag{log2 + o.log2, zero || o.zero, finite && o.finite}; }
+};
+
+// Balance of x (Re) and y (Im) in one transform: y goes in times `up`, and the two come out times
+// `re` and `im`.
+template <typename T>
+struct Balance {
+  T up = 1, re = 1, im = 1;
+  CB_HD static Balance of(Mag x, Mag y) {
+    const bool both = !x.zero && !y.zero && x.finite && y.finite;
+    int k = both ? x.log2 - y.log2 : 0;
+    k = k < -kMaxShift<T> ? -kMaxShift<T> : k > kMaxShift<T> ? kMaxShift<T> : k;
+    return Balance{pow2<T>(k), x.zero ? T(0) : T(1), y.zero ? T(0) : pow2<T>(-k)};
+  }
+};
+
+// The group's codes, two in each of the kCodeValues values before Z (zi): the last gather's (its
+// Re and Im sketch), zeroed with Z (load_sketches), and, `kept` across gathers, two output gradient
+// spectra's (grad_spectrum).
+template <typename T>
+CB_HD int* codes_of(const cplx<T>* z, bool kept = false) {
+  return reinterpret_cast<int*>(const_cast<cplx<T>*>(z) - (kept ? 2 : 1));
+}
+template <typename T>
+CB_HD Mag mag_of(const cplx<T>* z, int i, bool kept = false) {
+  return Mag::of<T>(codes_of(z, kept)[i]);
+}
+
+// The factors of the rows an inverse transform writes (inverse_to_rows), `re` and `im` of their
+// Balance: in Z's kept value, where the forward kernels keep no codes, set in the phase before the
+// transform and read in its last pass (held in registers through the transform, they had made the
+// forward kernels spill: ptxas, sm_90, radix 32).
+template <typename T>
+CB_HD T* row_factors(cplx<T>* z) {
+  return reinterpret_cast<T*>(codes_of(z, true));
+}
+template <typename T, class G>
+CB_HD void set_row_factors(const G& g, cplx<T>* z, Balance<T> out) {
+  T* f = row_factors(z);
+  const T re = out.re, im = out.im;
+  g.for_each(1, [=](int64_t) {
+    f[0] = re;
+    f[1] = im;
+  });
+}
+
+// The last gather's balance, from its codes: read where it is used, rather than kept in registers
+// through the transforms (where it had made the backward kernel spill: ptxas, sm_90, radix 8).
+template <typename T>
+CB_HD Balance<T> gathered(const cplx<T>* z) {
+  return Balance<T>::of(mag_of(z, 0), mag_of(z, 1));
+}
+
+// The forward transform of a gather's sketches, Im scaled by bal.up on its way into the first pass.
+template <typename T, class G>
+CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n, int log2n, const cplx<T>* tw, Balance<T> bal) {
+  const T up = bal.up;
+  fft_forward_dif(g, z, n, log2n, tw, [=](Elem e) {
+    const cplx<T> v = z[zi(e.base) + e.zoff];
+    return cplx<T>(v.real(), v.imag() * up);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
 // Phases.
 
 // Count sketches into Re (part 0) and Im (part 1) of Z from each input's GatherCodes. The position
@@ -601,7 +734,7 @@ CB_HD void load_codes(const Sketch<T, In>& sk, int q0, GatherCode* c, T* v) {
 }
 
 template <int U, bool Prefetched, typename T, typename In, int N, class G>
-CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
+CB_HD void gather_sketches(const G& g, T* zr, int* codes, const Sketches<T, In, N> all) {
   int per = 0;  // threads: U positions of every input each
   for (int s = 0; s < N; ++s) {
     const int n = (all.s[s].C + U - 1) / U;
@@ -625,6 +758,7 @@ CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
       }
     CB_UNROLL
     for (int s = 0; s < N; ++s) {
+      int code = 0;  // of the thread's largest value of sketch s (Balance)
       CB_UNROLL
       for (int u = 0; u < U; ++u) {
         if (c[s][u].word & kNotHead) continue;
@@ -639,7 +773,10 @@ CB_HD void gather_sketches(const G& g, T* zr, const Sketches<T, In, N> all) {
           }
         }
         zr[2 * zi(static_cast<int>(c[s][u].word & kBucketMask)) + sk[s].part] = sum;
+        const int cs = mag_code(sum);
+        code = cs > code ? cs : code;
       }
+      G::max_into(codes + sk[s].part, code);
     }
   });
 }
@@ -724,13 +861,14 @@ CB_HD void gather_pair(const G& g, const Args<T, In>& a, cplx<T>* z, GatherAt at
   // codes); two positions keep every thread of 512 busy at C = 1024.
   constexpr bool wide = G::kMaxPassBits >= 5;  // 128 registers a thread
   constexpr int U = wide ? 4 : 2;
+  int* codes = codes_of(z);
   const Sketch<T, In> sa = sketch_of(a, at.ka, 0, at.b, at.l, pv);
   if (at.kb >= 0 && wide) {
-    gather_sketches<U, Prefetched>(g, zr, Sketches<T, In, 2>{{sa, sketch_of(a, at.kb, 1, at.bb, at.lb, pv)}});
+    gather_sketches<U, Prefetched>(g, zr, codes, Sketches<T, In, 2>{{sa, sketch_of(a, at.kb, 1, at.bb, at.lb, pv)}});
   } else {
-    gather_sketches<U, Prefetched>(g, zr, Sketches<T, In, 1>{{sa}});
+    gather_sketches<U, Prefetched>(g, zr, codes, Sketches<T, In, 1>{{sa}});
     if (at.kb >= 0)
-      gather_sketches<U, Prefetched>(g, zr, Sketches<T, In, 1>{{sketch_of(a, at.kb, 1, at.bb, at.lb, pv)}});
+      gather_sketches<U, Prefetched>(g, zr, codes, Sketches<T, In, 1>{{sketch_of(a, at.kb, 1, at.bb, at.lb, pv)}});
   }
 }
 
@@ -741,13 +879,16 @@ CB_HD PrefetchWord<In>* prefetch_buffer(const Args<T, In>& a, cplx<T>* z) {
   return reinterpret_cast<PrefetchWord<In>*>(z + z_size(a.d) + a.slots * a.F);
 }
 
-// Gather `at` into Z. In the prefetching kernels (Prefetch: the plan has a buffer), at's values
-// are in the buffer already (prefetch_values), and once they have been read the next
-// gather's, next() if `more`, start on their way.
+// Gather `at` into Z, and its sketches' codes (zeroed with Z; with a single sketch, Im's stays 0)
+// into codes_of(z); returns their balance, for the forward transform. In the prefetching kernels
+// (Prefetch: the plan has a buffer), at's values are in the buffer already (prefetch_values), and
+// once they have been read the next gather's, next() if `more`, start on their way.
 template <bool Prefetch, typename T, typename In, class G, class Next = std::nullptr_t>
-CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, GatherAt at, bool more = false,
-                         Next next = nullptr) {
+CB_HD Balance<T> load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, GatherAt at, bool more = false,
+                               Next next = nullptr) {
   zero(g, z, z_size(a.d));
+  int* codes = codes_of(z);
+  g.for_each(1, [=](int64_t) { codes[0] = codes[1] = 0; });
   if constexpr (Prefetch) prefetch_wait();
   g.sync();
   gather_pair<Prefetch>(g, a, z, at, Prefetch ? prefetch_buffer(a, z) : nullptr);
@@ -755,6 +896,7 @@ CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, GatherAt 
   if constexpr (Prefetch) {
     if (more) prefetch_values(g, a, prefetch_buffer(a, z), next());
   }
+  return gathered(z);
 }
 
 // A value another thread group wrote in this kernel, read past the L1 (not coherent across SMs):
@@ -834,14 +976,15 @@ CB_HD void inverse_real(const G& g, const Args<T, In>& a, cplx<T>* z, const cplx
 template <typename T, typename In, class G>
 CB_HD void vector_spectra(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t b, int64_t pair) {
   const int ia = static_cast<int>(2 * pair), ib = ia + 1 < a.nvec ? ia + 1 : -1;
-  load_sketches<false>(g, a, z, GatherAt{a.vec_ids[ia], b, 0, ib >= 0 ? a.vec_ids[ib] : -1, b, 0});
-  fft_forward_dif(g, z, a.d, a.log2d, a.tw);
+  const GatherAt at{a.vec_ids[ia], b, 0, ib >= 0 ? a.vec_ids[ib] : -1, b, 0};
+  fft_forward_dif(g, z, a.d, a.log2d, a.tw, load_sketches<false>(g, a, z, at));
+  const Balance<T> bal = gathered(z);
   g.for_each(a.F, [=, &a](int64_t f) {
     const BinPair pq = bins(f, a.d, a.log2d);
     cplx<T> A, B;
     split(z[pq.p], z[pq.q], A, B);
-    a.vspec[(ia * a.B + b) * a.F + f] = A;
-    if (ib >= 0) a.vspec[(ib * a.B + b) * a.F + f] = B;
+    a.vspec[(ia * a.B + b) * a.F + f] = A * bal.re;
+    if (ib >= 0) a.vspec[(ib * a.B + b) * a.F + f] = B * bal.im;
   });
   g.sync();
 }
@@ -855,15 +998,17 @@ CB_HD cplx<T> vector_product(const Args<T, In>& a, int64_t b, int64_t f) {
 }
 
 // The inverse transform of Z, whose last pass writes output rows from `out` on (location-major
-// output: whole contiguous rows): Re as the first row and, for a pair, Im as the second.
+// output: whole contiguous rows): Re as the first row and, for a pair, Im as the second, each
+// times its row factor (set_row_factors) and 1 / d.
 template <typename T, typename In, class G>
 CB_HD void inverse_to_rows(const G& g, const Args<T, In>& a, cplx<T>* z, In* out, bool pair) {
-  const T scale = T(1) / static_cast<T>(a.d);
-  const int d = static_cast<int>(a.d);
+  const int d = static_cast<int>(a.d), log2d = a.log2d;
+  const T* f = row_factors(z);
   fft_inverse_dit(g, z, a.d, a.log2d, a.tw, [=](Elem e, cplx<T> v) {
+    const T inv_d = pow2<T>(-log2d);  // exactly, without a division
     In* row = out + e.base;  // per thread; `e.off` is the same for the whole warp
-    row[e.off] = static_cast<In>(v.real() * scale);
-    if (pair) row[d + e.off] = static_cast<In>(v.imag() * scale);
+    row[e.off] = static_cast<In>(v.real() * (f[0] * inv_d));
+    if (pair) row[d + e.off] = static_cast<In>(v.imag() * (f[1] * inv_d));
   });
 }
 
@@ -886,24 +1031,27 @@ CB_HD void forward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cp
                                 bool more_chunks, NextChunk next_chunk) {
   for (int64_t r = r0; r < r1; r += 2) {
     const bool two = r + 1 < r1;
-    const int64_t rb0 = r / a.L, rb1 = (r + 1) / a.L;
-    load_sketches<Prefetch>(g, a, z, rows_of_one_map(a, r, r1), r + 2 < r1 || more_chunks,
-                            [=, &a] { return r + 2 < r1 ? rows_of_one_map(a, r + 2, r1) : next_chunk(); });
-    fft_forward_dif(g, z, a.d, a.log2d, a.tw);
+    const int64_t rb = r / a.L;  // both rows' sample (r1 ends a sample at the latest)
+    const auto next = [=, &a] { return r + 2 < r1 ? rows_of_one_map(a, r + 2, r1) : next_chunk(); };
+    fft_forward_dif(g, z, a.d, a.log2d, a.tw,
+                    load_sketches<Prefetch>(g, a, z, rows_of_one_map(a, r, r1), r + 2 < r1 || more_chunks, next));
+    const Balance<T> bal = gathered(z);
+    if (!acc) set_row_factors(g, z, bal);
+    const T im = bal.im;
     g.for_each(a.F, [=, &a](int64_t f) {
       const BinPair pq = bins(f, a.d, a.log2d);
       cplx<T> A, B;
       split(z[pq.p], z[pq.q], A, B);
-      if (a.nvec) {  // the vectors' product, loaded once where both rows are of one sample
-        const cplx<T> v0 = vector_product(a, rb0, f);
-        A *= v0;
-        if (two) B *= rb1 == rb0 ? v0 : vector_product(a, rb1, f);
+      if (a.nvec) {  // the vectors' product
+        const cplx<T> v = vector_product(a, rb, f);
+        A *= v;
+        B *= v;
       }
-      if (acc) {
+      if (acc) {  // A's factor is 1, or 0 where x is 0, and then A is rounding error of B's size
         cplx<T> sum = acc[f] + A;
-        if (two) sum += B;
+        if (two) sum += B * im;
         acc[f] = sum;
-      } else {
+      } else {  // the two rows' outputs, balanced as their sketches were (same vectors): B as it is
         merge(z, pq, A, two ? B : cplx<T>(0, 0));
       }
     });
@@ -965,19 +1113,20 @@ enum class Sink { Acc, Hold, Merge, MergePair };
 
 // The product phase of pair gi of a row's maps (their spectra in Z; kb < 0: a single map): the
 // pairs before it in P (gi > 0), this one's product into P unless it is the last, else times the
-// vectors' product into `dst` as S says. With Plain (one pair of maps, no vectors: K = 2 maps, the
-// common case) and the sink fixed at compile time, the loop does only its own case's work: with
-// them as run-time conditions, the others' work was predicated off but still issued: 77
-// instructions per bin where a pair's product is merged and 62 where it is held (SASS, sm_90),
-// now 44 and 37.
+// vectors' product into `dst` as S says. The pair's product is taken times `c`: its Balance's re
+// and im (the true spectra's product) and, merged as a pair's second row, the rows' balance. With
+// Plain (one pair of maps, no vectors: K = 2 maps, the common case) and the sink fixed at compile
+// time, the loop does only its own case's work: with them as run-time conditions, the others'
+// work was predicated off but still issued: 77 instructions per bin where a pair's product is
+// merged and 62 where it is held (SASS, sm_90), now 44 and 37.
 template <bool Plain, Sink S, typename T, typename In, class G>
 CB_HD void map_product(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* P, cplx<T>* dst, int64_t rb, int gi,
-                       int kb, bool last) {
+                       int kb, bool last, T c) {
   g.for_each(a.F, [=, &a](int64_t f) {
     const BinPair pq = bins(f, a.d, a.log2d);
     cplx<T> A, B;
     split(z[pq.p], z[pq.q], A, B);
-    cplx<T> prod = Plain || kb >= 0 ? A * B : A;
+    cplx<T> prod = (Plain || kb >= 0 ? A * B : A) * c;
     if constexpr (!Plain) {
       if (gi > 0) prod *= P[f];
       if (!last) {
@@ -1001,12 +1150,12 @@ CB_HD void map_product(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* P,
 
 template <bool Plain, typename T, typename In, class G>
 CB_HD void map_product(const G& g, const Args<T, In>& a, Sink sink, cplx<T>* z, cplx<T>* P, cplx<T>* dst, int64_t rb,
-                       int gi, int kb, bool last) {
+                       int gi, int kb, bool last, T c) {
   switch (sink) {
-    case Sink::Acc: return map_product<Plain, Sink::Acc>(g, a, z, P, dst, rb, gi, kb, last);
-    case Sink::Hold: return map_product<Plain, Sink::Hold>(g, a, z, P, dst, rb, gi, kb, last);
-    case Sink::MergePair: return map_product<Plain, Sink::MergePair>(g, a, z, P, dst, rb, gi, kb, last);
-    case Sink::Merge: return map_product<Plain, Sink::Merge>(g, a, z, P, dst, rb, gi, kb, last);
+    case Sink::Acc: return map_product<Plain, Sink::Acc>(g, a, z, P, dst, rb, gi, kb, last, c);
+    case Sink::Hold: return map_product<Plain, Sink::Hold>(g, a, z, P, dst, rb, gi, kb, last, c);
+    case Sink::MergePair: return map_product<Plain, Sink::MergePair>(g, a, z, P, dst, rb, gi, kb, last, c);
+    case Sink::Merge: return map_product<Plain, Sink::Merge>(g, a, z, P, dst, rb, gi, kb, last, c);
   }
 }
 
@@ -1085,27 +1234,39 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
     const bool pair = first != nullptr && r1 - r0 == 2 && sample_end(r0, r1) == r1;
     const bool plain = groups == 1 && a.nvec == 0;  // two maps (groups == 1 and nmap > 1)
     if (pooled) zero_acc();
+    Mag held;  // the magnitude of a pair's first row (its maps' product; the vectors are the second's)
     for (int64_t r = r0; r < r1; ++r) {
       const Row rl{r / a.L, r % a.L};
       const bool hold = pair && r == r0;  // the first row of a pair: keep its product in `first`
       const Sink sink = pooled ? Sink::Acc : hold ? Sink::Hold : pair ? Sink::MergePair : Sink::Merge;
       cplx<T>* dst = pooled ? acc : first;
+      Mag row;  // the maps' product so far
       for (int gi = 0; gi < groups; ++gi) {
         const GatherAt cur = at(rl, gi);
         // The next gather: this row's next pair of maps, the next row's first, or the block's next chunk's first.
-        load_sketches<Prefetch>(g, a, z, cur, gi + 1 < groups || r + 1 < r1 || turn.next_bx >= 0, [=, &a] {
+        const auto next = [=, &a] {
           if (gi + 1 < groups) return at(rl, gi + 1);
           return r + 1 < r1 ? at(rl.next(a.L), 0) : next_chunk();
-        });
+        };
+        fft_forward_dif(g, z, a.d, a.log2d, a.tw,
+                        load_sketches<Prefetch>(g, a, z, cur, gi + 1 < groups || r + 1 < r1 || turn.next_bx >= 0, next));
         const int kb = cur.kb;
         const int64_t rb = rl.b;
-        fft_forward_dif(g, z, a.d, a.log2d, a.tw);
+        const Balance<T> in = gathered(z);
+        row = row * mag_of(z, 0) * (kb >= 0 ? mag_of(z, 1) : Mag{});
         const bool last = gi == groups - 1;
+        T c = kb >= 0 ? in.re * in.im : in.re;
+        if (last && !pooled && !hold) {  // the output's balance: a row alone, or a pair's second against `held`
+          const Balance<T> out = Balance<T>::of(pair ? held : row, row);
+          set_row_factors(g, z, out);
+          c *= out.up;  // 1 for a row alone
+        }
         if (plain)
-          map_product<true>(g, a, sink, z, P, dst, rb, gi, kb, last);
+          map_product<true>(g, a, sink, z, P, dst, rb, gi, kb, last, c);
         else
-          map_product<false>(g, a, sink, z, P, dst, rb, gi, kb, last);
+          map_product<false>(g, a, sink, z, P, dst, rb, gi, kb, last, c);
       }
+      held = row;
       if (!pooled && !hold) inverse_to_rows(g, a, z, a.out + (pair ? r0 : r) * a.d, pair);
       // Pooled: the sample's last row in this chunk hands its sum on.
       if (pooled && (rl.l + 1 == a.L || r + 1 == r1)) {
@@ -1117,14 +1278,16 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
 }
 
 // grad_x[k][b, i, l] = sign[i] * grad_cs[h[i]] for input k, with grad_cs = part `part` (0: Re,
-// 1: Im) of Z scaled by 1/d. Like the gather, one input per loop and its channels in sorted order
-// from the GatherCodes: a map's gradient values lie L apart, so its stores take a sector each in
-// either order, and a vector's (once per sample) are few. SASS, sm_90: 26 instructions per
-// channel, 47 while each channel chose its input and read a 64-bit hash (sass_passes).
+// 1: Im) of Z times f / d (f: a Balance's factor). Like the gather, one input per loop and its
+// channels in sorted order from the GatherCodes: a map's gradient values lie L apart, so its
+// stores take a sector each in either order, and a vector's (once per sample) are few. SASS,
+// sm_90: 26 instructions per channel, 47 while each channel chose its input and read a 64-bit
+// hash (sass_passes).
 // With Half, grad_cs is inverse_real's output: value j in part j % 2 of Z's element j / 2.
 template <bool Half = false, typename T, typename In, class G>
-CB_HD void scatter_grad(const G& g, const Args<T, In>& a, const T* zr, int k, int part, int64_t b, int64_t l) {
-  const T scale = T(1) / static_cast<T>(a.d);
+CB_HD void scatter_grad(const G& g, const Args<T, In>& a, const T* zr, int k, int part, int64_t b, int64_t l,
+                        T f = 1) {
+  const T scale = f * pow2<T>(-a.log2d);
   const int64_t Lk = a.is_map[k] ? a.L : 1;
   In* gx = a.grad_x[k] + b * a.C[k] * Lk + (a.is_map[k] ? l : 0);
   const GatherCode* code = a.gather[k];
@@ -1137,13 +1300,14 @@ CB_HD void scatter_grad(const G& g, const Args<T, In>& a, const T* zr, int k, in
 }
 
 // The gradients of input ka at (b, l) from Re of Z and, if kb >= 0, of input kb at (bb, lb) from
-// Im (load_sketches' counterpart: two inputs of one row, or one map input of two rows).
+// Im (load_sketches' counterpart: two inputs of one row, or one map input of two rows), times the
+// factors re and im of their Balance.
 template <typename T, typename In, class G>
 CB_HD void scatter_grads(const G& g, const Args<T, In>& a, const cplx<T>* z, int ka, int64_t b, int64_t l, int kb,
-                         int64_t bb, int64_t lb) {
+                         int64_t bb, int64_t lb, Balance<T> bal) {
   const T* zr = reinterpret_cast<const T*>(z);
-  scatter_grad(g, a, zr, ka, 0, b, l);
-  if (kb >= 0) scatter_grad(g, a, zr, kb, 1, bb, lb);
+  scatter_grad(g, a, zr, ka, 0, b, l, bal.re);
+  if (kb >= 0) scatter_grad(g, a, zr, kb, 1, bb, lb, bal.im);
   g.sync();
 }
 
@@ -1155,11 +1319,15 @@ CB_HD void scatter_grads(const G& g, const Args<T, In>& a, const cplx<T>* z, int
 // comes from the twiddle table's slot-order part, read at consecutive t. The first pass reads the
 // gradient row from global memory. (At d = 8192, radix 32: a 4096-point transform of 7.5k warp
 // instructions instead of 15.8k, per row of the backward; sass_passes.)
+// With `code` (one of codes_of(z)), also the code of G's largest value there, reset (to 0) in the
+// first pass: after the last barrier, *code is G's.
 template <typename T, typename In, class G>
-CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* Gs, int64_t b, int64_t l) {
+CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* Gs, int64_t b, int64_t l,
+                         int* code = nullptr) {
   const In* src = a.grad + b * a.grad_stride_b + l * a.grad_stride_l;
   const int64_t sj = a.grad_stride_j;
   const int d = static_cast<int>(a.d), m = d > 1 ? d / 2 : 1, log2m = a.log2d > 0 ? a.log2d - 1 : 0;
+  if (code) g.for_each(1, [=](int64_t) { *code = 0; });
   fft_forward_dif(g, z, m, log2m, a.tw, [=](Elem e) {
     const In* p = (src + 2 * e.base * sj) + 2 * e.off * sj;  // `off` is the same for the whole warp
     return cplx<T>(static_cast<T>(p[0]), d > 1 ? static_cast<T>(p[sj]) : T(0));
@@ -1167,14 +1335,17 @@ CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
   const cplx<T>* slot_tw = a.tw + tw_slot_offset(a.d);
   g.for_each(a.F, [=](int64_t t64) {
     const uint32_t t = static_cast<uint32_t>(t64);
+    cplx<T> v;
     if (t == static_cast<uint32_t>(d / 2)) {  // bin d/2 (at d = 1 the only bin, g[0])
-      Gs[t] = cplx<T>(z[0].real() - z[0].imag(), T(0));
-      return;
+      v = cplx<T>(z[0].real() - z[0].imag(), T(0));
+    } else {
+      const uint32_t f = bit_reverse(t, log2m);
+      cplx<T> E, O;
+      split(z[zi(static_cast<int>(t))], z[zi(static_cast<int>(bit_reverse((m - f) & (m - 1), log2m)))], E, O);
+      v = E + slot_tw[t] * O;
     }
-    const uint32_t f = bit_reverse(t, log2m);
-    cplx<T> E, O;
-    split(z[zi(static_cast<int>(t))], z[zi(static_cast<int>(bit_reverse((m - f) & (m - 1), log2m)))], E, O);
-    Gs[t] = E + slot_tw[t] * O;
+    Gs[t] = v;
+    if (code) G::max_into(code, mag_code(v));
   });
   g.sync();
 }
@@ -1213,22 +1384,30 @@ CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, c
   for (int64_t l = l0; l < l1; l += a.pair_rows ? 2 : 1) {
     const bool two = a.pair_rows && l + 1 < l1;
     // One call site: each call's transform is inlined, all its pass kinds.
-    for (int i = 0; i < (a.out_map ? 1 + two : 0); ++i) grad_spectrum(g, a, z, i ? G1 : G0, b, l + i);
-    load_sketches<false>(g, a, z, GatherAt{k, b, l, two ? k : -1, b, l + 1});
-    fft_forward_dif(g, z, a.d, a.log2d, a.tw);
+    for (int i = 0; i < (a.out_map ? 1 + two : 0); ++i)
+      grad_spectrum(g, a, z, i ? G1 : G0, b, l + i, codes_of(z, true) + i);
+    // The rows' gradients, G times the vectors' product V, share the inverse transform: balanced
+    // by the codes of their G (one G for all rows where the output is pooled: no balance).
+    const auto out = [=, &a] {
+      const Mag m0 = mag_of(z, 0, true);
+      return a.out_map ? Balance<T>::of(m0, two ? mag_of(z, 1, true) : m0) : Balance<T>{};
+    };
+    fft_forward_dif(g, z, a.d, a.log2d, a.tw, load_sketches<false>(g, a, z, GatherAt{k, b, l, two ? k : -1, b, l + 1}));
+    const Balance<T> bal = gathered(z);
+    const T up = out().up;
     g.for_each(a.F, [=, &a](int64_t f) {
       const BinPair pq = bins(f, a.d, a.log2d);
       cplx<T> A, B;
       split(z[pq.p], z[pq.q], A, B);
       const cplx<T> g0 = G0[f], g1 = a.out_map ? (two ? G1[f] : cplx<T>(0, 0)) : g0;
-      cplx<T> h = g0 * conj(A);
-      if (two) h += g1 * conj(B);
+      cplx<T> h = g0 * conj(A * bal.re);
+      if (two) h += g1 * conj(B * bal.im);
       const cplx<T> V = add_vector_grads(a, vslot, b, f, h);
-      merge(z, pq, g0 * conj(V), g1 * conj(V));
+      merge(z, pq, g0 * conj(V), g1 * conj(V) * up);
     });
     g.sync();
     fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
-    scatter_grads(g, a, z, k, b, l, two ? k : -1, b, l + 1);
+    scatter_grads(g, a, z, k, b, l, two ? k : -1, b, l + 1, out());
   }
 }
 
@@ -1246,15 +1425,25 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
     const int ka = a.map_ids[last_first], kb = last_first + 1 < a.nmap ? a.map_ids[last_first + 1] : -1;
     for (int gi = 0; gi < groups; ++gi) {
       const int ia = 2 * gi, ib = 2 * gi + 1 < a.nmap ? 2 * gi + 1 : -1;
-      load_sketches<false>(g, a, z, GatherAt{a.map_ids[ia], b, l, ib >= 0 ? a.map_ids[ib] : -1, b, l});
-      fft_forward_dif(g, z, a.d, a.log2d, a.tw);
+      const GatherAt at{a.map_ids[ia], b, l, ib >= 0 ? a.map_ids[ib] : -1, b, l};
+      fft_forward_dif(g, z, a.d, a.log2d, a.tw, load_sketches<false>(g, a, z, at));
       if (gi == groups - 1) break;
+      const Balance<T> bal = gathered(z);
       g.for_each(a.F, [=, &a](int64_t f) {
         const BinPair pq = bins(f, a.d, a.log2d);
-        split(z[pq.p], z[pq.q], mslot[ia * a.F + f], mslot[ib * a.F + f]);
+        cplx<T> A, B;
+        split(z[pq.p], z[pq.q], A, B);
+        mslot[ia * a.F + f] = A * bal.re;
+        mslot[ib * a.F + f] = B * bal.im;
       });
       g.sync();
     }
+    // The last pair's gradients share the inverse: a's is G times b's spectrum, b's G times a's, so
+    // B as it came out of the transform (times bal.up) balances them, and the factors swap.
+    const auto out = [=, &a] {
+      const Balance<T> bal = gathered(z);
+      return Balance<T>{1, kb >= 0 ? bal.im : T(1), bal.re};
+    };
     // Every spectrum at bin f is now in a slot, in z (last pair) or in vspec: form all Q_k, each
     // G times the conjugate product of the other inputs' spectra; the last pair's two Q share one
     // inverse FFT, as their real gradients. Two maps, the common case, have a loop of their own:
@@ -1269,10 +1458,13 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
         merge(z, pq, gf * conj(B), gf * conj(A));
       });
     } else {
+      const Balance<T> bal = gathered(z);
       g.for_each(a.F, [=, &a](int64_t f) {
         const BinPair pq = bins(f, a.d, a.log2d);
-        cplx<T> A, B;
-        split(z[pq.p], z[pq.q], A, B);
+        cplx<T> A, Bs;
+        split(z[pq.p], z[pq.q], A, Bs);
+        const cplx<T> B = Bs * bal.im;  // the true spectra
+        A *= bal.re;
         const cplx<T> gf = Gs[f];
         // From partial products and no per-input arrays: arrays indexed at run time live in local
         // memory on the GPU, and with them there the compiler kept some FFT passes' values in
@@ -1282,7 +1474,7 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
         for (int i = 0; i < last_first; ++i) M *= mslot[i * a.F + f];
         const cplx<T> AB = kb >= 0 ? A * B : A;
         const cplx<T> V = add_vector_grads(a, vslot, b, f, gf * conj(M * AB));
-        const cplx<T> qa = gf * conj(kb >= 0 ? M * B * V : M * V);
+        const cplx<T> qa = gf * conj(kb >= 0 ? M * Bs * V : M * V);
         const cplx<T> qb = kb >= 0 ? gf * conj(M * A * V) : cplx<T>(0, 0);
         // The maps outside the last pair, whose slots take their Q in turn: `left`, the product of
         // those before i, keeps their spectra, read before they are overwritten.
@@ -1300,16 +1492,25 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
     }
     g.sync();
     fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
-    scatter_grads(g, a, z, ka, b, l, kb, b, l);
+    scatter_grads(g, a, z, ka, b, l, kb, b, l, out());
+    // The other pairs' gradients, balanced by their own codes, measured here (at K >= 4 maps only:
+    // the codes of the pairs' sketches would have to be kept in registers indexed at run time).
+    int* codes = codes_of(z);
     for (int gi = 0; gi < groups - 1; ++gi) {
-      const int ia = 2 * gi, ib = 2 * gi + 1;
-      g.for_each(a.F, [=, &a](int64_t f) {
-        const BinPair pq = bins(f, a.d, a.log2d);
-        merge(z, pq, mslot[ia * a.F + f], mslot[ib * a.F + f]);
+      const cplx<T>* qa = mslot + 2 * gi * a.F;
+      const cplx<T>* qb = qa + a.F;
+      g.for_each(2, [=](int64_t i) { codes[i] = 0; });
+      g.sync();
+      g.for_each(a.F, [=](int64_t f) {
+        G::max_into(codes, mag_code(qa[f]));
+        G::max_into(codes + 1, mag_code(qb[f]));
       });
       g.sync();
+      const Balance<T> pb = Balance<T>::of(Mag::of<T>(codes[0]), Mag::of<T>(codes[1]));
+      g.for_each(a.F, [=, &a](int64_t f) { merge(z, bins(f, a.d, a.log2d), qa[f], qb[f] * pb.up); });
+      g.sync();
       fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
-      scatter_grads(g, a, z, a.map_ids[ia], b, l, a.map_ids[ib], b, l);
+      scatter_grads(g, a, z, a.map_ids[2 * gi], b, l, a.map_ids[2 * gi + 1], b, l, pb);
     }
   }
 }

@@ -69,7 +69,7 @@ at::Tensor launch_vector_spectra(const Problem& p, Args<T, In>& a, Launch&& laun
   Args<T, In> v = a;  // Z only, no slots
   v.slots = 0;
   v.global_slots = false;
-  launch(Phase::VectorSpectra, p.B * pairs, pairs, z_size(p.d) * static_cast<int64_t>(sizeof(cplx<T>)), v);
+  launch(Phase::VectorSpectra, p.B * pairs, pairs, (kCodeValues + z_size(p.d)) * static_cast<int64_t>(sizeof(cplx<T>)), v);
   return vspec;
 }
 

@@ -247,6 +247,10 @@ struct HostGroup {
     }
     pending.clear();
   }
+  // *word = max(*word, v), for every thread of the group (fused.h Balance); seen after sync().
+  static void max_into(int* word, int v) {
+    if (v > *word) *word = v;
+  }
   // Thread groups run side by side on the CPU's threads (HostLaunch), so the count is atomic; the
   // group's pending bodies (its partial spectrum) run first. The GCC/Clang builtin, not C++20's
   // std::atomic_ref: torch before 2.14 builds extensions as C++17.
@@ -283,12 +287,13 @@ struct HostLaunch {
     fused::with_max_pass_bits(a.max_pass_bits, [&](auto bits) {
       at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
         std::vector<C> shared(n + guard, mark), global(a.global_slots ? a.slots * a.F + guard : 0, mark);
-        C* slots = a.global_slots ? global.data() : shared.data() + fused::z_size(a.d);
+        C* z = shared.data() + fused::kCodeValues;  // the codes first (fused.h zi)
+        C* slots = a.global_slots ? global.data() : z + fused::z_size(a.d);
         HostGroup<decltype(bits)::value> group;
         group.order = order;
         for (int64_t i = g0; i < g1; ++i) {
           // A task's groups in turn, as the prefetching forward's blocks take theirs (fused.h Turn).
-          fused::run_phase(group, a, ph, shared.data(), slots, i / ny, i % ny,
+          fused::run_phase(group, a, ph, z, slots, i / ny, i % ny,
                            fused::Turn{i + 1 < g1 ? (i + 1) / ny : -1, (i + 1) % ny, i == g0});
           group.sync();  // the end of a kernel is a barrier
           TORCH_CHECK(intact(shared, n), "compact_bilinear: the fused kernel wrote past the ", smem,

@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <cooperative_groups.h>
+#include <cooperative_groups/reduce.h>
 
 #include <algorithm>
 #include <map>
@@ -36,6 +38,13 @@ struct BlockGroup {
     for (int i = threadIdx.x; i < m; i += blockDim.x) f(i);
   }
   __device__ __forceinline__ void sync() const { __syncthreads(); }
+  // *word = max(*word, v) in shared memory, for the calling threads (fused.h Balance): a reduction
+  // over the warp's threads that call it together, one atomic each. Seen after sync().
+  static __device__ __forceinline__ void max_into(int* word, int v) {
+    const cooperative_groups::coalesced_group active = cooperative_groups::coalesced_threads();
+    const int m = cooperative_groups::reduce(active, v, cooperative_groups::greater<int>());
+    if (active.thread_rank() == 0) atomicMax(word, m);
+  }
   // Whether this block is the last of n to arrive at *counter (fused.h sum_chunks). The pattern of
   // cooperative groups' grid barrier: the block's threads meet at a barrier, thread 0 fences (a
   // release of every write the barrier ordered before it, fences being cumulative), counts the
@@ -61,7 +70,7 @@ template <typename T, typename In, fused::Phase Ph, int MaxPassBits, bool Global
 __global__ void __launch_bounds__(fused::kMaxGroupThreads, BlockGroup<MaxPassBits>::kMinBlocksPerSM)
     fused_kernel(const fused::Args<T, In> a, int64_t ny, int64_t groups, fused::cplx<T>* workspace) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  auto* z = reinterpret_cast<fused::cplx<T>*>(smem_raw);
+  auto* z = reinterpret_cast<fused::cplx<T>*>(smem_raw) + fused::kCodeValues;  // the codes first (fused.h zi)
   const BlockGroup<MaxPassBits> g;
   if constexpr (GlobalSlots || fused::in_turn(Ph)) {
     fused::cplx<T>* slots = GlobalSlots ? workspace + blockIdx.x * a.slots * a.F : z + fused::z_size(a.d);

@@ -22,6 +22,7 @@ struct Group {  // the thread-group interface fused.h uses (cpu/cbp_kernel.cpp's
   static constexpr int kMaxPassBits = Bits;
   template <class F> void for_each(int64_t n, F&& body) const { for (int64_t i = 0; i < n; ++i) body(i); }
   void sync() const {}
+  static void max_into(int* word, int v) { *word = v > *word ? v : *word; }
   bool last_to_arrive(int*, int) const { return true; }
 };
 #define PHASES(T, In, Bits) \\
