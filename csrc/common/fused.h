@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "common/macros.h"
 #include "common/spectral.h"
@@ -320,6 +321,23 @@ struct ZStore {
   CB_HD void operator()(Elem e, cplx<T> v) const { z[zi(e.base) + e.zoff] = v; }
 };
 
+// A pass stores its values through bound(store): the store itself, or, where it has a bind(), what
+// that returns, once per trip: a store that reads something of its own (inverse_to_rows' row
+// factors, in shared memory) reads it there once, where a value read in operator() was read again
+// for each of the R values, after each global store that might have changed it.
+template <class S, class = void>
+struct HasBind : std::false_type {};
+template <class S>
+struct HasBind<S, std::void_t<decltype(std::declval<const S&>().bind())>> : std::true_type {};
+template <class S>
+CB_HD auto bound(const S& s) {
+  if constexpr (HasBind<S>::value) {
+    return s.bind();
+  } else {
+    return s;
+  }
+}
+
 // One pass of radix R whose smallest span is h = 2^lh (lh = 0 for Span::Unit): R values per
 // virtual thread, at base + m h. Index math is 32-bit shifts and masks (n <= 2^14): 64-bit
 // division would cost more than the butterfly itself on the GPU.
@@ -339,8 +357,9 @@ CB_HD_PASS void fft_pass(const G& g, int n, int lh, const cplx<T>* tw, Load load
     if constexpr (Inv && !unit) twiddle<R, true>(a, tw, h, k);
     dft<R, Inv>(a);
     if constexpr (!Inv && !unit) twiddle<R, false>(a, tw, h, k);
+    const auto st = bound(store);
     CB_UNROLL
-    for (int m = 0; m < R; ++m) store(elem(m), a[m]);
+    for (int m = 0; m < R; ++m) st(elem(m), a[m]);
   });
   g.sync();
 }
@@ -470,20 +489,25 @@ CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
 // exponent plus one (subnormals 1); inf and NaN kNonFiniteCode, above every finite value's.
 template <typename T>
 constexpr int kNonFiniteCode = sizeof(T) == 4 ? 256 : 2048;
+// |v|'s bits, ordered as |v| (NaN above inf): a loop over values takes their largest in two
+// instructions each, and its code once (code_of_bits).
+template <typename T>
+using MagBits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+template <typename T>
+CB_HD MagBits<T> mag_bits(T v) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "float or double inside");
+  MagBits<T> b;
+  memcpy(&b, &v, sizeof(T));
+  return b & (~MagBits<T>{0} >> 1);
+}
+template <typename T>
+CB_HD int code_of_bits(MagBits<T> b) {
+  constexpr int kMantissa = sizeof(T) == 4 ? 23 : 52;
+  return b ? static_cast<int>(b >> kMantissa) + 1 : 0;
+}
 template <typename T>
 CB_HD int mag_code(T v) {
-  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "float or double inside");
-  if constexpr (sizeof(T) == 4) {
-    uint32_t b;
-    memcpy(&b, &v, 4);
-    b &= 0x7fffffffu;
-    return b ? static_cast<int>(b >> 23) + 1 : 0;
-  } else {
-    uint64_t b;
-    memcpy(&b, &v, 8);
-    b &= ~(uint64_t{1} << 63);
-    return b ? static_cast<int>(b >> 52) + 1 : 0;
-  }
+  return code_of_bits<T>(mag_bits(v));
 }
 template <typename T>
 CB_HD int mag_code(cplx<T> v) {
@@ -758,7 +782,7 @@ CB_HD void gather_sketches(const G& g, T* zr, int* codes, const Sketches<T, In, 
       }
     CB_UNROLL
     for (int s = 0; s < N; ++s) {
-      int code = 0;  // of the thread's largest value of sketch s (Balance)
+      MagBits<T> largest = 0;  // of the thread's values of sketch s (Balance)
       CB_UNROLL
       for (int u = 0; u < U; ++u) {
         if (c[s][u].word & kNotHead) continue;
@@ -773,10 +797,10 @@ CB_HD void gather_sketches(const G& g, T* zr, int* codes, const Sketches<T, In, 
           }
         }
         zr[2 * zi(static_cast<int>(c[s][u].word & kBucketMask)) + sk[s].part] = sum;
-        const int cs = mag_code(sum);
-        code = cs > code ? cs : code;
+        const MagBits<T> m = mag_bits(sum);
+        largest = m > largest ? m : largest;
       }
-      G::max_into(codes + sk[s].part, code);
+      G::max_into(codes + sk[s].part, code_of_bits<T>(largest));
     }
   });
 }
@@ -1000,16 +1024,33 @@ CB_HD cplx<T> vector_product(const Args<T, In>& a, int64_t b, int64_t f) {
 // The inverse transform of Z, whose last pass writes output rows from `out` on (location-major
 // output: whole contiguous rows): Re as the first row and, for a pair, Im as the second, each
 // times its row factor (set_row_factors) and 1 / d.
+template <typename T, typename In>
+struct RowStore {
+  In* out;
+  int d;
+  bool pair;
+  T s0, s1;  // the row factors over d
+  CB_HD void operator()(Elem e, cplx<T> v) const {
+    In* row = out + e.base;  // per thread; `e.off` is the same for the whole warp
+    row[e.off] = static_cast<In>(v.real() * s0);
+    if (pair) row[d + e.off] = static_cast<In>(v.imag() * s1);
+  }
+};
+template <typename T, typename In>
+struct RowStoreAt {
+  In* out;
+  int d, log2d;
+  bool pair;
+  const T* f;
+  CB_HD RowStore<T, In> bind() const {
+    const T inv_d = pow2<T>(-log2d);  // exactly, without a division
+    return RowStore<T, In>{out, d, pair, f[0] * inv_d, f[1] * inv_d};
+  }
+};
 template <typename T, typename In, class G>
 CB_HD void inverse_to_rows(const G& g, const Args<T, In>& a, cplx<T>* z, In* out, bool pair) {
-  const int d = static_cast<int>(a.d), log2d = a.log2d;
-  const T* f = row_factors(z);
-  fft_inverse_dit(g, z, a.d, a.log2d, a.tw, [=](Elem e, cplx<T> v) {
-    const T inv_d = pow2<T>(-log2d);  // exactly, without a division
-    In* row = out + e.base;  // per thread; `e.off` is the same for the whole warp
-    row[e.off] = static_cast<In>(v.real() * (f[0] * inv_d));
-    if (pair) row[d + e.off] = static_cast<In>(v.imag() * (f[1] * inv_d));
-  });
+  const RowStoreAt<T, In> store{out, static_cast<int>(a.d), a.log2d, pair, row_factors(z)};
+  fft_inverse_dit(g, z, a.d, a.log2d, a.tw, store);
 }
 
 // The gather of a single map's rows r and r + 1 (flat, sample * L + location) of a chunk that
@@ -1248,8 +1289,8 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
           if (gi + 1 < groups) return at(rl, gi + 1);
           return r + 1 < r1 ? at(rl.next(a.L), 0) : next_chunk();
         };
-        fft_forward_dif(g, z, a.d, a.log2d, a.tw,
-                        load_sketches<Prefetch>(g, a, z, cur, gi + 1 < groups || r + 1 < r1 || turn.next_bx >= 0, next));
+        const bool more = gi + 1 < groups || r + 1 < r1 || turn.next_bx >= 0;
+        fft_forward_dif(g, z, a.d, a.log2d, a.tw, load_sketches<Prefetch>(g, a, z, cur, more, next));
         const int kb = cur.kb;
         const int64_t rb = rl.b;
         const Balance<T> in = gathered(z);

@@ -8,8 +8,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-#include <cooperative_groups.h>
-#include <cooperative_groups/reduce.h>
 
 #include <algorithm>
 #include <map>
@@ -39,11 +37,15 @@ struct BlockGroup {
   }
   __device__ __forceinline__ void sync() const { __syncthreads(); }
   // *word = max(*word, v) in shared memory, for the calling threads (fused.h Balance): a reduction
-  // over the warp's threads that call it together, one atomic each. Seen after sync().
+  // over the warp's threads that call it together (sm_80 on), one atomic each. Seen after sync().
   static __device__ __forceinline__ void max_into(int* word, int v) {
-    const cooperative_groups::coalesced_group active = cooperative_groups::coalesced_threads();
-    const int m = cooperative_groups::reduce(active, v, cooperative_groups::greater<int>());
-    if (active.thread_rank() == 0) atomicMax(word, m);
+#if __CUDA_ARCH__ >= 800
+    const unsigned active = __activemask();  // any subset of the warp: each takes its own maximum
+    const int m = __reduce_max_sync(active, v);
+    if ((threadIdx.x & 31) == __ffs(active) - 1) atomicMax(word, m);
+#else
+    atomicMax(word, v);
+#endif
   }
   // Whether this block is the last of n to arrive at *counter (fused.h sum_chunks). The pattern of
   // cooperative groups' grid barrier: the block's threads meet at a barrier, thread 0 fences (a
