@@ -33,8 +33,19 @@ def _forward_fake(inputs, hash_indices, hash_signs, output_dim, sum_pool, algori
     return inputs[0].new_empty((inputs[0].shape[0], *maps[0].shape[2:], output_dim)).movedim(-1, 1)
 
 
+def _shape(s):
+    return "(" + ", ".join(map(str, s)) + ("," if len(s) == 1 else "") + ")"
+
+
 @torch.library.register_fake("compact_bilinear::backward")
 def _backward_fake(grad_out, inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm):
+    # The checks of the compiled op (cbp.cpp check_grad_out), so a traced call fails as an eager one.
+    out = _forward_fake(inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm)
+    if grad_out.shape != out.shape:
+        raise ValueError(f"compact_bilinear: grad_out must have the output's shape {_shape(out.shape)}, "
+                         f"got {_shape(grad_out.shape)}")
+    if grad_out.device != inputs[0].device:
+        raise ValueError(f"compact_bilinear: grad_out must be on {inputs[0].device}, got {grad_out.device}")
     return [torch.empty_like(x, memory_format=torch.contiguous_format) for x in inputs]
 
 

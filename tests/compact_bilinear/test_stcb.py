@@ -1010,6 +1010,25 @@ def test_no_inputs_and_meta_inputs():
     assert out.device.type == "meta" and out.shape == (2, 16, 3, 3)
 
 
+@pytest.mark.parametrize("where", ["cpu", "meta"])
+def test_backward_op_checks_grad_out(where):
+    """The backward op called directly (as torch.compile's graphs do) with an output gradient of the
+    wrong shape or device: the same ValueError from the compiled op and from its fake kernel."""
+    xs, hs, ss = _ok("cpu")
+    to = lambda ts: [t.to(where) for t in ts]  # noqa: E731
+    xs, hs, ss = to(xs), to(hs), to(ss)
+    backward = torch.ops.compact_bilinear.backward
+    with pytest.raises(ValueError, match=r"grad_out must have the output's shape \(2, 16, 3, 3\), got \(2, 16, 3\)"):
+        backward(torch.zeros(2, 16, 3, device=where), xs, hs, ss, 16, False, "auto")
+    with pytest.raises(ValueError, match=r"grad_out must have the output's shape \(2, 16\), got \(2, 16, 3, 3\)"):
+        backward(torch.zeros(2, 16, 3, 3, device=where), xs, hs, ss, 16, True, "auto")
+    other = "meta" if where == "cpu" else "cpu"
+    with pytest.raises(ValueError, match=f"grad_out must be on {where}, got {other}"):
+        backward(torch.zeros(2, 16, 3, 3, device=other), xs, hs, ss, 16, False, "auto")
+    grads = backward(torch.zeros(2, 16, 3, 3, device=where), xs, hs, ss, 16, False, "auto")
+    assert [g.shape for g in grads] == [x.shape for x in xs]
+
+
 def test_fused_needs_a_channel_stride_below_4_gib():
     """The fused gather addresses a channel as a 32-bit multiple of its stride in bytes: a larger
     stride (here a single channel, so the view needs 8 bytes of storage) is 'fused's clear error and
