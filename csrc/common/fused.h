@@ -595,11 +595,12 @@ CB_HD Balance<T> gathered(const cplx<T>* z) {
   return Balance<T>::of(mag_of(z, 0), mag_of(z, 1));
 }
 
-// The forward transform of a gather's sketches, Im scaled by bal.up on its way into the first pass.
+// The forward transform of the last gather's sketches (d points), Im scaled by their balance's up
+// on its way into the first pass.
 template <typename T, class G>
-CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n, int log2n, const cplx<T>* tw, Balance<T> bal) {
-  const T up = bal.up;
-  fft_forward_dif(g, z, n, log2n, tw, [=](Elem e) {
+CB_HD void fft_forward_sketches(const G& g, cplx<T>* z, int64_t d, int log2d, const cplx<T>* tw) {
+  const T up = gathered(z).up;
+  fft_forward_dif(g, z, d, log2d, tw, [=](Elem e) {
     const cplx<T> v = z[zi(e.base) + e.zoff];
     return cplx<T>(v.real(), v.imag() * up);
   });
@@ -904,12 +905,12 @@ CB_HD PrefetchWord<In>* prefetch_buffer(const Args<T, In>& a, cplx<T>* z) {
 }
 
 // Gather `at` into Z, and its sketches' codes (zeroed with Z; with a single sketch, Im's stays 0)
-// into codes_of(z); returns their balance, for the forward transform. In the prefetching kernels
+// into codes_of(z), for fft_forward_sketches and gathered(). In the prefetching kernels
 // (Prefetch: the plan has a buffer), at's values are in the buffer already (prefetch_values), and
 // once they have been read the next gather's, next() if `more`, start on their way.
 template <bool Prefetch, typename T, typename In, class G, class Next = std::nullptr_t>
-CB_HD Balance<T> load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, GatherAt at, bool more = false,
-                               Next next = nullptr) {
+CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, GatherAt at, bool more = false,
+                         Next next = nullptr) {
   zero(g, z, z_size(a.d));
   int* codes = codes_of(z);
   g.for_each(1, [=](int64_t) { codes[0] = codes[1] = 0; });
@@ -920,7 +921,6 @@ CB_HD Balance<T> load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, Gat
   if constexpr (Prefetch) {
     if (more) prefetch_values(g, a, prefetch_buffer(a, z), next());
   }
-  return gathered(z);
 }
 
 // A value another thread group wrote in this kernel, read past the L1 (not coherent across SMs):
@@ -1001,7 +1001,8 @@ template <typename T, typename In, class G>
 CB_HD void vector_spectra(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t b, int64_t pair) {
   const int ia = static_cast<int>(2 * pair), ib = ia + 1 < a.nvec ? ia + 1 : -1;
   const GatherAt at{a.vec_ids[ia], b, 0, ib >= 0 ? a.vec_ids[ib] : -1, b, 0};
-  fft_forward_dif(g, z, a.d, a.log2d, a.tw, load_sketches<false>(g, a, z, at));
+  load_sketches<false>(g, a, z, at);
+  fft_forward_sketches(g, z, a.d, a.log2d, a.tw);
   const Balance<T> bal = gathered(z);
   g.for_each(a.F, [=, &a](int64_t f) {
     const BinPair pq = bins(f, a.d, a.log2d);
@@ -1074,8 +1075,8 @@ CB_HD void forward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cp
     const bool two = r + 1 < r1;
     const int64_t rb = r / a.L;  // both rows' sample (r1 ends a sample at the latest)
     const auto next = [=, &a] { return r + 2 < r1 ? rows_of_one_map(a, r + 2, r1) : next_chunk(); };
-    fft_forward_dif(g, z, a.d, a.log2d, a.tw,
-                    load_sketches<Prefetch>(g, a, z, rows_of_one_map(a, r, r1), r + 2 < r1 || more_chunks, next));
+    load_sketches<Prefetch>(g, a, z, rows_of_one_map(a, r, r1), r + 2 < r1 || more_chunks, next);
+    fft_forward_sketches(g, z, a.d, a.log2d, a.tw);
     const Balance<T> bal = gathered(z);
     if (!acc) set_row_factors(g, z, bal);
     const T im = bal.im;
@@ -1290,11 +1291,13 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
           return r + 1 < r1 ? at(rl.next(a.L), 0) : next_chunk();
         };
         const bool more = gi + 1 < groups || r + 1 < r1 || turn.next_bx >= 0;
-        fft_forward_dif(g, z, a.d, a.log2d, a.tw, load_sketches<Prefetch>(g, a, z, cur, more, next));
+        load_sketches<Prefetch>(g, a, z, cur, more, next);
+        fft_forward_sketches(g, z, a.d, a.log2d, a.tw);
         const int kb = cur.kb;
         const int64_t rb = rl.b;
-        const Balance<T> in = gathered(z);
-        row = row * mag_of(z, 0) * (kb >= 0 ? mag_of(z, 1) : Mag{});
+        const Mag x = mag_of(z, 0), y = mag_of(z, 1);
+        const Balance<T> in = Balance<T>::of(x, y);
+        row = row * x * (kb >= 0 ? y : Mag{});
         const bool last = gi == groups - 1;
         T c = kb >= 0 ? in.re * in.im : in.re;
         if (last && !pooled && !hold) {  // the output's balance: a row alone, or a pair's second against `held`
@@ -1433,7 +1436,8 @@ CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, c
       const Mag m0 = mag_of(z, 0, true);
       return a.out_map ? Balance<T>::of(m0, two ? mag_of(z, 1, true) : m0) : Balance<T>{};
     };
-    fft_forward_dif(g, z, a.d, a.log2d, a.tw, load_sketches<false>(g, a, z, GatherAt{k, b, l, two ? k : -1, b, l + 1}));
+    load_sketches<false>(g, a, z, GatherAt{k, b, l, two ? k : -1, b, l + 1});
+    fft_forward_sketches(g, z, a.d, a.log2d, a.tw);
     const Balance<T> bal = gathered(z);
     const T up = out().up;
     g.for_each(a.F, [=, &a](int64_t f) {
@@ -1467,7 +1471,8 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
     for (int gi = 0; gi < groups; ++gi) {
       const int ia = 2 * gi, ib = 2 * gi + 1 < a.nmap ? 2 * gi + 1 : -1;
       const GatherAt at{a.map_ids[ia], b, l, ib >= 0 ? a.map_ids[ib] : -1, b, l};
-      fft_forward_dif(g, z, a.d, a.log2d, a.tw, load_sketches<false>(g, a, z, at));
+      load_sketches<false>(g, a, z, at);
+      fft_forward_sketches(g, z, a.d, a.log2d, a.tw);
       if (gi == groups - 1) break;
       const Balance<T> bal = gathered(z);
       g.for_each(a.F, [=, &a](int64_t f) {

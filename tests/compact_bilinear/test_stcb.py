@@ -311,7 +311,8 @@ def test_auto_leaves_a_backward_with_slots_in_global_memory_to_fft(name, device)
 
 
 def test_fused_raises_where_z_alone_exceeds_shared_memory():
-    """float64 at d = 16384: the d-point buffer alone takes 272 KiB (and 32 bytes of codes); 'fused' says so, 'auto' runs."""
+    """float64 at d = 16384: the d-point buffer alone takes 272 KiB (and 32 bytes of codes); 'fused'
+    says so, 'auto' runs."""
     xs, hs, ss, d, _ = make(((3, 4), 16384, [(), ()], False), "cpu")
     with pytest.raises(ValueError, match="algorithm='fused' cannot run this call: the fused forward kernel "
                                          "would need 278560 bytes of shared memory .* above the limit of 232448"):
