@@ -8,7 +8,8 @@ with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forwar
 per chunk (the plan's, 6 at the canonical size, and others by COMPACT_BILINEAR_SUM_ROWS), both
 with and without the prefetch of the next gather's input values (COMPACT_BILINEAR_PREFETCH=0),
 pooled forward+backward at the plan's rows per chunk and at 7 (a sample's 7 x 7 rows in 7 chunks),
-forward+backward with an NCHW-contiguous and a location-major upstream gradient, map x vector
+forward+backward with an NCHW-contiguous (its rows staged by clusters of blocks, and not:
+COMPACT_BILINEAR_GRAD_CLUSTER=0) and a location-major upstream gradient, map x vector
 forward (unpooled and pooled, with and without the prefetch) and forward+backward with rows in
 pairs (the backward's chunks at the plan's 12 rows and at 7) and one at a time; at d = 16384, map
 x vector forward+backward fused (its backward's half spectra in global memory) and with 'auto'
@@ -118,6 +119,11 @@ def main():
                      ("unpooled fwd+bwd", f"fused, {layout} grad, radix 8", radix8, fwd_bwd("fused", g), ref, sets),
                      ("unpooled fwd+bwd", f"fused, {layout} grad, radix 32", radix32, fwd_bwd("fused", g), ref,
                       sets)]
+    # The NCHW gradient's rows staged by clusters of 8 blocks (the default on sm_90) against each
+    # block reading its own row at stride L (the location-major rows above are the floor).
+    ref = fwd_bwd("fft", grad)
+    variants += [("unpooled fwd+bwd", "fused, NCHW grad, no clusters", {"COMPACT_BILINEAR_GRAD_CLUSTER": "0"},
+                  fwd_bwd("fused", grad), ref, sets)]
     # One map input (map x vector): rows in pairs share the forward's transforms and, in the
     # backward, the gradients' inverse; ROW_PAIRS=0 takes forward and backward a row at a time.
     mv_sets = [[s[0], torch.randn(B, C, device="cuda", requires_grad=True)] for s in sets]

@@ -92,16 +92,19 @@ struct FusedPlan {
   int64_t prefetch_half = 0;  // forward: the prefetch buffer's words per half (fused.h PrefetchWord), or 0
   int64_t smem_bytes = 0;     // per thread group
   int max_pass_bits = 5;      // log2 of the FFT passes' largest radix (fused.h: Schedule)
+  int grad_cluster = 0;       // backward: blocks of a cluster that stage their rows of an output gradient whose
+                              // locations lie next to each other (fused.h stage_grad_rows), or 0
 };
 // What the fused kernel's plan needs to know of a GPU: shared memory a block may have (opt-in), an
 // SM's shared memory and what the runtime reserves of it per block, an SM's registers, blocks and
-// threads.
+// threads, and the blocks of a cluster whose shared memory they share (1 before sm_90).
 struct DeviceLimits {
-  int64_t smem_per_block, smem_per_sm, smem_reserved_per_block, regs_per_sm, blocks_per_sm, threads_per_sm, sms;
+  int64_t smem_per_block, smem_per_sm, smem_reserved_per_block, regs_per_sm, blocks_per_sm, threads_per_sm, sms,
+      cluster_blocks;
 };
 // The host instance plans as for an H100 SXM (an H200's limits are the same), so the host tests run
-// the plans the GPU runs.
-constexpr DeviceLimits kHostDeviceLimits{227 * 1024, 228 * 1024, 1024, 65536, 32, 2048, 132};
+// the plans the GPU runs; its clusters are emulated (cpu/cbp_kernel.cpp HostLaunch).
+constexpr DeviceLimits kHostDeviceLimits{227 * 1024, 228 * 1024, 1024, 65536, 32, 2048, 132, 8};
 // Empty if the fused kernel applies, with its plan in `plan` (for a device of these limits), else
 // why not.
 std::string fused_unsupported_reason(const Problem& p, bool backward, const DeviceLimits& dev, FusedPlan& plan);

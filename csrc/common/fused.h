@@ -100,6 +100,8 @@ struct Args {
   In* out = nullptr;             // (B, L, d) rows (returned as a (B, d, *S) view) or (B, d)
   const In* grad = nullptr;      // gradient of out, same layout
   int64_t grad_stride_b = 0, grad_stride_j = 0, grad_stride_l = 0;
+  int grad_cluster = 0;          // backward: each group's row staged in its first slot by its cluster of
+                                 // this many blocks (stage_grad_rows), or 0: read where it lies
   In* grad_x[kMaxInputs] = {};   // (B, C_k, L_k) contiguous
 };
 
@@ -1355,6 +1357,43 @@ CB_HD void scatter_grads(const G& g, const Args<T, In>& a, const cplx<T>* z, int
   g.sync();
 }
 
+// The output gradient's rows of thread groups `first` .. `first` + q - 1 (a row each: the unpooled
+// backward of a.grad_cluster > 0), slice `rank` of q of them, each row's d values in T into dst(k),
+// the first slot of group first + k, where grad_spectrum reads it. The group takes values u in
+// [rank d, (rank + 1) d) of the q rows' interleaved values (u = q j + k): where the gradient's
+// locations lie next to each other (NCHW), a warp's 32 loads then cover the q rows at 32 / q
+// consecutive j, q values of each j in one or two 32-byte sectors, where a row's own loads took a
+// sector per value. The rows' offsets wait in Z, which the group has not used yet. On the GPU the
+// q groups are a cluster's blocks, dst(k) block k's shared memory; the host emulates them
+// (cpu/cbp_kernel.cpp HostLaunch).
+constexpr int kStageLoads = 8;  // the plan stages rows only where d >= q kStageLoads (cbp.cpp fused_plan)
+template <typename T, typename In, class G, class Dst>
+CB_HD void stage_grad_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t first, int rank, int q, Dst dst) {
+  int64_t* const row = reinterpret_cast<int64_t*>(z);
+  g.for_each(q, [=, &a](int64_t k) {
+    const int64_t r = first + k;  // -1: past the last row
+    row[k] = r < a.B * a.L ? r / a.L * a.grad_stride_b + r % a.L * a.grad_stride_l : -1;
+  });
+  g.sync();
+  // Thread e of the group takes u = rank d + e + i n for i < kStageLoads, n = d / kStageLoads a
+  // multiple of q: one row k, j a fixed step apart, all loads in flight before their stores (one at a
+  // time, a thread waited for each).
+  const int d = static_cast<int>(a.d), n = d / kStageLoads, lq = ilog2(q), jn = n >> lq;
+  g.for_each(n, [=, &a](int64_t e) {
+    const int u = rank * d + static_cast<int>(e), k = u & (q - 1), j = u >> lq;
+    const int64_t at = row[k];
+    if (at < 0) return;
+    const In* src = a.grad + at + j * a.grad_stride_j;
+    const int64_t step = jn * a.grad_stride_j;
+    T v[kStageLoads];
+    CB_UNROLL
+    for (int i = 0; i < kStageLoads; ++i) v[i] = static_cast<T>(src[i * step]);
+    T* out = dst(k) + j;
+    CB_UNROLL
+    for (int i = 0; i < kStageLoads; ++i) out[i * jn] = v[i];
+  });
+}
+
 // Spectrum of the output gradient at (b, l) into slot G. The gradient row g is real, so it takes a
 // d/2-point transform instead of a d-point one: z[n] = g[2n] + i g[2n + 1] has the spectrum
 // E + i O of the even and odd samples (split, as for two real signals), and G[f] = E[f] + W_d^f O[f]
@@ -1364,7 +1403,8 @@ CB_HD void scatter_grads(const G& g, const Args<T, In>& a, const cplx<T>* z, int
 // gradient row from global memory. (At d = 8192, radix 32: a 4096-point transform of 7.5k warp
 // instructions instead of 15.8k, per row of the backward; sass_passes.)
 // With `code` (one of codes_of(z)), also the code of G's largest value there, reset (to 0) in the
-// first pass: after the last barrier, *code is G's.
+// first pass: after the last barrier, *code is G's. Where a.grad_cluster, the row is in G already
+// (stage_grad_rows, d >= 64 values), read from there by the first pass before G is written.
 template <typename T, typename In, class G>
 CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* Gs, int64_t b, int64_t l,
                          int* code = nullptr) {
@@ -1372,7 +1412,9 @@ CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
   const int64_t sj = a.grad_stride_j;
   const int d = static_cast<int>(a.d), m = d > 1 ? d / 2 : 1, log2m = a.log2d > 0 ? a.log2d - 1 : 0;
   if (code) g.for_each(1, [=](int64_t) { *code = 0; });
+  const cplx<T>* staged = a.grad_cluster ? Gs : nullptr;  // g[2n] + i g[2n + 1] at n
   fft_forward_dif(g, z, m, log2m, a.tw, [=](Elem e) {
+    if (staged) return staged[e.base + e.off];
     const In* p = (src + 2 * e.base * sj) + 2 * e.off * sj;  // `off` is the same for the whole warp
     return cplx<T>(static_cast<T>(p[0]), d > 1 ? static_cast<T>(p[sj]) : T(0));
   });

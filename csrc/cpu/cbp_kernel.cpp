@@ -273,7 +273,10 @@ Order host_order() {
 // Each group's shared memory is followed by a guard of two half spectra, and so are its slots where
 // the plan keeps them in global memory, checked after every group: a plan with fewer slots than
 // the kernel uses (which on the GPU would touch another block's memory or fault) is then an error
-// here rather than a corrupted heap.
+// here rather than a corrupted heap. Where the backward's blocks stage their gradient rows in
+// clusters (a.grad_cluster, fused.h stage_grad_rows), a task takes whole clusters: each of their
+// groups has shared memory of its own, all written by the cluster's staging before any group runs,
+// as the GPU's cluster barriers order it.
 struct HostLaunch {
   template <typename T, typename In>
   void operator()(fused::Phase ph, int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) const {
@@ -281,25 +284,38 @@ struct HostLaunch {
     const auto order = host_order();
     const C mark(std::numeric_limits<T>::max(), -std::numeric_limits<T>::max());
     const int64_t n = smem / static_cast<int64_t>(sizeof(C)), guard = 2 * a.F;
+    const int64_t q = ph == fused::Phase::Backward && a.grad_cluster > 1 ? a.grad_cluster : 1;
     const auto intact = [&](const std::vector<C>& buf, int64_t used) {
       return std::all_of(buf.begin() + used, buf.end(), [&](C v) { return v == mark; });
     };
     fused::with_max_pass_bits(a.max_pass_bits, [&](auto bits) {
-      at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-        std::vector<C> shared(n + guard, mark), global(a.global_slots ? a.slots * a.F + guard : 0, mark);
-        C* z = shared.data() + fused::kCodeValues;  // the codes first (fused.h zi)
-        C* slots = a.global_slots ? global.data() : z + fused::z_size(a.d);
+      at::parallel_for(0, (groups + q - 1) / q, 1, [&](int64_t c0, int64_t c1) {
+        std::vector<std::vector<C>> shared(q, std::vector<C>(n + guard, mark));
+        std::vector<C> global(a.global_slots ? a.slots * a.F + guard : 0, mark);
+        const auto z_of = [&](int64_t k) { return shared[k].data() + fused::kCodeValues; };  // codes first (zi)
+        const auto slots_of = [&](int64_t k) { return a.global_slots ? global.data() : z_of(k) + fused::z_size(a.d); };
         HostGroup<decltype(bits)::value> group;
         group.order = order;
-        for (int64_t i = g0; i < g1; ++i) {
-          // A task's groups in turn, as the prefetching forward's blocks take theirs (fused.h Turn).
-          fused::run_phase(group, a, ph, z, slots, i / ny, i % ny,
-                           fused::Turn{i + 1 < g1 ? (i + 1) / ny : -1, (i + 1) % ny, i == g0});
-          group.sync();  // the end of a kernel is a barrier
-          TORCH_CHECK(intact(shared, n), "compact_bilinear: the fused kernel wrote past the ", smem,
-                      " bytes of shared memory its plan gives a thread group");
-          TORCH_CHECK(!a.global_slots || intact(global, a.slots * a.F), "compact_bilinear: the fused kernel wrote ",
-                      "past the ", a.slots, " half spectra its plan gives a thread group in global memory");
+        const int64_t g1 = std::min(c1 * q, groups);
+        for (int64_t c = c0; c < c1; ++c) {
+          if (q > 1) {
+            for (int r = 0; r < q; ++r) {
+              fused::stage_grad_rows(group, a, z_of(r), c * q, r, static_cast<int>(q),
+                                     [&](int k) { return reinterpret_cast<T*>(slots_of(k)); });
+              group.sync();
+            }
+          }
+          for (int64_t k = 0; k < q && c * q + k < groups; ++k) {
+            const int64_t i = c * q + k;
+            // A task's groups in turn, as the prefetching forward's blocks take theirs (fused.h Turn).
+            fused::run_phase(group, a, ph, z_of(k), slots_of(k), i / ny, i % ny,
+                             fused::Turn{i + 1 < g1 ? (i + 1) / ny : -1, (i + 1) % ny, i == c0 * q});
+            group.sync();  // the end of a kernel is a barrier
+            TORCH_CHECK(intact(shared[k], n), "compact_bilinear: the fused kernel wrote past the ", smem,
+                        " bytes of shared memory its plan gives a thread group");
+            TORCH_CHECK(!a.global_slots || intact(global, a.slots * a.F), "compact_bilinear: the fused kernel ",
+                        "wrote past the ", a.slots, " half spectra its plan gives a thread group in global memory");
+          }
         }
       });
     });

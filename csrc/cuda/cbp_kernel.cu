@@ -143,7 +143,8 @@ Backend cuda_backend() {
                             prop->regsPerMultiprocessor,
                             prop->maxBlocksPerMultiProcessor,
                             prop->maxThreadsPerMultiProcessor,
-                            prop->multiProcessorCount};
+                            prop->multiProcessorCount,
+                            prop->major >= 9 ? 8 : 1};  // 8: the portable cluster size
   return Backend{&kCudaKernels, whole_batch, limits, /*prefer_fused=*/true};
 }
 

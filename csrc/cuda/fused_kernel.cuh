@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <cooperative_groups.h>
 
 #include <algorithm>
 #include <map>
@@ -64,6 +65,32 @@ struct BlockGroup {
   }
 };
 
+// The gradient rows of the cluster's blocks into their first slots (fused.h stage_grad_rows): block
+// r reads slice r of the cluster's rows and writes each value into the shared memory of the block
+// whose row it is. The first cluster barrier makes sure every block of the cluster has started (its
+// shared memory exists), the second that all rows are in place before any is read and that no
+// block writes into another's shared memory after it, so blocks may end whenever they are done. Compiled
+// for an earlier architecture (which plans no clusters, DeviceLimits), a block stages its own row.
+template <typename T, typename In, class G>
+__device__ __forceinline__ void stage_grad_rows_in_cluster(const G& g, const fused::Args<T, In>& a, int64_t i,
+                                                           fused::cplx<T>* z, fused::cplx<T>* slots) {
+  T* const mine = reinterpret_cast<T*>(slots);
+#if __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int r = static_cast<int>(cluster.block_rank());
+  // Every block has started; no memory to order yet, so the arrival is relaxed (cluster.sync()'s
+  // release fence compiles to a GPU-wide MEMBAR, SASS sm_90).
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+  fused::stage_grad_rows(g, a, z, i - r, r, a.grad_cluster,
+                         [=](int k) { return cg::this_cluster().map_shared_rank(mine, k); });
+  cluster.sync();
+#else
+  fused::stage_grad_rows(g, a, z, i, 0, 1, [=](int) { return mine; });
+  g.sync();
+#endif
+}
+
 // One block per thread group, its slots in shared memory after Z; or as many blocks as run at
 // once, taking the groups in turn: where the plan keeps the slots in global memory (GlobalSlots),
 // each with its own in `workspace`, and in the prefetching forward, whose blocks then prefetch
@@ -84,7 +111,14 @@ __global__ void __launch_bounds__(fused::kMaxGroupThreads, BlockGroup<MaxPassBit
     }
   } else {
     const int64_t i = blockIdx.x;
-    fused::run_phase(g, a, Ph, z, z + fused::z_size(a.d), i / ny, i % ny);
+    fused::cplx<T>* slots = z + fused::z_size(a.d);
+    if constexpr (Ph == fused::Phase::Backward) {
+      if (a.grad_cluster) {
+        stage_grad_rows_in_cluster(g, a, i, z, slots);
+        if (i >= groups) return;  // the grid is whole clusters
+      }
+    }
+    fused::run_phase(g, a, Ph, z, slots, i / ny, i % ny);
   }
 }
 
@@ -114,6 +148,28 @@ int64_t blocks_at_once(Kernel kernel, int threads, int64_t smem) {
   return at_once[std::make_tuple(k, device, threads, smem)] = static_cast<int64_t>(sms) * std::max(per_sm, 1);
 }
 
+// Whether clusters of `config` can run on the current device at all (the occupancy API, once per
+// kernel, device, size and cluster shape): with their blocks' shared memory they need SMs enough in
+// one GPC, which a partitioned (MIG) device may not have. Called after blocks_at_once, which raised
+// the kernel's shared-memory limit.
+template <class Kernel>
+bool clusters_fit(Kernel kernel, const cudaLaunchConfig_t& config) {
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, unsigned, size_t, unsigned>, bool> fit;
+  const int device = c10::cuda::current_device();
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), device, config.blockDim.x,
+                                   config.dynamicSmemBytes, config.attrs[0].val.clusterDim.x);
+  std::lock_guard<std::mutex> lock(mu);
+  const auto it = fit.find(key);
+  if (it != fit.end()) return it->second;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();  // not an error of this call: the blocks then read their own rows
+    clusters = 0;
+  }
+  return fit[key] = clusters > 0;
+}
+
 }  // namespace fused_detail
 
 template <typename T, typename In, fused::Phase Ph>
@@ -131,8 +187,33 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
           a.global_slots ? c10::cuda::CUDACachingAllocator::get()->allocate(
                                static_cast<size_t>(blocks * a.slots * a.F) * sizeof(fused::cplx<T>))
                          : c10::DataPtr();
-      kernel<<<blocks, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(
-          a, ny, groups, static_cast<fused::cplx<T>*>(workspace.get()));
+      auto* ws = static_cast<fused::cplx<T>*>(workspace.get());
+      if (a.grad_cluster > 1 && !in_turn) {
+        // Clusters of a.grad_cluster blocks, the grid rounded up to whole clusters, where they can
+        // run on this device; else the blocks read their own rows.
+        const int q = a.grad_cluster;
+        cudaLaunchConfig_t config = {};
+        config.gridDim = dim3(static_cast<unsigned>((groups + q - 1) / q * q));
+        config.blockDim = dim3(threads);
+        config.dynamicSmemBytes = static_cast<size_t>(smem);
+        config.stream = c10::cuda::getCurrentCUDAStream();
+        cudaLaunchAttribute cluster;
+        cluster.id = cudaLaunchAttributeClusterDimension;
+        cluster.val.clusterDim.x = q;
+        cluster.val.clusterDim.y = 1;
+        cluster.val.clusterDim.z = 1;
+        config.attrs = &cluster;
+        config.numAttrs = 1;
+        if (fused_detail::clusters_fit(kernel, config)) {
+          C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, a, ny, groups, ws));
+          return;
+        }
+        fused::Args<T, In> unstaged = a;
+        unstaged.grad_cluster = 0;
+        kernel<<<blocks, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(unstaged, ny, groups, ws);
+      } else {
+        kernel<<<blocks, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(a, ny, groups, ws);
+      }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     // Slots in global memory: compiled for the two phases that have slots, with radix-8 passes
