@@ -8,10 +8,11 @@ with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forwar
 per chunk (the plan's, 6 at the canonical size, and others by COMPACT_BILINEAR_SUM_ROWS), both
 with and without the prefetch of the next gather's input values (COMPACT_BILINEAR_PREFETCH=0),
 pooled forward+backward at the plan's rows per chunk and at 7 (a sample's 7 x 7 rows in 7 chunks),
-forward+backward with an NCHW-contiguous (its rows staged by clusters of blocks, and not:
-COMPACT_BILINEAR_GRAD_CLUSTER=0) and a location-major upstream gradient, map x vector
+forward+backward with an NCHW-contiguous (its rows read by clusters of blocks, and one by one:
+COMPACT_BILINEAR_STAGE_GRAD=0) and a location-major upstream gradient, map x vector
 forward (unpooled and pooled, with and without the prefetch) and forward+backward with rows in
-pairs (the backward's chunks at the plan's 12 rows and at 7) and one at a time; at d = 16384, map
+pairs (the backward's chunks at the plan's 12 rows and at 7; an NCHW gradient's pairs read
+together, and one by one) and one at a time, and with a location-major gradient; at d = 16384, map
 x vector forward+backward fused (its backward's half spectra in global memory) and with 'auto'
 (fused forward, fft backward), its forward alone, and the pooled forward of three maps (half
 spectra in global memory); each beside the fft path. CUDA
@@ -90,6 +91,7 @@ def main():
     unpooled, pooled = fwd("fft", False), fwd("fft", True)
     radix8, radix32 = {"COMPACT_BILINEAR_FFT_RADIX": "8"}, {"COMPACT_BILINEAR_FFT_RADIX": "32"}
     no_prefetch = {"COMPACT_BILINEAR_PREFETCH": "0"}
+    one_by_one = {"COMPACT_BILINEAR_STAGE_GRAD": "0"}
     variants = [
         ("unpooled fwd", "fft", {}, unpooled, unpooled, plain),
         ("unpooled fwd", "fused, row pairs", {}, fwd("fused", False), unpooled, plain),
@@ -119,11 +121,11 @@ def main():
                      ("unpooled fwd+bwd", f"fused, {layout} grad, radix 8", radix8, fwd_bwd("fused", g), ref, sets),
                      ("unpooled fwd+bwd", f"fused, {layout} grad, radix 32", radix32, fwd_bwd("fused", g), ref,
                       sets)]
-    # The NCHW gradient's rows staged by clusters of 8 blocks (the default on sm_90) against each
-    # block reading its own row at stride L (the location-major rows above are the floor).
+    # The NCHW gradient's rows read by clusters of 8 blocks (the default on sm_90) against each block
+    # reading its own row at stride L (the location-major rows above are the floor).
     ref = fwd_bwd("fft", grad)
-    variants += [("unpooled fwd+bwd", "fused, NCHW grad, no clusters", {"COMPACT_BILINEAR_GRAD_CLUSTER": "0"},
-                  fwd_bwd("fused", grad), ref, sets)]
+    variants += [("unpooled fwd+bwd", "fused, NCHW grad, rows one by one", one_by_one, fwd_bwd("fused", grad), ref,
+                  sets)]
     # One map input (map x vector): rows in pairs share the forward's transforms and, in the
     # backward, the gradients' inverse; ROW_PAIRS=0 takes forward and backward a row at a time.
     mv_sets = [[s[0], torch.randn(B, C, device="cuda", requires_grad=True)] for s in sets]
@@ -140,7 +142,11 @@ def main():
                  ("map x vec fwd+bwd", "fused, row pairs, backward 7 rows per chunk",
                   {"COMPACT_BILINEAR_SUM_ROWS": "7"}, fwd_bwd("fused"), ref, mv_sets),
                  ("map x vec fwd+bwd", "fused, single rows", {"COMPACT_BILINEAR_ROW_PAIRS": "0"}, fwd_bwd("fused"),
-                  ref, mv_sets)]
+                  ref, mv_sets),
+                 ("map x vec fwd+bwd", "fused, NCHW grad rows one by one", one_by_one, fwd_bwd("fused"), ref, mv_sets)]
+    ref = fwd_bwd("fft", grad_rows)
+    variants += [("map x vec fwd+bwd", "fft, location-major grad", {}, ref, ref, mv_sets),
+                 ("map x vec fwd+bwd", "fused, location-major grad", {}, fwd_bwd("fused", grad_rows), ref, mv_sets)]
     # d = 16384: the map x vector backward's half spectra, and the pooled forward's of three maps, do
     # not fit beside Z in shared memory and live in global memory (one block per SM taking the thread
     # groups in turn); 'auto' leaves such a backward to fft (the forward runs fused).

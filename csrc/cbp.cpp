@@ -421,20 +421,23 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
     if (forced < 1 && paired && plan.rows_per_chunk % 2) ++plan.rows_per_chunk;
   }
   plan.nchunks = (L + plan.rows_per_chunk - 2) / plan.rows_per_chunk + 1;
-  // An unpooled backward of a row per chunk reads its row of the output gradient at the gradient's
-  // stride. Where that gradient is NCHW (its locations next to each other: fused_driver.h backward),
-  // every 4-byte value costs a 32-byte sector, 8 times the row's bytes through L2: on an H100 (run
-  // 12, fused_ab.py) forward+backward took 533 us with an NCHW gradient against 417 location-major.
-  // Clusters of 8 blocks, 8 consecutive rows, read the 8 rows' values of each j together and write
-  // each into its block's gradient slot (fused.h stage_grad_rows; d >= 64, each thread's 8 loads of a
-  // row in flight at once). COMPACT_BILINEAR_GRAD_CLUSTER=0 turns this off (fused_ab.py).
-  const char* cluster_env = std::getenv("COMPACT_BILINEAR_GRAD_CLUSTER");
-  const std::string cluster = cluster_env ? cluster_env : "1";
-  TORCH_CHECK_VALUE(cluster == "0" || cluster == "1", "COMPACT_BILINEAR_GRAD_CLUSTER must be '0' or '1', got '",
-                    cluster, "'");
-  if (backward && cluster == "1" && p.out_map && L > 1 && plan.rows_per_chunk == 1 && !plan.global_slots &&
-      dev.cluster_blocks > 1 && p.d >= dev.cluster_blocks * fused::kStageLoads)
+  // The unpooled backward reads each row of the output gradient at the gradient's stride. Where that
+  // gradient is NCHW (its locations next to each other: fused_driver.h backward), every 4-byte value
+  // costs a 32-byte sector, 8 times the row's bytes through L2: on an H100 (run 12, fused_ab.py)
+  // forward+backward took 533 us with an NCHW gradient against 417 location-major. Rows read
+  // together share the sectors (fused.h stage_grad_rows, each thread with 8 loads in flight, so d >=
+  // 8 x the slices the rows are read in): chunks of a row each in clusters of 8 blocks (sm_90), 8
+  // consecutive rows, each block reading a slice of all 8 rows' values and writing each into the
+  // gradient slot of the block whose row it is; a single map's row pairs, their two rows, in one
+  // slice. COMPACT_BILINEAR_STAGE_GRAD=0 turns both off (fused_ab.py).
+  const char* stage_env = std::getenv("COMPACT_BILINEAR_STAGE_GRAD");
+  const std::string stage = stage_env ? stage_env : "1";
+  TORCH_CHECK_VALUE(stage == "0" || stage == "1", "COMPACT_BILINEAR_STAGE_GRAD must be '0' or '1', got '", stage,
+                    "'");
+  const bool staged = backward && stage == "1" && p.out_map && L > 1 && !plan.global_slots;
+  if (staged && plan.rows_per_chunk == 1 && dev.cluster_blocks > 1 && p.d >= dev.cluster_blocks * fused::kStageLoads)
     plan.grad_cluster = static_cast<int>(dev.cluster_blocks);
+  plan.grad_pairs = staged && plan.pair_rows && plan.rows_per_chunk > 1 && p.d >= fused::kStageLoads;
   return plan;
 }
 

@@ -92,8 +92,11 @@ struct FusedPlan {
   int64_t prefetch_half = 0;  // forward: the prefetch buffer's words per half (fused.h PrefetchWord), or 0
   int64_t smem_bytes = 0;     // per thread group
   int max_pass_bits = 5;      // log2 of the FFT passes' largest radix (fused.h: Schedule)
-  int grad_cluster = 0;       // backward: blocks of a cluster that stage their rows of an output gradient whose
-                              // locations lie next to each other (fused.h stage_grad_rows), or 0
+  // Backward, for an output gradient whose locations lie next to each other (NCHW), rows read
+  // together (fused.h stage_grad_rows): by the blocks of a cluster of grad_cluster, a row each (or
+  // 0), or by a single map's row pairs (grad_pairs).
+  int grad_cluster = 0;
+  bool grad_pairs = false;
 };
 // What the fused kernel's plan needs to know of a GPU: shared memory a block may have (opt-in), an
 // SM's shared memory and what the runtime reserves of it per block, an SM's registers, blocks and

@@ -102,6 +102,7 @@ struct Args {
   int64_t grad_stride_b = 0, grad_stride_j = 0, grad_stride_l = 0;
   int grad_cluster = 0;          // backward: each group's row staged in its first slot by its cluster of
                                  // this many blocks (stage_grad_rows), or 0: read where it lies
+  bool grad_pairs = false;       // backward, one map: a row pair's two rows staged together in G0 and G1
   In* grad_x[kMaxInputs] = {};   // (B, C_k, L_k) contiguous
 };
 
@@ -1357,30 +1358,33 @@ CB_HD void scatter_grads(const G& g, const Args<T, In>& a, const cplx<T>* z, int
   g.sync();
 }
 
-// The output gradient's rows of thread groups `first` .. `first` + q - 1 (a row each: the unpooled
-// backward of a.grad_cluster > 0), slice `rank` of q of them, each row's d values in T into dst(k),
-// the first slot of group first + k, where grad_spectrum reads it. The group takes values u in
-// [rank d, (rank + 1) d) of the q rows' interleaved values (u = q j + k): where the gradient's
-// locations lie next to each other (NCHW), a warp's 32 loads then cover the q rows at 32 / q
-// consecutive j, q values of each j in one or two 32-byte sectors, where a row's own loads took a
-// sector per value. The rows' offsets wait in Z, which the group has not used yet. On the GPU the
-// q groups are a cluster's blocks, dst(k) block k's shared memory; the host emulates them
-// (cpu/cbp_kernel.cpp HostLaunch).
-constexpr int kStageLoads = 8;  // the plan stages rows only where d >= q kStageLoads (cbp.cpp fused_plan)
+// The output gradient's flat rows `first` .. `first` + q - 1, slice `slice` of `slices` of them, each
+// row's d values in T into dst(k), a gradient slot where grad_spectrum reads it: of group first + k,
+// where the q groups of a cluster read their rows together, a slice each (the unpooled backward of
+// a.grad_cluster = q > 0, a row each), or of the one group whose row pair it is (a.grad_pairs, q = 2,
+// one slice). The group takes values u of the slice's range of the q rows' interleaved values
+// (u = q j + k): where the gradient's locations lie next to each other (NCHW), a warp's 32 loads
+// then cover the q rows at 32 / q consecutive j, q values of each j in one or two 32-byte sectors,
+// where a row's own loads took a sector per value. The rows' offsets wait in Z, which the group is
+// not using. On the GPU a cluster's groups are its blocks, dst(k) block k's shared memory; the host
+// emulates them (cpu/cbp_kernel.cpp HostLaunch).
+constexpr int kStageLoads = 8;  // the plan stages rows only where d >= kStageLoads slices (cbp.cpp fused_plan)
 template <typename T, typename In, class G, class Dst>
-CB_HD void stage_grad_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t first, int rank, int q, Dst dst) {
+CB_HD void stage_grad_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t first, int q, int slice, int slices,
+                           Dst dst) {
   int64_t* const row = reinterpret_cast<int64_t*>(z);
   g.for_each(q, [=, &a](int64_t k) {
     const int64_t r = first + k;  // -1: past the last row
     row[k] = r < a.B * a.L ? r / a.L * a.grad_stride_b + r % a.L * a.grad_stride_l : -1;
   });
   g.sync();
-  // Thread e of the group takes u = rank d + e + i n for i < kStageLoads, n = d / kStageLoads a
-  // multiple of q: one row k, j a fixed step apart, all loads in flight before their stores (one at a
-  // time, a thread waited for each).
-  const int d = static_cast<int>(a.d), n = d / kStageLoads, lq = ilog2(q), jn = n >> lq;
+  // Thread e of the group takes u = u0 + e + i n for i < kStageLoads, n a multiple of q: one row k,
+  // j a fixed step apart, all loads in flight before their stores (one at a time, a thread waited
+  // for each). q and slices are powers of two.
+  const int values = q * static_cast<int>(a.d) / slices, u0 = slice * values, n = values / kStageLoads;
+  const int lq = ilog2(q), jn = n >> lq;
   g.for_each(n, [=, &a](int64_t e) {
-    const int u = rank * d + static_cast<int>(e), k = u & (q - 1), j = u >> lq;
+    const int u = u0 + static_cast<int>(e), k = u & (q - 1), j = u >> lq;
     const int64_t at = row[k];
     if (at < 0) return;
     const In* src = a.grad + at + j * a.grad_stride_j;
@@ -1403,18 +1407,18 @@ CB_HD void stage_grad_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t
 // gradient row from global memory. (At d = 8192, radix 32: a 4096-point transform of 7.5k warp
 // instructions instead of 15.8k, per row of the backward; sass_passes.)
 // With `code` (one of codes_of(z)), also the code of G's largest value there, reset (to 0) in the
-// first pass: after the last barrier, *code is G's. Where a.grad_cluster, the row is in G already
-// (stage_grad_rows, d >= 64 values), read from there by the first pass before G is written.
+// first pass: after the last barrier, *code is G's. Where `staged`, the row is in G already
+// (stage_grad_rows), read from there by the first pass before G is written.
 template <typename T, typename In, class G>
 CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* Gs, int64_t b, int64_t l,
-                         int* code = nullptr) {
+                         bool staged, int* code = nullptr) {
   const In* src = a.grad + b * a.grad_stride_b + l * a.grad_stride_l;
   const int64_t sj = a.grad_stride_j;
   const int d = static_cast<int>(a.d), m = d > 1 ? d / 2 : 1, log2m = a.log2d > 0 ? a.log2d - 1 : 0;
   if (code) g.for_each(1, [=](int64_t) { *code = 0; });
-  const cplx<T>* staged = a.grad_cluster ? Gs : nullptr;  // g[2n] + i g[2n + 1] at n
+  const cplx<T>* row = staged ? Gs : nullptr;  // g[2n] + i g[2n + 1] at n
   fft_forward_dif(g, z, m, log2m, a.tw, [=](Elem e) {
-    if (staged) return staged[e.base + e.off];
+    if (row) return row[e.base + e.off];
     const In* p = (src + 2 * e.base * sj) + 2 * e.off * sj;  // `off` is the same for the whole warp
     return cplx<T>(static_cast<T>(p[0]), d > 1 ? static_cast<T>(p[sj]) : T(0));
   });
@@ -1469,9 +1473,15 @@ CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, c
   const int k = a.map_ids[0];
   for (int64_t l = l0; l < l1; l += a.pair_rows ? 2 : 1) {
     const bool two = a.pair_rows && l + 1 < l1;
+    // An NCHW gradient's two rows side by side, read together into G0 and G1: a sector serves both.
+    const bool pair = two && a.grad_pairs;
+    if (pair) {
+      stage_grad_rows(g, a, z, b * a.L + l, 2, 0, 1, [=](int i) { return reinterpret_cast<T*>(i ? G1 : G0); });
+      g.sync();
+    }
     // One call site: each call's transform is inlined, all its pass kinds.
     for (int i = 0; i < (a.out_map ? 1 + two : 0); ++i)
-      grad_spectrum(g, a, z, i ? G1 : G0, b, l + i, codes_of(z, true) + i);
+      grad_spectrum(g, a, z, i ? G1 : G0, b, l + i, pair || a.grad_cluster, codes_of(z, true) + i);
     // The rows' gradients, G times the vectors' product V, share the inverse transform: balanced
     // by the codes of their G (one G for all rows where the output is pooled: no balance).
     const auto out = [=, &a] {
@@ -1508,7 +1518,7 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
   const int groups = (a.nmap + 1) / 2;
   const int last_first = 2 * (groups - 1);  // index (among maps) of the first map of the last pair
   for (int64_t l = l0; l < l1; ++l) {
-    if (a.out_map) grad_spectrum(g, a, z, Gs, b, l);
+    if (a.out_map) grad_spectrum(g, a, z, Gs, b, l, a.grad_cluster != 0);
     const int ka = a.map_ids[last_first], kb = last_first + 1 < a.nmap ? a.map_ids[last_first + 1] : -1;
     for (int gi = 0; gi < groups; ++gi) {
       const int ia = 2 * gi, ib = 2 * gi + 1 < a.nmap ? 2 * gi + 1 : -1;
@@ -1641,7 +1651,7 @@ CB_HD void backward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>*
       g.for_each(a.nvec * a.F, [=, &a](int64_t i) { vslot[i] = cplx<T>(0, 0); });
       g.sync();
     }
-    if (!a.out_map) grad_spectrum(g, a, z, Gs, b, 0);
+    if (!a.out_map) grad_spectrum(g, a, z, Gs, b, 0, false);
     if (a.nmap == 1)
       backward_rows_one_map(g, a, z, Gs, Gs + a.F, vslot, b, l0, l1);
     else

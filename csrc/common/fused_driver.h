@@ -118,9 +118,12 @@ std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, c
   a.grad_stride_b = g3.stride(0);
   a.grad_stride_j = g3.stride(1);
   a.grad_stride_l = g3.stride(2);
-  // Staged by clusters where the plan allows it and a row's neighbour lies next to it (NCHW): a
+  // Rows read together where the plan allows it and a row's neighbour lies next to it (NCHW): a
   // location-major row is read whole by its own block, an expanded one (stride 0) from one place.
-  if (g3.stride(2) == 1 && g3.stride(1) != 1) a.grad_cluster = plan.grad_cluster;
+  if (g3.stride(2) == 1 && g3.stride(1) != 1) {
+    a.grad_cluster = plan.grad_cluster;
+    a.grad_pairs = plan.grad_pairs;
+  }
   for (int k = 0; k < a.K; ++k) a.grad_x[k] = grads[k].data_ptr<In>();
   const at::Tensor vspec = launch_vector_spectra(p, a, launch);
   const auto sums = chunk_sums(p, a, a.nvec);  // the vectors' gradient spectra, summed
@@ -171,7 +174,8 @@ inline std::string describe_choice(const Problem& p, const std::string& algorith
   s << "fused rows_per_chunk=" << plan->rows_per_chunk << " nchunks=" << plan->nchunks
     << " pair_rows=" << plan->pair_rows << " slots=" << plan->slots << " global_slots=" << plan->global_slots
     << " prefetch_half=" << plan->prefetch_half << " smem_bytes=" << plan->smem_bytes
-    << " max_pass_bits=" << plan->max_pass_bits << " grad_cluster=" << plan->grad_cluster;
+    << " max_pass_bits=" << plan->max_pass_bits << " grad_cluster=" << plan->grad_cluster
+    << " grad_pairs=" << plan->grad_pairs;
   return s.str();
 }
 

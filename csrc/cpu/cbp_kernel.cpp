@@ -300,7 +300,7 @@ struct HostLaunch {
         for (int64_t c = c0; c < c1; ++c) {
           if (q > 1) {
             for (int r = 0; r < q; ++r) {
-              fused::stage_grad_rows(group, a, z_of(r), c * q, r, static_cast<int>(q),
+              fused::stage_grad_rows(group, a, z_of(r), c * q, static_cast<int>(q), r, static_cast<int>(q),
                                      [&](int k) { return reinterpret_cast<T*>(slots_of(k)); });
               group.sync();
             }

@@ -82,11 +82,11 @@ __device__ __forceinline__ void stage_grad_rows_in_cluster(const G& g, const fus
   // Every block has started; no memory to order yet, so the arrival is relaxed (cluster.sync()'s
   // release fence compiles to a GPU-wide MEMBAR, SASS sm_90).
   asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
-  fused::stage_grad_rows(g, a, z, i - r, r, a.grad_cluster,
+  fused::stage_grad_rows(g, a, z, i - r, a.grad_cluster, r, a.grad_cluster,
                          [=](int k) { return cg::this_cluster().map_shared_rank(mine, k); });
   cluster.sync();
 #else
-  fused::stage_grad_rows(g, a, z, i, 0, 1, [=](int) { return mine; });
+  fused::stage_grad_rows(g, a, z, i, 1, 0, 1, [=](int) { return mine; });
   g.sync();
 #endif
 }

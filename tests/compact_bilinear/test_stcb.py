@@ -180,31 +180,38 @@ def test_fused_default_radix_is_32_forward_and_8_backward(monkeypatch):
         assert torch.equal(g, g8) and not torch.equal(g, g32)
 
 
-# (channels per input, d, spatial shapes, sum_pool, batch): unpooled backward calls of a row per
-# chunk, whose NCHW output gradients clusters of 8 blocks stage (fused.h stage_grad_rows).
-GRAD_CLUSTER_CASES = {
-    "k2_maps": (((6, 5), 64, [(3, 3), (3, 3)], False), 3),  # 27 rows: clusters span samples, the last has 3
-    "k3_maps": (((4, 6, 3), 128, [(2, 3)] * 3, False), 2),  # L = 6 < 8: a cluster's rows wrap samples
-    "k2_maps_d64": (((5, 7), 64, [(2, 2), (2, 2)], False), 5),  # d = 64, the least: L = 4, two samples a cluster
-    "k2_video_3d": (((4, 5), 64, [(2, 3, 2), (2, 3, 2)], False), 2),  # (B, d, T, H, W)
-    "k2_map_vector_rows": (((6, 5), 256, [(3, 3), ()], False), 2),  # chunks of a row: COMPACT_BILINEAR_SUM_ROWS=1
+# (channels per input, d, spatial shapes, sum_pool, batch) -> the plan's (grad_cluster, grad_pairs):
+# unpooled backward calls whose NCHW output gradients are read a few rows together (fused.h
+# stage_grad_rows): by clusters of 8 blocks, a row each, or by a single map's row pairs.
+STAGE_GRAD_CASES = {
+    "k2_maps": (((6, 5), 64, [(3, 3), (3, 3)], False), 3, (8, 0)),  # 27 rows: clusters span samples, the last has 3
+    "k3_maps": (((4, 6, 3), 128, [(2, 3)] * 3, False), 2, (8, 0)),  # L = 6 < 8: a cluster's rows wrap samples
+    "k2_maps_d64": (((5, 7), 64, [(2, 2), (2, 2)], False), 5, (8, 0)),  # d = 64, the least: L = 4
+    "k2_video_3d": (((4, 5), 64, [(2, 3, 2), (2, 3, 2)], False), 2, (8, 0)),  # (B, d, T, H, W)
+    "k2_map_vector_rows": (((6, 5), 256, [(3, 3), ()], False), 2, (8, 0)),  # a row a chunk: SUM_ROWS=1
+    "k2_map_vector": (((6, 5), 64, [(3, 3), ()], False), 3, (0, 1)),  # chunks of a pair; odd L: some go as single rows
+    "k1_count_sketch": (((9,), 8, [(2, 3)], False), 2, (0, 1)),  # a pair a chunk; d = 8, the least for pairs
+    "k3_map_two_vectors": (((5, 4, 3), 32, [(3, 3), (), ()], False), 2, (0, 1)),
 }
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("name", GRAD_CLUSTER_CASES)
-def test_fused_backward_stages_nchw_gradients_in_clusters(name, dtype, device, monkeypatch):
+@pytest.mark.parametrize("name", STAGE_GRAD_CASES)
+def test_fused_backward_reads_nchw_gradient_rows_together(name, dtype, device, monkeypatch):
     """An NCHW-contiguous output gradient (what torch.randn(out.shape) gives; the output itself is
-    location-major) is read by clusters of 8 blocks, each reading its slice of 8 rows' values (the
-    host instance emulates the clusters): the plan says so, the input gradients are the reference's
-    and bit-identical to those from the same gradient stored location-major, read row by row, and
-    to those with the clusters turned off (COMPACT_BILINEAR_GRAD_CLUSTER=0)."""
-    case, batch = GRAD_CLUSTER_CASES[name]
+    location-major) is read a few rows together: by clusters of 8 blocks, each reading its slice of
+    8 rows' values (the host instance emulates the clusters), or by a single map's row pairs. The plan
+    says which, the input gradients are the reference's and bit-identical to those from the same
+    gradient stored location-major, read row by row, and to those with the rows read one at a time
+    (COMPACT_BILINEAR_STAGE_GRAD=0)."""
+    case, batch, (cluster, pairs) = STAGE_GRAD_CASES[name]
     if name == "k2_map_vector_rows":
         monkeypatch.setenv("COMPACT_BILINEAR_SUM_ROWS", "1")
     xs, hs, ss, d, sum_pool = make(case, device, dtype=dtype, batch=batch, requires_grad=True)
-    assert fused_plan(xs, hs, ss, d, sum_pool, backward=True)["grad_cluster"] == (8 if device.type == "cpu" or
-                                                                                  torch.cuda.get_device_capability(device)[0] >= 9 else 0)
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 9:
+        cluster = 0
+    plan = fused_plan(xs, hs, ss, d, sum_pool, backward=True)
+    assert (plan["grad_cluster"], plan["grad_pairs"]) == (cluster, pairs)
     out = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     nchw = g.to(device=device, dtype=dtype)
@@ -221,26 +228,29 @@ def test_fused_backward_stages_nchw_gradients_in_clusters(name, dtype, device, m
     tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
     for got, want in zip(staged, truth):
         torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * want.abs().max().item())
-    monkeypatch.setenv("COMPACT_BILINEAR_GRAD_CLUSTER", "0")
-    assert fused_plan(xs, hs, ss, d, sum_pool, backward=True)["grad_cluster"] == 0
-    unstaged = grads(nchw)
-    monkeypatch.delenv("COMPACT_BILINEAR_GRAD_CLUSTER")
+    monkeypatch.setenv("COMPACT_BILINEAR_STAGE_GRAD", "0")
+    plan = fused_plan(xs, hs, ss, d, sum_pool, backward=True)
+    assert (plan["grad_cluster"], plan["grad_pairs"]) == (0, 0)
+    one_by_one = grads(nchw)
+    monkeypatch.delenv("COMPACT_BILINEAR_STAGE_GRAD")
     by_rows = grads(rows)
-    for a, b, c in zip(staged, unstaged, by_rows):
+    for a, b, c in zip(staged, one_by_one, by_rows):
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
-def test_grad_cluster_only_where_a_chunk_is_a_row(monkeypatch):
-    """Pooled outputs, a single map's row pairs, chunks of several rows and d below 64 read their
-    gradient row by row; COMPACT_BILINEAR_GRAD_CLUSTER takes '0' or '1' only."""
-    below = ((5, 7), 32, [(3, 3), (3, 3)], False)  # d = 32: 8 x 8 loads in flight need d >= 64
-    for case in (CASES["k2_maps_pooled"], CASES["k1_count_sketch"], CASES["k3_map_two_vectors"], below):
+def test_gradient_rows_read_together_only_where_they_can(monkeypatch):
+    """Pooled outputs (one gradient row a sample), maps in chunks of a row at d below 64 and pairs at d
+    below 8 (8 loads in flight per thread, in 8 slices and in one) read their gradient row by row, and
+    the forward has no gradient; COMPACT_BILINEAR_STAGE_GRAD takes '0' or '1' only."""
+    for case in (CASES["k2_maps_pooled"], CASES["k2_map_x_vector_pooled"], ((5, 7), 32, [(3, 3), (3, 3)], False),
+                 ((9,), 4, [(3, 3)], False)):
         xs, hs, ss, d, sum_pool = make(case, "cpu", batch=8)
-        assert fused_plan(xs, hs, ss, d, sum_pool, backward=True)["grad_cluster"] == 0, case
-        assert fused_plan(xs, hs, ss, d, sum_pool)["grad_cluster"] == 0, case
+        for backward in (True, False):
+            plan = fused_plan(xs, hs, ss, d, sum_pool, backward=backward)
+            assert (plan["grad_cluster"], plan["grad_pairs"]) == (0, 0), (case, backward)
     xs, hs, ss, d, sum_pool = make(CASES["k2_maps"], "cpu")
-    monkeypatch.setenv("COMPACT_BILINEAR_GRAD_CLUSTER", "2")
-    with pytest.raises(ValueError, match="COMPACT_BILINEAR_GRAD_CLUSTER must be '0' or '1', got '2'"):
+    monkeypatch.setenv("COMPACT_BILINEAR_STAGE_GRAD", "2")
+    with pytest.raises(ValueError, match="COMPACT_BILINEAR_STAGE_GRAD must be '0' or '1', got '2'"):
         cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
 
 
