@@ -171,6 +171,17 @@ if [ -n "$NCU" ]; then
     }
     echo "##### default build" >>"$OUT/ncu.txt"
     ncu_sections .
+    if [ "$(left)" -gt 40 ]; then
+        # The backward with an NCHW gradient, its rows read 8 at a time by clusters of blocks against
+        # one by one: kernel times side by side, the launch's cluster size (docs/benchmarks.md,
+        # "What the next GPU run has to answer", item 10).
+        for stage in 1 0; do
+            echo "##### default build, NCHW gradient, COMPACT_BILINEAR_STAGE_GRAD=$stage" >>"$OUT/ncu.txt"
+            COMPACT_BILINEAR_STAGE_GRAD=$stage timeout 60 "${profile[@]}" -c 2 --section SpeedOfLight \
+                --section LaunchStats $PY benchmarks/ncu_cases.py --nchw >>"$OUT/ncu.txt" 2>&1 \
+                || echo "ncu (NCHW gradient) exited $?"
+        done
+    fi
     if [ -n "$AB" ] && [ "$(left)" -gt 45 ]; then
         echo "##### A/B build: $AB_LABEL" >>"$OUT/ncu.txt"
         PYTHONPATH="$AB" ncu_sections "$AB"
