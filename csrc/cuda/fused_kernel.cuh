@@ -122,52 +122,66 @@ __global__ void __launch_bounds__(fused::kMaxGroupThreads, BlockGroup<MaxPassBit
   }
 }
 
-// Blocks of `kernel` the current device runs at once with `threads` threads and `smem` bytes of
-// dynamic shared memory (the occupancy API times the SM count), the kernel's shared-memory limit
-// first raised to `smem` where it is lower. Both runtime calls happen once per kernel, device and
-// size, not on every launch: their answers do not change, and each costs host time that a small
-// call waits on. The limit only ever rises, so every size cached so far stays launchable.
+// A launch of `blocks` blocks of `threads` threads and `smem` bytes of dynamic shared memory on
+// the current stream, in clusters of `cluster` blocks (1: none; *attr holds the attribute).
+inline cudaLaunchConfig_t launch_config(int64_t blocks, int threads, int64_t smem, int cluster,
+                                        cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = static_cast<size_t>(smem);
+  config.stream = c10::cuda::getCurrentCUDAStream();
+  if (cluster > 1) {
+    attr->id = cudaLaunchAttributeClusterDimension;
+    attr->val.clusterDim.x = static_cast<unsigned>(cluster);
+    attr->val.clusterDim.y = 1;
+    attr->val.clusterDim.z = 1;
+    config.attrs = attr;
+    config.numAttrs = 1;
+  }
+  return config;
+}
+
+// What the occupancy API says of `kernel` with `threads` threads and `smem` bytes of dynamic
+// shared memory on the current device: the blocks it runs at once (per SM times the SM count), and
+// whether clusters of `cluster` blocks (> 1) fit at all (with their shared memory they need SMs
+// enough in one GPC, which a partitioned, MIG, device may not have). The kernel's shared-memory
+// limit is first raised to `smem` where it is lower. The runtime calls happen once per kernel,
+// device, size and cluster, not on every launch: their answers do not change, and each costs host
+// time that a small call waits on. The limit only ever rises, so every size cached so far stays
+// launchable.
+struct Occupancy {
+  int64_t blocks;
+  bool clusters_fit;
+};
 template <class Kernel>
-int64_t blocks_at_once(Kernel kernel, int threads, int64_t smem) {
+Occupancy occupancy(Kernel kernel, int threads, int64_t smem, int cluster) {
   static std::mutex mu;
-  static std::map<std::tuple<const void*, int, int, int64_t>, int64_t> at_once;
+  static std::map<std::tuple<const void*, int, int, int64_t, int>, Occupancy> cache;
   static std::map<std::pair<const void*, int>, int64_t> limit;  // the attribute as set so far
   const int device = c10::cuda::current_device();
   const void* k = reinterpret_cast<const void*>(kernel);
+  const auto key = std::make_tuple(k, device, threads, smem, cluster);
   std::lock_guard<std::mutex> lock(mu);
-  const auto it = at_once.find(std::make_tuple(k, device, threads, smem));
-  if (it != at_once.end()) return it->second;
+  const auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
   int64_t& lim = limit.emplace(std::make_pair(k, device), 48 * 1024).first->second;
-  if (smem > lim) {  // before the occupancy query too
+  if (smem > lim) {  // before the occupancy queries too
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     lim = smem;
   }
-  int per_sm = 0, sms = 0;
+  int per_sm = 0, sms = 0, clusters = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, static_cast<size_t>(smem)));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return at_once[std::make_tuple(k, device, threads, smem)] = static_cast<int64_t>(sms) * std::max(per_sm, 1);
-}
-
-// Whether clusters of `config` can run on the current device at all (the occupancy API, once per
-// kernel, device, size and cluster shape): with their blocks' shared memory they need SMs enough in
-// one GPC, which a partitioned (MIG) device may not have. Called after blocks_at_once, which raised
-// the kernel's shared-memory limit.
-template <class Kernel>
-bool clusters_fit(Kernel kernel, const cudaLaunchConfig_t& config) {
-  static std::mutex mu;
-  static std::map<std::tuple<const void*, int, unsigned, size_t, unsigned>, bool> fit;
-  const int device = c10::cuda::current_device();
-  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), device, config.blockDim.x,
-                                   config.dynamicSmemBytes, config.attrs[0].val.clusterDim.x);
-  std::lock_guard<std::mutex> lock(mu);
-  const auto it = fit.find(key);
-  if (it != fit.end()) return it->second;
-  int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
-    (void)cudaGetLastError();  // not an error of this call: the blocks then read their own rows
-    clusters = 0;
+  if (cluster > 1) {
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t config = launch_config(cluster, threads, smem, cluster, &attr);
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+      (void)cudaGetLastError();  // not an error of this call: the blocks then read their own rows
+      clusters = 0;
+    }
   }
-  return fit[key] = clusters > 0;
+  return cache[key] = Occupancy{static_cast<int64_t>(sms) * std::max(per_sm, 1), clusters > 0};
 }
 
 }  // namespace fused_detail
@@ -177,44 +191,26 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
   fused::with_max_pass_bits(a.max_pass_bits, [&](auto bits) {
     constexpr int kBits = decltype(bits)::value;
     const int threads = fused::group_threads(a.d, kBits);
-    // One block per thread group, or (in_turn) as many as run at once, by the occupancy API.
+    // One block per thread group, or (in_turn) as many as run at once, by the occupancy API; the
+    // backward whose rows clusters read (a.grad_cluster) in clusters, the grid rounded up to whole
+    // ones, where they fit on this device, else with each block reading its own row.
     const auto launch = [&](auto kernel, bool in_turn) {
-      const int64_t at_once = fused_detail::blocks_at_once(kernel, threads, smem);
-      const int64_t blocks = in_turn ? std::min(groups, at_once) : groups;
+      const int want = in_turn ? 0 : a.grad_cluster;
+      const fused_detail::Occupancy occ = fused_detail::occupancy(kernel, threads, smem, want);
+      fused::Args<T, In> args = a;
+      args.grad_cluster = want > 1 && occ.clusters_fit ? want : 0;
+      const int q = std::max(args.grad_cluster, 1);
+      const int64_t blocks = in_turn ? std::min(groups, occ.blocks) : (groups + q - 1) / q * q;
       // Slots in global memory: a.slots half spectra for each block, freed after the kernel, in
       // stream order, by the caching allocator.
       const c10::DataPtr workspace =
           a.global_slots ? c10::cuda::CUDACachingAllocator::get()->allocate(
                                static_cast<size_t>(blocks * a.slots * a.F) * sizeof(fused::cplx<T>))
                          : c10::DataPtr();
-      auto* ws = static_cast<fused::cplx<T>*>(workspace.get());
-      if (a.grad_cluster > 1 && !in_turn) {
-        // Clusters of a.grad_cluster blocks, the grid rounded up to whole clusters, where they can
-        // run on this device; else the blocks read their own rows.
-        const int q = a.grad_cluster;
-        cudaLaunchConfig_t config = {};
-        config.gridDim = dim3(static_cast<unsigned>((groups + q - 1) / q * q));
-        config.blockDim = dim3(threads);
-        config.dynamicSmemBytes = static_cast<size_t>(smem);
-        config.stream = c10::cuda::getCurrentCUDAStream();
-        cudaLaunchAttribute cluster;
-        cluster.id = cudaLaunchAttributeClusterDimension;
-        cluster.val.clusterDim.x = q;
-        cluster.val.clusterDim.y = 1;
-        cluster.val.clusterDim.z = 1;
-        config.attrs = &cluster;
-        config.numAttrs = 1;
-        if (fused_detail::clusters_fit(kernel, config)) {
-          C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, a, ny, groups, ws));
-          return;
-        }
-        fused::Args<T, In> unstaged = a;
-        unstaged.grad_cluster = 0;
-        kernel<<<blocks, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(unstaged, ny, groups, ws);
-      } else {
-        kernel<<<blocks, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(a, ny, groups, ws);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cudaLaunchAttribute cluster;
+      const cudaLaunchConfig_t config = fused_detail::launch_config(blocks, threads, smem, q, &cluster);
+      C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args, ny, groups,
+                                        static_cast<fused::cplx<T>*>(workspace.get())));
     };
     // Slots in global memory: compiled for the two phases that have slots, with radix-8 passes
     // (cbp.cpp fused_plan; no prefetch buffer beside them).
