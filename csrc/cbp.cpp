@@ -372,12 +372,29 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   // where the slots are in shared memory and the buffer costs no block per SM (at d = 8192 and
   // C = 1024 floats it takes 8 KiB beside 100 KiB, and two blocks still fit an H100's SM; at
   // C = 2048 they would not). COMPACT_BILINEAR_PREFETCH=0 turns it off (fused_ab.py). The backward
-  // has none: on an H100 (run 11) it made the canonical backward 2.5 % slower, its cp.async copies
-  // taking the shared-memory pipe from the radix-8 passes (docs/benchmarks.md).
+  // prefetches nothing: on an H100 (run 11) a buffer filled by cp.async while the rows transform
+  // made the canonical backward 2.5 % slower, the copies taking the shared-memory pipe from the
+  // radix-8 passes (docs/benchmarks.md). Its buffer holds instead the values of two NCHW maps
+  // (each row's channels a stride apart, a 32-byte sector per value; the rows next to each other)
+  // that the clusters below read for their rows together before anything else (stage_x; its
+  // chunks are a row each: unpooled, two maps, no vectors). COMPACT_BILINEAR_STAGE_INPUTS=0 turns
+  // that off (fused_ab.py).
   const char* prefetch_env = std::getenv("COMPACT_BILINEAR_PREFETCH");
   const std::string prefetch = prefetch_env ? prefetch_env : "1";
   TORCH_CHECK_VALUE(prefetch == "0" || prefetch == "1", "COMPACT_BILINEAR_PREFETCH must be '0' or '1', got '", prefetch,
                     "'");
+  const char* stage_x_env = std::getenv("COMPACT_BILINEAR_STAGE_INPUTS");
+  const std::string stage_x = stage_x_env ? stage_x_env : "1";
+  TORCH_CHECK_VALUE(stage_x == "0" || stage_x == "1", "COMPACT_BILINEAR_STAGE_INPUTS must be '0' or '1', got '",
+                    stage_x, "'");
+  // Backward chunks of a row each that clusters may take (sm_90), 8 consecutive rows (without
+  // vectors: the chunks that sum over locations are sized below).
+  const bool cluster_rows = backward && p.out_map && L > 1 && !plan.global_slots && plan.rows_per_chunk == 1 &&
+                            dev.cluster_blocks > 1;
+  // The staging's row offsets (the gradient's and each map's, 8 bytes a row) wait in Z: d >= 32.
+  bool nchw_maps = nmap == 2 && nvec == 0 && 3 * dev.cluster_blocks * 8 <= elem * fused::z_size(p.d);
+  for (int64_t k = 0; k < p.K; ++k) nchw_maps = nchw_maps && p.x[k].stride(2) == 1 && p.x[k].stride(1) != 1;
+  const bool buffer = backward ? cluster_rows && stage_x == "1" && nchw_maps : prefetch == "1" && nmap >= 1;
   // The plan's blocks an SM holds at once, by shared memory, registers (a kernel's cap under its
   // launch bounds, fused.h min_blocks_per_sm, not its count), threads and blocks.
   const int64_t threads = fused::group_threads(p.d, plan.max_pass_bits),
@@ -386,7 +403,7 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
     return std::min({dev.smem_per_sm / (smem + dev.smem_reserved_per_block), dev.regs_per_sm / (threads * regs),
                      dev.blocks_per_sm, dev.threads_per_sm / threads});
   };
-  if (!backward && prefetch == "1" && nmap >= 1 && !plan.global_slots) {
+  if (buffer && !plan.global_slots) {
     int64_t channels = 0;
     for (int64_t k = 0; k < p.K; ++k)
       if (p.is_map[k]) channels = std::max(channels, p.x[k].size(1));
@@ -395,6 +412,7 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
     const int64_t with = plan.smem_bytes + bytes;
     if (with <= smem_limit && blocks_per_sm(with) == blocks_per_sm(plan.smem_bytes)) {
       plan.prefetch_half = channels;
+      plan.stage_x = backward;
       plan.smem_bytes += bytes;
     }
   }
@@ -425,18 +443,20 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   // gradient is NCHW (its locations next to each other: fused_driver.h backward), every 4-byte value
   // costs a 32-byte sector, 8 times the row's bytes through L2: on an H100 (run 12, fused_ab.py)
   // forward+backward took 533 us with an NCHW gradient against 417 location-major. Rows read
-  // together share the sectors (fused.h stage_grad_rows, each thread with 8 loads in flight, so d >=
-  // 8 x the slices the rows are read in): chunks of a row each in clusters of 8 blocks (sm_90), 8
-  // consecutive rows, each block reading a slice of all 8 rows' values and writing each into the
-  // gradient slot of the block whose row it is; a single map's row pairs, their two rows, in one
-  // slice. COMPACT_BILINEAR_STAGE_GRAD=0 turns both off (fused_ab.py).
+  // together share the sectors (fused.h stage_cluster_rows, each thread with 8 loads in flight, so
+  // d >= 8 x the slices the rows are read in): chunks of a row each in clusters of 8 blocks (sm_90),
+  // 8 consecutive rows, each block reading a slice of all 8 rows' values and writing each into the
+  // gradient slot of the block whose row it is, and the maps' values (stage_x, above) into its
+  // buffer; a single map's row pairs, their two rows, in one slice. COMPACT_BILINEAR_STAGE_GRAD=0
+  // turns the gradient's off (fused_ab.py).
   const char* stage_env = std::getenv("COMPACT_BILINEAR_STAGE_GRAD");
   const std::string stage = stage_env ? stage_env : "1";
   TORCH_CHECK_VALUE(stage == "0" || stage == "1", "COMPACT_BILINEAR_STAGE_GRAD must be '0' or '1', got '", stage,
                     "'");
   const bool staged = backward && stage == "1" && p.out_map && L > 1 && !plan.global_slots;
-  if (staged && plan.rows_per_chunk == 1 && dev.cluster_blocks > 1 && p.d >= dev.cluster_blocks * fused::kStageLoads)
-    plan.grad_cluster = static_cast<int>(dev.cluster_blocks);
+  plan.stage_grad =
+      staged && plan.rows_per_chunk == 1 && dev.cluster_blocks > 1 && p.d >= dev.cluster_blocks * fused::kStageLoads;
+  plan.cluster = plan.stage_grad || plan.stage_x ? static_cast<int>(dev.cluster_blocks) : 0;
   plan.grad_pairs = staged && plan.pair_rows && plan.rows_per_chunk > 1 && p.d >= fused::kStageLoads;
   return plan;
 }

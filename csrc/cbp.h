@@ -89,14 +89,16 @@ struct FusedPlan {
   bool pair_rows = false;     // backward with one map input: rows in pairs (fused.h backward_rows_one_map)
   int64_t slots = 0;          // half spectra (F complex values each) kept beside the d-point buffer
   bool global_slots = false;  // the slots in global memory, where they do not fit in shared memory
-  int64_t prefetch_half = 0;  // forward: the prefetch buffer's words per half (fused.h PrefetchWord), or 0
+  int64_t prefetch_half = 0;  // the prefetch buffer's words per half (fused.h PrefetchWord), or 0
+                              // (forward; backward where stage_x)
   int64_t smem_bytes = 0;     // per thread group
   int max_pass_bits = 5;      // log2 of the FFT passes' largest radix (fused.h: Schedule)
-  // Backward, for an output gradient whose locations lie next to each other (NCHW), rows read
-  // together (fused.h stage_grad_rows): by the blocks of a cluster of grad_cluster, a row each (or
-  // 0), or by a single map's row pairs (grad_pairs).
-  int grad_cluster = 0;
-  bool grad_pairs = false;
+  // Backward, rows whose locations lie next to each other (NCHW) read together (fused.h
+  // stage_cluster_rows): by the blocks of a cluster of `cluster` (or 0), a row each, those of an
+  // output gradient so laid out (stage_grad) and those of the two maps (stage_x, into the prefetch
+  // buffer); an output gradient's also by a single map's row pairs (grad_pairs).
+  int cluster = 0;
+  bool stage_grad = false, stage_x = false, grad_pairs = false;
 };
 // What the fused kernel's plan needs to know of a GPU: shared memory a block may have (opt-in), an
 // SM's shared memory and what the runtime reserves of it per block, an SM's registers, blocks and

@@ -84,8 +84,8 @@ struct Args {
   int64_t slots = 0;               // half spectra per thread group beside Z
   bool global_slots = false;       // ... in a workspace in global memory (the launch's), where
                                    // they do not fit in shared memory
-  int64_t prefetch_half = 0;       // forward: words per half of the prefetch buffer (PrefetchWord),
-                                   // in shared memory after Z and the slots; 0: none
+  int64_t prefetch_half = 0;       // words per half of the prefetch buffer (PrefetchWord), in shared
+                                   // memory after Z and the slots (forward; backward where stage_x); 0: none
   int nmap = 0, nvec = 0;
   int map_ids[kMaxInputs] = {}, vec_ids[kMaxInputs] = {};  // inputs by kind, in input order
   bool is_map[kMaxInputs] = {};
@@ -100,8 +100,10 @@ struct Args {
   In* out = nullptr;             // (B, L, d) rows (returned as a (B, d, *S) view) or (B, d)
   const In* grad = nullptr;      // gradient of out, same layout
   int64_t grad_stride_b = 0, grad_stride_j = 0, grad_stride_l = 0;
-  int grad_cluster = 0;          // backward: each group's row staged in its first slot by its cluster of
-                                 // this many blocks (stage_grad_rows), or 0: read where it lies
+  int cluster = 0;               // backward: blocks per cluster, a row each, that read their rows'
+                                 // values together (stage_cluster_rows), or 0
+  bool stage_grad = false;       // ... the output gradient's, into each group's first slot
+  bool stage_x = false;          // ... the two maps' input values, into each group's prefetch buffer
   bool grad_pairs = false;       // backward, one map: a row pair's two rows staged together in G0 and G1
   In* grad_x[kMaxInputs] = {};   // (B, C_k, L_k) contiguous
 };
@@ -910,7 +912,8 @@ CB_HD PrefetchWord<In>* prefetch_buffer(const Args<T, In>& a, cplx<T>* z) {
 // Gather `at` into Z, and its sketches' codes (zeroed with Z; with a single sketch, Im's stays 0)
 // into codes_of(z), for fft_forward_sketches and gathered(). In the prefetching kernels
 // (Prefetch: the plan has a buffer), at's values are in the buffer already (prefetch_values), and
-// once they have been read the next gather's, next() if `more`, start on their way.
+// once they have been read the next gather's, next() if `more`, start on their way; in the
+// backward, which has no next, where its cluster staged them (stage_cluster_rows).
 template <bool Prefetch, typename T, typename In, class G, class Next = std::nullptr_t>
 CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, GatherAt at, bool more = false,
                          Next next = nullptr) {
@@ -921,7 +924,7 @@ CB_HD void load_sketches(const G& g, const Args<T, In>& a, cplx<T>* z, GatherAt 
   g.sync();
   gather_pair<Prefetch>(g, a, z, at, Prefetch ? prefetch_buffer(a, z) : nullptr);
   g.sync();
-  if constexpr (Prefetch) {
+  if constexpr (Prefetch && !std::is_same_v<Next, std::nullptr_t>) {
     if (more) prefetch_values(g, a, prefetch_buffer(a, z), next());
   }
 }
@@ -1358,44 +1361,95 @@ CB_HD void scatter_grads(const G& g, const Args<T, In>& a, const cplx<T>* z, int
   g.sync();
 }
 
-// The output gradient's flat rows `first` .. `first` + q - 1, slice `slice` of `slices` of them, each
-// row's d values in T into dst(k), a gradient slot where grad_spectrum reads it: of group first + k,
-// where the q groups of a cluster read their rows together, a slice each (the unpooled backward of
-// a.grad_cluster = q > 0, a row each), or of the one group whose row pair it is (a.grad_pairs, q = 2,
-// one slice). The group takes values u of the slice's range of the q rows' interleaved values
-// (u = q j + k): where the gradient's locations lie next to each other (NCHW), a warp's 32 loads
-// then cover the q rows at 32 / q consecutive j, q values of each j in one or two 32-byte sectors,
-// where a row's own loads took a sector per value. The rows' offsets wait in Z, which the group is
-// not using. On the GPU a cluster's groups are its blocks, dst(k) block k's shared memory; the host
-// emulates them (cpu/cbp_kernel.cpp HostLaunch).
-constexpr int kStageLoads = 8;  // the plan stages rows only where d >= kStageLoads slices (cbp.cpp fused_plan)
+// Values j0 .. j0 + len - 1 of q rows (q a power of two), row k's value j at src + row[k] + j step
+// (row[k] < 0: past the last row, none), each handed to put(k, j, value, its address). Thread e of
+// the group takes row k = e mod q and kStageLoads of its values a fixed step apart, all loads in
+// flight before their stores (one at a time, a thread waited for each): where the rows lie next to
+// each other, a warp's 32 loads then cover the q rows at 32 / q consecutive j, the q values of each
+// j in one or two 32-byte sectors, where a row's own loads took a sector per value.
+constexpr int kStageLoads = 8;
+template <class G, typename In, class Put>
+CB_HD void stage_rows(const G& g, const In* src, const int64_t* row, int64_t step, int q, int j0, int len, Put put) {
+  const int lq = ilog2(q), jn = (len + kStageLoads - 1) / kStageLoads;
+  g.for_each(static_cast<int64_t>(jn) << lq, [=](int64_t e) {
+    const int k = static_cast<int>(e) & (q - 1), j = static_cast<int>(e) >> lq;
+    const int64_t at = row[k];
+    if (at < 0) return;
+    const In* p = src + at + (j0 + j) * step;
+    In v[kStageLoads] = {};
+    CB_UNROLL
+    for (int i = 0; i < kStageLoads; ++i)
+      if (j + i * jn < len) v[i] = p[i * jn * step];
+    CB_UNROLL
+    for (int i = 0; i < kStageLoads; ++i)
+      if (j + i * jn < len) put(k, j0 + j + i * jn, v[i], p + i * jn * step);
+  });
+}
+
+// row[k] = the offset of flat row first + k (sample * L + location) in a tensor of sample stride sb
+// and location stride sl, for k < q; -1 past the last row.
+template <typename T, typename In, class G>
+CB_HD void row_offsets(const G& g, const Args<T, In>& a, int64_t* row, int64_t first, int q, int64_t sb, int64_t sl) {
+  g.for_each(q, [=, &a](int64_t k) {
+    const int64_t r = first + k;
+    row[k] = r < a.B * a.L ? r / a.L * sb + r % a.L * sl : -1;
+  });
+}
+
+// The output gradient's flat rows `first` .. `first` + q - 1, slice `slice` of `slices` of their d
+// values, each row's values in T into dst(k), a gradient slot where grad_spectrum reads it: of group
+// first + k, where a cluster's q groups read their rows together, a slice each (stage_cluster_rows),
+// or of the one group whose row pair it is (a.grad_pairs, q = 2, one slice). The rows' offsets wait
+// in Z, which the group is not using; the plan stages rows only where d >= kStageLoads slices
+// (cbp.cpp fused_plan).
 template <typename T, typename In, class G, class Dst>
 CB_HD void stage_grad_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t first, int q, int slice, int slices,
                            Dst dst) {
   int64_t* const row = reinterpret_cast<int64_t*>(z);
-  g.for_each(q, [=, &a](int64_t k) {
-    const int64_t r = first + k;  // -1: past the last row
-    row[k] = r < a.B * a.L ? r / a.L * a.grad_stride_b + r % a.L * a.grad_stride_l : -1;
-  });
+  row_offsets(g, a, row, first, q, a.grad_stride_b, a.grad_stride_l);
   g.sync();
-  // Thread e of the group takes u = u0 + e + i n for i < kStageLoads, n a multiple of q: one row k,
-  // j a fixed step apart, all loads in flight before their stores (one at a time, a thread waited
-  // for each). q and slices are powers of two.
-  const int values = q * static_cast<int>(a.d) / slices, u0 = slice * values, n = values / kStageLoads;
-  const int lq = ilog2(q), jn = n >> lq;
-  g.for_each(n, [=, &a](int64_t e) {
-    const int u = u0 + static_cast<int>(e), k = u & (q - 1), j = u >> lq;
-    const int64_t at = row[k];
-    if (at < 0) return;
-    const In* src = a.grad + at + j * a.grad_stride_j;
-    const int64_t step = jn * a.grad_stride_j;
-    T v[kStageLoads];
-    CB_UNROLL
-    for (int i = 0; i < kStageLoads; ++i) v[i] = static_cast<T>(src[i * step]);
-    T* out = dst(k) + j;
-    CB_UNROLL
-    for (int i = 0; i < kStageLoads; ++i) out[i * jn] = v[i];
-  });
+  const int len = static_cast<int>(a.d) / slices;
+  stage_rows(g, a.grad, row, a.grad_stride_j, q, slice * len, len,
+             [=](int k, int j, In v, const In*) { dst(k)[j] = static_cast<T>(v); });
+}
+
+// The values of a cluster's q rows, flat rows `first` .. `first` + q - 1, a row each of its groups,
+// that the backward reads together, slice `slice` of `slices` of them: the output gradient's rows
+// (a.stage_grad) into grad(k), group first + k's first slot, and the input values of the two maps
+// (a.stage_x: channels at a stride, rows next to each other, as in an NCHW map), slice `slice` of
+// their channels, into the halves of x(k), group first + k's prefetch buffer, where its gather
+// reads them (gather_pair, Prefetched) as the forward's reads what cp.async copied there: a 16-bit
+// value at its place in the 4-byte word that holds it in memory. On the GPU a cluster's groups are
+// its blocks, grad(k) and x(k) block k's shared memory (fused_kernel.cuh); the host emulates them
+// (cpu/cbp_kernel.cpp HostLaunch).
+template <typename T, typename In, class G, class GradDst, class XDst>
+CB_HD void stage_cluster_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t first, int q, int slice,
+                              int slices, GradDst grad, XDst x) {
+  int64_t* const row = reinterpret_cast<int64_t*>(z);  // offsets: the gradient's rows, then each map's
+  if (a.stage_grad) row_offsets(g, a, row, first, q, a.grad_stride_b, a.grad_stride_l);
+  for (int m = 0; m < (a.stage_x ? 2 : 0); ++m) {
+    const int k = a.map_ids[m];
+    row_offsets(g, a, row + (1 + m) * q, first, q, a.stride_b[k], a.stride_l[k]);
+  }
+  g.sync();
+  if (a.stage_grad) {
+    const int len = static_cast<int>(a.d) / slices;
+    stage_rows(g, a.grad, row, a.grad_stride_j, q, slice * len, len,
+               [=](int k, int j, In v, const In*) { grad(k)[j] = static_cast<T>(v); });
+  }
+  for (int m = 0; m < (a.stage_x ? 2 : 0); ++m) {
+    const int k = a.map_ids[m];
+    const int64_t C = a.C[k], half = m * a.prefetch_half;
+    const int c0 = static_cast<int>(C * slice / slices), c1 = static_cast<int>(C * (slice + 1) / slices);
+    stage_rows(g, a.x[k], row + (1 + m) * q, a.stride_c[k], q, c0, c1 - c0, [=](int r, int c, In v, const In* from) {
+      PrefetchWord<In>* w = x(r) + half + c;
+      if constexpr (sizeof(In) >= 4) {
+        *w = v;
+      } else {  // where Sketch::value<true> looks for it
+        memcpy(reinterpret_cast<char*>(w) + (reinterpret_cast<uintptr_t>(from) & 2), &v, sizeof(In));
+      }
+    });
+  }
 }
 
 // Spectrum of the output gradient at (b, l) into slot G. The gradient row g is real, so it takes a
@@ -1481,7 +1535,7 @@ CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, c
     }
     // One call site: each call's transform is inlined, all its pass kinds.
     for (int i = 0; i < (a.out_map ? 1 + two : 0); ++i)
-      grad_spectrum(g, a, z, i ? G1 : G0, b, l + i, pair || a.grad_cluster, codes_of(z, true) + i);
+      grad_spectrum(g, a, z, i ? G1 : G0, b, l + i, pair || a.stage_grad, codes_of(z, true) + i);
     // The rows' gradients, G times the vectors' product V, share the inverse transform: balanced
     // by the codes of their G (one G for all rows where the output is pooled: no balance).
     const auto out = [=, &a] {
@@ -1518,12 +1572,16 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
   const int groups = (a.nmap + 1) / 2;
   const int last_first = 2 * (groups - 1);  // index (among maps) of the first map of the last pair
   for (int64_t l = l0; l < l1; ++l) {
-    if (a.out_map) grad_spectrum(g, a, z, Gs, b, l, a.grad_cluster != 0);
+    if (a.out_map) grad_spectrum(g, a, z, Gs, b, l, a.stage_grad);
     const int ka = a.map_ids[last_first], kb = last_first + 1 < a.nmap ? a.map_ids[last_first + 1] : -1;
     for (int gi = 0; gi < groups; ++gi) {
       const int ia = 2 * gi, ib = 2 * gi + 1 < a.nmap ? 2 * gi + 1 : -1;
       const GatherAt at{a.map_ids[ia], b, l, ib >= 0 ? a.map_ids[ib] : -1, b, l};
-      load_sketches<false>(g, a, z, at);
+      // Two maps (one pair) whose values the cluster staged: gathered from the prefetch buffer.
+      if (a.stage_x)
+        load_sketches<true>(g, a, z, at);
+      else
+        load_sketches<false>(g, a, z, at);
       fft_forward_sketches(g, z, a.d, a.log2d, a.tw);
       if (gi == groups - 1) break;
       const Balance<T> bal = gathered(z);

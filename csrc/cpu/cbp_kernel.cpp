@@ -273,8 +273,8 @@ Order host_order() {
 // Each group's shared memory is followed by a guard of two half spectra, and so are its slots where
 // the plan keeps them in global memory, checked after every group: a plan with fewer slots than
 // the kernel uses (which on the GPU would touch another block's memory or fault) is then an error
-// here rather than a corrupted heap. Where the backward's blocks stage their gradient rows in
-// clusters (a.grad_cluster, fused.h stage_grad_rows), a task takes whole clusters: each of their
+// here rather than a corrupted heap. Where the backward's blocks read their rows' values in
+// clusters (a.cluster, fused.h stage_cluster_rows), a task takes whole clusters: each of their
 // groups has shared memory of its own, all written by the cluster's staging before any group runs,
 // as the GPU's cluster barriers order it.
 struct HostLaunch {
@@ -284,7 +284,7 @@ struct HostLaunch {
     const auto order = host_order();
     const C mark(std::numeric_limits<T>::max(), -std::numeric_limits<T>::max());
     const int64_t n = smem / static_cast<int64_t>(sizeof(C)), guard = 2 * a.F;
-    const int64_t q = ph == fused::Phase::Backward && a.grad_cluster > 1 ? a.grad_cluster : 1;
+    const int64_t q = ph == fused::Phase::Backward && a.cluster > 1 ? a.cluster : 1;
     const auto intact = [&](const std::vector<C>& buf, int64_t used) {
       return std::all_of(buf.begin() + used, buf.end(), [&](C v) { return v == mark; });
     };
@@ -300,8 +300,10 @@ struct HostLaunch {
         for (int64_t c = c0; c < c1; ++c) {
           if (q > 1) {
             for (int r = 0; r < q; ++r) {
-              fused::stage_grad_rows(group, a, z_of(r), c * q, static_cast<int>(q), r, static_cast<int>(q),
-                                     [&](int k) { return reinterpret_cast<T*>(slots_of(k)); });
+              fused::stage_cluster_rows(
+                  group, a, z_of(r), c * q, static_cast<int>(q), r, static_cast<int>(q),
+                  [&](int k) { return reinterpret_cast<T*>(slots_of(k)); },
+                  [&](int k) { return fused::prefetch_buffer(a, z_of(k)); });
               group.sync();
             }
           }

@@ -65,16 +65,18 @@ struct BlockGroup {
   }
 };
 
-// The gradient rows of the cluster's blocks into their first slots (fused.h stage_grad_rows): block
-// r reads slice r of the cluster's rows and writes each value into the shared memory of the block
-// whose row it is. The first cluster barrier makes sure every block of the cluster has started (its
-// shared memory exists), the second that all rows are in place before any is read and that no
-// block writes into another's shared memory after it, so blocks may end whenever they are done. Compiled
-// for an earlier architecture (which plans no clusters, DeviceLimits), a block stages its own row.
+// The values of the cluster's rows that its blocks read together (fused.h stage_cluster_rows): block
+// r reads slice r of them and writes each value into the shared memory of the block whose row it
+// is, the gradient's into its first slot, the maps' into its prefetch buffer. The first cluster
+// barrier makes sure every block of the cluster has started (its shared memory exists), the second
+// that all rows are in place before any is read and that no block writes into another's shared
+// memory after it, so blocks may end whenever they are done. Compiled for an earlier architecture
+// (which plans no clusters, DeviceLimits), a block stages its own row.
 template <typename T, typename In, class G>
-__device__ __forceinline__ void stage_grad_rows_in_cluster(const G& g, const fused::Args<T, In>& a, int64_t i,
-                                                           fused::cplx<T>* z, fused::cplx<T>* slots) {
-  T* const mine = reinterpret_cast<T*>(slots);
+__device__ __forceinline__ void stage_cluster_rows(const G& g, const fused::Args<T, In>& a, int64_t i,
+                                                   fused::cplx<T>* z, fused::cplx<T>* slots) {
+  T* const grad = reinterpret_cast<T*>(slots);
+  fused::PrefetchWord<In>* const x = fused::prefetch_buffer(a, z);
 #if __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   const cg::cluster_group cluster = cg::this_cluster();
@@ -82,11 +84,12 @@ __device__ __forceinline__ void stage_grad_rows_in_cluster(const G& g, const fus
   // Every block has started; no memory to order yet, so the arrival is relaxed (cluster.sync()'s
   // release fence compiles to a GPU-wide MEMBAR, SASS sm_90).
   asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
-  fused::stage_grad_rows(g, a, z, i - r, a.grad_cluster, r, a.grad_cluster,
-                         [=](int k) { return cg::this_cluster().map_shared_rank(mine, k); });
+  fused::stage_cluster_rows(g, a, z, i - r, a.cluster, r, a.cluster,
+                            [=](int k) { return cg::this_cluster().map_shared_rank(grad, k); },
+                            [=](int k) { return cg::this_cluster().map_shared_rank(x, k); });
   cluster.sync();
 #else
-  fused::stage_grad_rows(g, a, z, i, 1, 0, 1, [=](int) { return mine; });
+  fused::stage_cluster_rows(g, a, z, i, 1, 0, 1, [=](int) { return grad; }, [=](int) { return x; });
   g.sync();
 #endif
 }
@@ -113,8 +116,8 @@ __global__ void __launch_bounds__(fused::kMaxGroupThreads, BlockGroup<MaxPassBit
     const int64_t i = blockIdx.x;
     fused::cplx<T>* slots = z + fused::z_size(a.d);
     if constexpr (Ph == fused::Phase::Backward) {
-      if (a.grad_cluster) {
-        stage_grad_rows_in_cluster(g, a, i, z, slots);
+      if (a.cluster) {
+        stage_cluster_rows(g, a, i, z, slots);
         if (i >= groups) return;  // the grid is whole clusters
       }
     }
@@ -192,14 +195,17 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
     constexpr int kBits = decltype(bits)::value;
     const int threads = fused::group_threads(a.d, kBits);
     // One block per thread group, or (in_turn) as many as run at once, by the occupancy API; the
-    // backward whose rows clusters read (a.grad_cluster) in clusters, the grid rounded up to whole
-    // ones, where they fit on this device, else with each block reading its own row.
+    // backward whose rows clusters read (a.cluster) in clusters, the grid rounded up to whole ones,
+    // where they fit on this device, else with each block reading its own row where it lies.
     const auto launch = [&](auto kernel, bool in_turn) {
-      const int want = in_turn ? 0 : a.grad_cluster;
+      const int want = in_turn ? 0 : a.cluster;
       const fused_detail::Occupancy occ = fused_detail::occupancy(kernel, threads, smem, want);
       fused::Args<T, In> args = a;
-      args.grad_cluster = want > 1 && occ.clusters_fit ? want : 0;
-      const int q = std::max(args.grad_cluster, 1);
+      if (!(want > 1 && occ.clusters_fit)) {
+        args.cluster = 0;
+        args.stage_grad = args.stage_x = false;
+      }
+      const int q = std::max(args.cluster, 1);
       const int64_t blocks = in_turn ? std::min(groups, occ.blocks) : (groups + q - 1) / q * q;
       // Slots in global memory: a.slots half spectra for each block, freed after the kernel, in
       // stream order, by the caching allocator.

@@ -180,9 +180,15 @@ def test_fused_default_radix_is_32_forward_and_8_backward(monkeypatch):
         assert torch.equal(g, g8) and not torch.equal(g, g32)
 
 
-# (channels per input, d, spatial shapes, sum_pool, batch) -> the plan's (grad_cluster, grad_pairs):
+def staging(plan):
+    """The plan's (cluster, stage_grad, stage_x, grad_pairs): who reads the backward's rows together."""
+    return plan["cluster"], plan["stage_grad"], plan["stage_x"], plan["grad_pairs"]
+
+
+# (channels per input, d, spatial shapes, sum_pool, batch) -> the plan's (cluster, grad_pairs):
 # unpooled backward calls whose NCHW output gradients are read a few rows together (fused.h
-# stage_grad_rows): by clusters of 8 blocks, a row each, or by a single map's row pairs.
+# stage_cluster_rows, stage_grad_rows): by clusters of 8 blocks, a row each, or by a single map's
+# row pairs.
 STAGE_GRAD_CASES = {
     "k2_maps": (((6, 5), 64, [(3, 3), (3, 3)], False), 3, (8, 0)),  # 27 rows: clusters span samples, the last has 3
     "k3_maps": (((4, 6, 3), 128, [(2, 3)] * 3, False), 2, (8, 0)),  # L = 6 < 8: a cluster's rows wrap samples
@@ -211,7 +217,8 @@ def test_fused_backward_reads_nchw_gradient_rows_together(name, dtype, device, m
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 9:
         cluster = 0
     plan = fused_plan(xs, hs, ss, d, sum_pool, backward=True)
-    assert (plan["grad_cluster"], plan["grad_pairs"]) == (cluster, pairs)
+    two_maps = len(case[2]) == 2 and all(case[2])  # whose NCHW maps the clusters read together too
+    assert staging(plan) == (cluster, cluster > 0, cluster > 0 and two_maps, pairs)
     out = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     nchw = g.to(device=device, dtype=dtype)
@@ -230,7 +237,7 @@ def test_fused_backward_reads_nchw_gradient_rows_together(name, dtype, device, m
         torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * want.abs().max().item())
     monkeypatch.setenv("COMPACT_BILINEAR_STAGE_GRAD", "0")
     plan = fused_plan(xs, hs, ss, d, sum_pool, backward=True)
-    assert (plan["grad_cluster"], plan["grad_pairs"]) == (0, 0)
+    assert (plan["stage_grad"], plan["grad_pairs"]) == (0, 0)
     one_by_one = grads(nchw)
     monkeypatch.delenv("COMPACT_BILINEAR_STAGE_GRAD")
     by_rows = grads(rows)
@@ -241,17 +248,72 @@ def test_fused_backward_reads_nchw_gradient_rows_together(name, dtype, device, m
 def test_gradient_rows_read_together_only_where_they_can(monkeypatch):
     """Pooled outputs (one gradient row a sample), maps in chunks of a row at d below 64 and pairs at d
     below 8 (8 loads in flight per thread, in 8 slices and in one) read their gradient row by row, and
-    the forward has no gradient; COMPACT_BILINEAR_STAGE_GRAD takes '0' or '1' only."""
+    the forward has no gradient (at d = 32 the clusters still read the two maps' rows, not at d = 8,
+    where their row offsets would not fit in Z); the environment switches take '0' or '1' only."""
     for case in (CASES["k2_maps_pooled"], CASES["k2_map_x_vector_pooled"], ((5, 7), 32, [(3, 3), (3, 3)], False),
-                 ((9,), 4, [(3, 3)], False)):
+                 ((5, 7), 8, [(3, 3), (3, 3)], False), ((9,), 4, [(3, 3)], False)):
         xs, hs, ss, d, sum_pool = make(case, "cpu", batch=8)
         for backward in (True, False):
             plan = fused_plan(xs, hs, ss, d, sum_pool, backward=backward)
-            assert (plan["grad_cluster"], plan["grad_pairs"]) == (0, 0), (case, backward)
+            maps_only = backward and d == 32
+            assert staging(plan) == (8 * maps_only, 0, maps_only, 0), (case, backward)
     xs, hs, ss, d, sum_pool = make(CASES["k2_maps"], "cpu")
-    monkeypatch.setenv("COMPACT_BILINEAR_STAGE_GRAD", "2")
-    with pytest.raises(ValueError, match="COMPACT_BILINEAR_STAGE_GRAD must be '0' or '1', got '2'"):
-        cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
+    for name in ("STAGE_GRAD", "STAGE_INPUTS"):
+        monkeypatch.setenv(f"COMPACT_BILINEAR_{name}", "2")
+        with pytest.raises(ValueError, match=f"COMPACT_BILINEAR_{name} must be '0' or '1', got '2'"):
+            cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
+        monkeypatch.delenv(f"COMPACT_BILINEAR_{name}")
+
+
+# (channels per input, d, spatial shapes, batch): unpooled backward calls of two NCHW maps, whose
+# clusters read their rows' input values together into each block's buffer (fused.h
+# stage_cluster_rows), a slice of each map's channels per block: 8 slices of C channels, so some
+# blocks read none where C < 8, and the slices differ in size where 8 does not divide C.
+STAGE_X_CASES = {
+    "k2_maps": (((6, 5), 64, [(3, 3), (3, 3)]), 3),  # 27 rows: clusters span samples, the last has 3
+    "k2_maps_wide": (((37, 70), 128, [(2, 5), (2, 5)]), 2),  # slices of 4-5 and 8-9 channels
+    "k2_maps_L3": (((12, 9), 32, [(1, 3), (1, 3)]), 5),  # L = 3: a cluster spans three samples; d < 64
+    "k2_video_3d": (((4, 5), 64, [(2, 3, 2), (2, 3, 2)]), 2),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", STAGE_X_CASES)
+def test_fused_backward_reads_nchw_map_rows_together(name, dtype, device, monkeypatch):
+    """Two NCHW maps (a row's channels L apart, the rows next to each other) are read by clusters of 8
+    blocks, each reading a slice of the channels of 8 rows into the buffers of the blocks whose rows
+    they are (a 16-bit value at its half of the word that holds it); the gather reads them there.
+    The input gradients are the reference's and bit-identical to those of the same inputs stored
+    channels-last (each block gathers its own row), to those with COMPACT_BILINEAR_STAGE_INPUTS=0,
+    and to those with a location-major output gradient (the clusters then read the maps alone)."""
+    case, batch = STAGE_X_CASES[name]
+    xs, hs, ss, d, _ = make((*case, False), device, dtype=dtype, batch=batch, requires_grad=True)
+    cluster = 8 if device.type == "cpu" or torch.cuda.get_device_capability(device)[0] >= 9 else 0
+    plan = fused_plan(xs, hs, ss, d, False, backward=True)
+    assert staging(plan) == (cluster, cluster > 0 and d >= 64, cluster > 0, 0)
+    out = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device, dtype)
+    rows = torch.empty_like(out).copy_(g)  # location-major, as the output
+
+    def grads(inputs, w):
+        y = cb.compact_bilinear_pooling(inputs, hs, ss, d, algorithm="fused")
+        return torch.autograd.grad(y, inputs, w)
+
+    staged = grads(xs, g)
+    x64 = [x.detach().double().requires_grad_() for x in xs]
+    truth = torch.autograd.grad(explicit_outer_product_sketch(x64, hs, ss, d), x64, g.double())
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}[dtype]
+    for got, want in zip(staged, truth):
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * want.abs().max().item())
+    last = [x.detach().movedim(1, -1).contiguous().movedim(-1, 1).requires_grad_() for x in xs]  # channels-last
+    assert not fused_plan(last, hs, ss, d, False, backward=True)["stage_x"]
+    others = [grads(last, g), grads(xs, rows)]
+    monkeypatch.setenv("COMPACT_BILINEAR_STAGE_INPUTS", "0")
+    assert not fused_plan(xs, hs, ss, d, False, backward=True)["stage_x"]
+    others.append(grads(xs, g))
+    for other in others:
+        for a, b in zip(staged, other):
+            assert torch.equal(a, b)
 
 
 def test_fft_radix_rejects_other_values(monkeypatch):
@@ -578,7 +640,7 @@ def test_fused_prefetch_where_blocks_take_several_chunks(name, device, monkeypat
 def test_fused_prefetch_only_where_it_costs_no_block_per_sm(monkeypatch):
     """The plan gives a forward with a map a prefetch buffer (two halves of the largest map's channel
     count, 4-byte words for 16-bit inputs), where the SM still holds as many blocks, and the
-    backward none; the host plans for an H100 (228 KiB of shared memory per SM, 1 KiB reserved per
+    backward one only for the values of two NCHW maps that its clusters read; the host plans for an H100 (228 KiB of shared memory per SM, 1 KiB reserved per
     block, 65536 registers). Figures for float32, d = 8192, 7x7 maps: Z and one slot take
     8 x (8192 + 512 + 2 + 4097) = 102424 bytes (Z's 2: the magnitude codes)."""
     def plan(channels=1024, d=8192, spatial=(7, 7), vector=False, sum_pool=False, dtype=torch.float32, **kw):
@@ -602,10 +664,20 @@ def test_fused_prefetch_only_where_it_costs_no_block_per_sm(monkeypatch):
     # One map (map x vector, no slot unpooled): its two rows' values, 8 KiB beside Z's 69648 bytes.
     assert plan(vector=True)["smem_bytes"] == 8 * (8192 + 512 + 2) + 8192
     assert plan(vector=True, sum_pool=True)["smem_bytes"] == base + 8192
-    # The backward: no buffer (on an H100 it took 2.5 % longer with one). The map x vector backward
-    # keeps three slots: G, the pair's second G, the vector's sum.
-    assert plan(backward=True)["prefetch_half"] == 0 and plan(backward=True)["smem_bytes"] == base
+    # The backward prefetches nothing (on an H100 it took 2.5 % longer with a buffer): it has one for
+    # the values of its two NCHW maps that its clusters read together (stage_x), and none for
+    # channels-last maps, at C = 2048, or with COMPACT_BILINEAR_STAGE_INPUTS=0. The map x vector
+    # backward keeps three slots: G, the pair's second G, the vector's sum.
+    backward = plan(backward=True)
+    assert (backward["prefetch_half"], backward["stage_x"], backward["smem_bytes"]) == (1024, 1, base + 8192)
+    assert plan(channels=2048, backward=True)["smem_bytes"] == base
+    xs, hs, ss, d, _ = make(((1024, 1024), 8192, [(7, 7)] * 2, False), "cpu", dtype=torch.float32, batch=1)
+    last = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    assert fused_plan(last, hs, ss, d, False, backward=True)["smem_bytes"] == base
     assert plan(vector=True, backward=True)["smem_bytes"] == 8 * (8192 + 512 + 2 + 3 * 4097)
+    monkeypatch.setenv("COMPACT_BILINEAR_STAGE_INPUTS", "0")
+    assert plan(backward=True)["smem_bytes"] == base
+    monkeypatch.delenv("COMPACT_BILINEAR_STAGE_INPUTS")
     monkeypatch.setenv("COMPACT_BILINEAR_PREFETCH", "0")
     assert plan()["prefetch_half"] == 0 and plan()["smem_bytes"] == base
     monkeypatch.setenv("COMPACT_BILINEAR_PREFETCH", "yes")
