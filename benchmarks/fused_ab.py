@@ -9,7 +9,8 @@ per chunk (the plan's, 6 at the canonical size, and others by COMPACT_BILINEAR_S
 with and without the prefetch of the next gather's input values (COMPACT_BILINEAR_PREFETCH=0),
 pooled forward+backward at the plan's rows per chunk and at 7 (a sample's 7 x 7 rows in 7 chunks),
 forward+backward with an NCHW-contiguous (its rows read by clusters of blocks, and one by one:
-COMPACT_BILINEAR_STAGE_GRAD=0) and a location-major upstream gradient, map x vector
+COMPACT_BILINEAR_STAGE_GRAD=0) and a location-major upstream gradient, each with the NCHW maps'
+rows read by the clusters and one by one (COMPACT_BILINEAR_STAGE_INPUTS=0), map x vector
 forward (unpooled and pooled, with and without the prefetch) and forward+backward with rows in
 pairs (the backward's chunks at the plan's 12 rows and at 7; an NCHW gradient's pairs read
 together, and one by one) and one at a time, and with a location-major gradient; at d = 16384, map
@@ -121,11 +122,20 @@ def main():
                      ("unpooled fwd+bwd", f"fused, {layout} grad, radix 8", radix8, fwd_bwd("fused", g), ref, sets),
                      ("unpooled fwd+bwd", f"fused, {layout} grad, radix 32", radix32, fwd_bwd("fused", g), ref,
                       sets)]
-    # The NCHW gradient's rows read by clusters of 8 blocks (the default on sm_90) against each block
-    # reading its own row at stride L (the location-major rows above are the floor).
-    ref = fwd_bwd("fft", grad)
-    variants += [("unpooled fwd+bwd", "fused, NCHW grad, rows one by one", one_by_one, fwd_bwd("fused", grad), ref,
-                  sets)]
+    # The NCHW gradient's rows and the NCHW maps' rows read by clusters of 8 blocks (the default on
+    # sm_90) against each block reading its own row at stride L: the gradient's one by one, the
+    # maps' (STAGE_INPUTS=0), both (then no clusters; the location-major rows above are the
+    # gradient's floor).
+    maps_one_by_one = {"COMPACT_BILINEAR_STAGE_INPUTS": "0"}
+    for layout, g in (("NCHW", grad), ("location-major", grad_rows)):
+        ref = fwd_bwd("fft", g)
+        if layout == "NCHW":
+            variants += [("unpooled fwd+bwd", "fused, NCHW grad, rows one by one", one_by_one, fwd_bwd("fused", g),
+                          ref, sets),
+                         ("unpooled fwd+bwd", "fused, NCHW grad, grad and map rows one by one",
+                          {**one_by_one, **maps_one_by_one}, fwd_bwd("fused", g), ref, sets)]
+        variants += [("unpooled fwd+bwd", f"fused, {layout} grad, map rows one by one", maps_one_by_one,
+                      fwd_bwd("fused", g), ref, sets)]
     # One map input (map x vector): rows in pairs share the forward's transforms and, in the
     # backward, the gradients' inverse; ROW_PAIRS=0 takes forward and backward a row at a time.
     mv_sets = [[s[0], torch.randn(B, C, device="cuda", requires_grad=True)] for s in sets]

@@ -172,13 +172,16 @@ if [ -n "$NCU" ]; then
     echo "##### default build" >>"$OUT/ncu.txt"
     ncu_sections .
     if [ "$(left)" -gt 40 ]; then
-        # The backward with an NCHW gradient, its rows read 8 at a time by clusters of blocks against
-        # one by one: kernel times side by side, the launch's cluster size (docs/benchmarks.md,
-        # "What the next GPU run has to answer", item 10).
-        for stage in 1 0; do
-            echo "##### default build, NCHW gradient, COMPACT_BILINEAR_STAGE_GRAD=$stage" >>"$OUT/ncu.txt"
-            COMPACT_BILINEAR_STAGE_GRAD=$stage timeout 60 "${profile[@]}" -c 2 --section SpeedOfLight \
-                --section LaunchStats $PY benchmarks/ncu_cases.py --nchw >>"$OUT/ncu.txt" 2>&1 \
+        # The backward with an NCHW gradient and NCHW maps, their rows read 8 at a time by clusters
+        # of blocks, the maps' one by one, and both one by one (no clusters): kernel times side by
+        # side, the launch's cluster size (docs/benchmarks.md, "What the next GPU run has to
+        # answer", items 10 and 11).
+        for stage in "1 1" "1 0" "0 0"; do
+            read -r sg si <<<"$stage"
+            echo "##### default build, NCHW gradient, COMPACT_BILINEAR_STAGE_GRAD=$sg COMPACT_BILINEAR_STAGE_INPUTS=$si" \
+                >>"$OUT/ncu.txt"
+            COMPACT_BILINEAR_STAGE_GRAD=$sg COMPACT_BILINEAR_STAGE_INPUTS=$si timeout 60 "${profile[@]}" -c 2 \
+                --section SpeedOfLight --section LaunchStats $PY benchmarks/ncu_cases.py --nchw >>"$OUT/ncu.txt" 2>&1 \
                 || echo "ncu (NCHW gradient) exited $?"
         done
     fi
