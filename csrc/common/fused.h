@@ -1407,14 +1407,19 @@ CB_HD void row_offsets(const G& g, const Args<T, In>& a, int64_t* row, int64_t f
 // in Z, which the group is not using; the plan stages rows only where d >= kStageLoads slices
 // (cbp.cpp fused_plan).
 template <typename T, typename In, class G, class Dst>
+CB_HD void stage_grad_values(const G& g, const Args<T, In>& a, const int64_t* row, int q, int slice, int slices,
+                             Dst dst) {
+  const int len = static_cast<int>(a.d) / slices;
+  stage_rows(g, a.grad, row, a.grad_stride_j, q, slice * len, len,
+             [=](int k, int j, In v, const In*) { dst(k)[j] = static_cast<T>(v); });
+}
+template <typename T, typename In, class G, class Dst>
 CB_HD void stage_grad_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t first, int q, int slice, int slices,
                            Dst dst) {
   int64_t* const row = reinterpret_cast<int64_t*>(z);
   row_offsets(g, a, row, first, q, a.grad_stride_b, a.grad_stride_l);
   g.sync();
-  const int len = static_cast<int>(a.d) / slices;
-  stage_rows(g, a.grad, row, a.grad_stride_j, q, slice * len, len,
-             [=](int k, int j, In v, const In*) { dst(k)[j] = static_cast<T>(v); });
+  stage_grad_values(g, a, row, q, slice, slices, dst);
 }
 
 // The values of a cluster's q rows, flat rows `first` .. `first` + q - 1, a row each of its groups,
@@ -1436,11 +1441,7 @@ CB_HD void stage_cluster_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int6
     row_offsets(g, a, row + (1 + m) * q, first, q, a.stride_b[k], a.stride_l[k]);
   }
   g.sync();
-  if (a.stage_grad) {
-    const int len = static_cast<int>(a.d) / slices;
-    stage_rows(g, a.grad, row, a.grad_stride_j, q, slice * len, len,
-               [=](int k, int j, In v, const In*) { grad(k)[j] = static_cast<T>(v); });
-  }
+  if (a.stage_grad) stage_grad_values(g, a, row, q, slice, slices, grad);
   for (int m = 0; m < (a.stage_x ? 2 : 0); ++m) {
     const int k = a.map_ids[m];
     const int64_t C = a.C[k], half = m * a.prefetch_half;
