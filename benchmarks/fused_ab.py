@@ -10,7 +10,8 @@ with and without the prefetch of the next gather's input values (COMPACT_BILINEA
 pooled forward+backward at the plan's rows per chunk and at 7 (a sample's 7 x 7 rows in 7 chunks),
 forward+backward with an NCHW-contiguous (its rows read by clusters of blocks, and one by one:
 COMPACT_BILINEAR_STAGE_GRAD=0) and a location-major upstream gradient, each with the NCHW maps'
-rows read by the clusters and one by one (COMPACT_BILINEAR_STAGE_INPUTS=0), map x vector
+rows read by the clusters and one by one (COMPACT_BILINEAR_STAGE_INPUTS=0) and the maps' gradients
+written by the clusters and one by one (COMPACT_BILINEAR_STAGE_INPUT_GRADS=0), map x vector
 forward (unpooled and pooled, with and without the prefetch) and forward+backward with rows in
 pairs (the backward's chunks at the plan's 12 rows and at 7; an NCHW gradient's pairs read
 together, and one by one) and one at a time, and with a location-major gradient; at d = 16384, map
@@ -123,18 +124,22 @@ def main():
                      ("unpooled fwd+bwd", f"fused, {layout} grad, radix 32", radix32, fwd_bwd("fused", g), ref,
                       sets)]
     # The NCHW gradient's rows and the NCHW maps' rows read by clusters of 8 blocks (the default on
-    # sm_90) against each block reading its own row at stride L: the gradient's one by one, the
-    # maps' (STAGE_INPUTS=0), both (then no clusters; the location-major rows above are the
-    # gradient's floor).
+    # sm_90), and the maps' gradients written by them, against each block reading or writing its
+    # own row at stride L: the gradient's one by one, the maps' (STAGE_INPUTS=0), the maps'
+    # gradients (STAGE_INPUT_GRADS=0), all three (then no clusters; the location-major rows above
+    # are the gradient's floor).
     maps_one_by_one = {"COMPACT_BILINEAR_STAGE_INPUTS": "0"}
+    writes_one_by_one = {"COMPACT_BILINEAR_STAGE_INPUT_GRADS": "0"}
     for layout, g in (("NCHW", grad), ("location-major", grad_rows)):
         ref = fwd_bwd("fft", g)
         if layout == "NCHW":
             variants += [("unpooled fwd+bwd", "fused, NCHW grad, rows one by one", one_by_one, fwd_bwd("fused", g),
                           ref, sets),
-                         ("unpooled fwd+bwd", "fused, NCHW grad, grad and map rows one by one",
-                          {**one_by_one, **maps_one_by_one}, fwd_bwd("fused", g), ref, sets)]
+                         ("unpooled fwd+bwd", "fused, NCHW grad, all rows one by one",
+                          {**one_by_one, **maps_one_by_one, **writes_one_by_one}, fwd_bwd("fused", g), ref, sets)]
         variants += [("unpooled fwd+bwd", f"fused, {layout} grad, map rows one by one", maps_one_by_one,
+                      fwd_bwd("fused", g), ref, sets),
+                     ("unpooled fwd+bwd", f"fused, {layout} grad, map grads row by row", writes_one_by_one,
                       fwd_bwd("fused", g), ref, sets)]
     # One map input (map x vector): rows in pairs share the forward's transforms and, in the
     # backward, the gradients' inverse; ROW_PAIRS=0 takes forward and backward a row at a time.

@@ -173,16 +173,17 @@ if [ -n "$NCU" ]; then
     ncu_sections .
     if [ "$(left)" -gt 40 ]; then
         # The backward with an NCHW gradient and NCHW maps, their rows read 8 at a time by clusters
-        # of blocks, the maps' one by one, and both one by one (no clusters): kernel times side by
-        # side, the launch's cluster size (docs/benchmarks.md, "What the next GPU run has to
-        # answer", items 10 and 11).
-        for stage in "1 1" "1 0" "0 0"; do
-            read -r sg si <<<"$stage"
+        # of blocks and the maps' gradients written so; the maps' rows one by one; the gradients'
+        # writes one by one; all one by one (no clusters): kernel times side by side, the launch's
+        # cluster size (docs/benchmarks.md, "What the next GPU run has to answer", items 10-12).
+        for stage in "1 1 1" "1 0 1" "1 1 0" "0 0 0"; do
+            [ "$(left)" -gt 30 ] || break
+            read -r sg si sdx <<<"$stage"
             echo "##### default build, NCHW gradient, COMPACT_BILINEAR_STAGE_GRAD=$sg COMPACT_BILINEAR_STAGE_INPUTS=$si" \
-                >>"$OUT/ncu.txt"
-            COMPACT_BILINEAR_STAGE_GRAD=$sg COMPACT_BILINEAR_STAGE_INPUTS=$si timeout 60 "${profile[@]}" -c 2 \
-                --section SpeedOfLight --section LaunchStats $PY benchmarks/ncu_cases.py --nchw >>"$OUT/ncu.txt" 2>&1 \
-                || echo "ncu (NCHW gradient) exited $?"
+                "COMPACT_BILINEAR_STAGE_INPUT_GRADS=$sdx" >>"$OUT/ncu.txt"
+            COMPACT_BILINEAR_STAGE_GRAD=$sg COMPACT_BILINEAR_STAGE_INPUTS=$si COMPACT_BILINEAR_STAGE_INPUT_GRADS=$sdx \
+                timeout 60 "${profile[@]}" -c 2 --section SpeedOfLight --section LaunchStats \
+                $PY benchmarks/ncu_cases.py --nchw >>"$OUT/ncu.txt" 2>&1 || echo "ncu (NCHW gradient) exited $?"
         done
     fi
     if [ -n "$AB" ] && [ "$(left)" -gt 45 ]; then

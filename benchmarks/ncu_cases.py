@@ -13,8 +13,9 @@ gradient's layout (benchmarks/fused_ab.py times NCHW against location-major).
 
 Two launches instead: the forward and the backward of an unpooled forward+backward whose gradient
 is NCHW (torch.randn(out.shape)), which the backward reads 8 rows at a time in clusters of blocks
-on sm_90, as it reads the NCHW maps' rows in every backward here (COMPACT_BILINEAR_STAGE_GRAD=0 and
-COMPACT_BILINEAR_STAGE_INPUTS=0: one by one; the launch statistics show the cluster size).
+on sm_90, as it reads the NCHW maps' rows in every backward here and writes the maps' gradients
+(COMPACT_BILINEAR_STAGE_GRAD=0, COMPACT_BILINEAR_STAGE_INPUTS=0 and COMPACT_BILINEAR_STAGE_INPUT_GRADS=0:
+one by one; the launch statistics show the cluster size).
 """
 import sys
 

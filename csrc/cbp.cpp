@@ -392,9 +392,10 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   const bool cluster_rows = backward && p.out_map && L > 1 && !plan.global_slots && plan.rows_per_chunk == 1 &&
                             dev.cluster_blocks > 1;
   // The staging's row offsets (the gradient's and each map's, 8 bytes a row) wait in Z: d >= 32.
-  bool nchw_maps = nmap == 2 && nvec == 0 && 3 * dev.cluster_blocks * 8 <= elem * fused::z_size(p.d);
+  const bool two_maps = cluster_rows && nmap == 2 && nvec == 0 && 3 * dev.cluster_blocks * 8 <= elem * fused::z_size(p.d);
+  bool nchw_maps = two_maps;
   for (int64_t k = 0; k < p.K; ++k) nchw_maps = nchw_maps && p.x[k].stride(2) == 1 && p.x[k].stride(1) != 1;
-  const bool buffer = backward ? cluster_rows && stage_x == "1" && nchw_maps : prefetch == "1" && nmap >= 1;
+  const bool buffer = backward ? stage_x == "1" && nchw_maps : prefetch == "1" && nmap >= 1;
   // The plan's blocks an SM holds at once, by shared memory, registers (a kernel's cap under its
   // launch bounds, fused.h min_blocks_per_sm, not its count), threads and blocks.
   const int64_t threads = fused::group_threads(p.d, plan.max_pass_bits),
@@ -456,7 +457,20 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   const bool staged = backward && stage == "1" && p.out_map && L > 1 && !plan.global_slots;
   plan.stage_grad =
       staged && plan.rows_per_chunk == 1 && dev.cluster_blocks > 1 && p.d >= dev.cluster_blocks * fused::kStageLoads;
-  plan.cluster = plan.stage_grad || plan.stage_x ? static_cast<int>(dev.cluster_blocks) : 0;
+  // The two maps' input gradients, (B, C, L) contiguous as the backward returns them, take the same
+  // sector a value where a block writes its row's (scatter_grad): 2048 a row at C = 1024 x 2. The
+  // same clusters write them together (fused.h write_cluster_rows): each block puts its row's values,
+  // by channel, into its gradient slot, free after the product, where C_a + C_b <= 2 F values of the
+  // accumulation type fit, and after a cluster barrier writes a slice of the channels of all 8 rows,
+  // their offsets in Z. COMPACT_BILINEAR_STAGE_INPUT_GRADS=0 turns it off (fused_ab.py).
+  const char* stage_dx_env = std::getenv("COMPACT_BILINEAR_STAGE_INPUT_GRADS");
+  const std::string stage_dx = stage_dx_env ? stage_dx_env : "1";
+  TORCH_CHECK_VALUE(stage_dx == "0" || stage_dx == "1", "COMPACT_BILINEAR_STAGE_INPUT_GRADS must be '0' or '1', got '",
+                    stage_dx, "'");
+  int64_t map_channels = 0;
+  for (int64_t k = 0; k < p.K; ++k) map_channels += p.is_map[k] ? p.x[k].size(1) : 0;
+  plan.stage_dx = two_maps && stage_dx == "1" && map_channels <= 2 * p.F;
+  plan.cluster = plan.stage_grad || plan.stage_x || plan.stage_dx ? static_cast<int>(dev.cluster_blocks) : 0;
   plan.grad_pairs = staged && plan.pair_rows && plan.rows_per_chunk > 1 && p.d >= fused::kStageLoads;
   return plan;
 }

@@ -96,9 +96,11 @@ struct FusedPlan {
   // Backward, rows whose locations lie next to each other (NCHW) read together (fused.h
   // stage_cluster_rows): by the blocks of a cluster of `cluster` (or 0), a row each, those of an
   // output gradient so laid out (stage_grad) and those of the two maps (stage_x, into the prefetch
-  // buffer); an output gradient's also by a single map's row pairs (grad_pairs).
+  // buffer); an output gradient's also by a single map's row pairs (grad_pairs). The two maps'
+  // gradients, NCHW as they are returned, written together by the same clusters (stage_dx, fused.h
+  // write_cluster_rows).
   int cluster = 0;
-  bool stage_grad = false, stage_x = false, grad_pairs = false;
+  bool stage_grad = false, stage_x = false, stage_dx = false, grad_pairs = false;
 };
 // What the fused kernel's plan needs to know of a GPU: shared memory a block may have (opt-in), an
 // SM's shared memory and what the runtime reserves of it per block, an SM's registers, blocks and

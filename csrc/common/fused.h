@@ -101,9 +101,11 @@ struct Args {
   const In* grad = nullptr;      // gradient of out, same layout
   int64_t grad_stride_b = 0, grad_stride_j = 0, grad_stride_l = 0;
   int cluster = 0;               // backward: blocks per cluster, a row each, that read their rows'
-                                 // values together (stage_cluster_rows), or 0
+                                 // values together (stage_cluster_rows), or write them, or 0
   bool stage_grad = false;       // ... the output gradient's, into each group's first slot
   bool stage_x = false;          // ... the two maps' input values, into each group's prefetch buffer
+  bool stage_dx = false;         // ... the two maps' gradients, from each group's first slot
+                                 // (write_cluster_rows)
   bool grad_pairs = false;       // backward, one map: a row pair's two rows staged together in G0 and G1
   In* grad_x[kMaxInputs] = {};   // (B, C_k, L_k) contiguous
 };
@@ -1334,35 +1336,47 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
 // sm_90: 26 instructions per channel, 47 while each channel chose its input and read a 64-bit
 // hash (sass_passes).
 // With Half, grad_cs is inverse_real's output: value j in part j % 2 of Z's element j / 2.
+// With a slot (the cluster's blocks writing their rows together, a.stage_dx), the values go to
+// slot[channel] instead, in T, and write_cluster_rows writes them.
 template <bool Half = false, typename T, typename In, class G>
 CB_HD void scatter_grad(const G& g, const Args<T, In>& a, const T* zr, int k, int part, int64_t b, int64_t l,
-                        T f = 1) {
+                        T f = 1, T* slot = nullptr) {
   const T scale = f * pow2<T>(-a.log2d);
   const int64_t Lk = a.is_map[k] ? a.L : 1;
   In* gx = a.grad_x[k] + b * a.C[k] * Lk + (a.is_map[k] ? l : 0);
   const GatherCode* code = a.gather[k];
   const T* sign = a.sorted_sign[k];
-  g.for_each(a.C[k], [=](int64_t q) {
-    const GatherCode c = code[q];
+  const auto value = [=](int64_t q, GatherCode c) {
     const int j = static_cast<int>(c.word & kBucketMask);
-    gx[c.channel * Lk] = static_cast<In>(sign[q] * zr[Half ? 2 * zi(j >> 1) + (j & 1) : 2 * zi(j) + part] * scale);
-  });
+    return sign[q] * zr[Half ? 2 * zi(j >> 1) + (j & 1) : 2 * zi(j) + part] * scale;
+  };
+  if (slot) {
+    g.for_each(a.C[k], [=](int64_t q) {
+      const GatherCode c = code[q];
+      slot[c.channel] = value(q, c);
+    });
+  } else {
+    g.for_each(a.C[k], [=](int64_t q) {
+      const GatherCode c = code[q];
+      gx[c.channel * Lk] = static_cast<In>(value(q, c));
+    });
+  }
 }
 
 // The gradients of input ka at (b, l) from Re of Z and, if kb >= 0, of input kb at (bb, lb) from
 // Im (load_sketches' counterpart: two inputs of one row, or one map input of two rows), times the
-// factors re and im of their Balance.
+// factors re and im of their Balance. With a slot, ka's C values go there by channel, then kb's.
 template <typename T, typename In, class G>
 CB_HD void scatter_grads(const G& g, const Args<T, In>& a, const cplx<T>* z, int ka, int64_t b, int64_t l, int kb,
-                         int64_t bb, int64_t lb, Balance<T> bal) {
+                         int64_t bb, int64_t lb, Balance<T> bal, T* slot = nullptr) {
   const T* zr = reinterpret_cast<const T*>(z);
-  scatter_grad(g, a, zr, ka, 0, b, l, bal.re);
-  if (kb >= 0) scatter_grad(g, a, zr, kb, 1, bb, lb, bal.im);
+  scatter_grad(g, a, zr, ka, 0, b, l, bal.re, slot);
+  if (kb >= 0) scatter_grad(g, a, zr, kb, 1, bb, lb, bal.im, slot ? slot + a.C[ka] : nullptr);
   g.sync();
 }
 
-// Values j0 .. j0 + len - 1 of q rows (q a power of two), row k's value j at src + row[k] + j step
-// (row[k] < 0: past the last row, none), each handed to put(k, j, value, its address). Thread e of
+// Values j0 .. j0 + len - 1 of q rows (q a power of two), row k's value j at src(k, row[k]) + j step
+// (row[k] < 0: past the last row, none), each handed to put(k, row[k], j, value, its address). Thread e of
 // the group takes row k = e mod q and kStageLoads of its values a fixed step apart, all loads in
 // flight before their stores (one at a time, a thread waited for each): where the rows lie next to
 // each other, a warp's 32 loads then cover the q rows at 32 / q consecutive j, the q values of each
@@ -1372,31 +1386,34 @@ CB_HD void scatter_grads(const G& g, const Args<T, In>& a, const cplx<T>* z, int
 // backward spilled 52 bytes, 38 local accesses, some in its product and scatter loops; with
 // them, none.
 constexpr int kStageLoads = 8;
-template <class G, typename In, class Put>
-CB_HD void stage_rows(const G& g, const In* src, const int64_t* row, int64_t step, int q, int j0, int len, Put put) {
+template <class G, class Src, class Put>
+CB_HD void stage_rows(const G& g, const int64_t* row, int q, int j0, int len, Src src, int64_t step, Put put) {
+  using V = std::remove_cv_t<std::remove_reference_t<decltype(*src(0, int64_t{0}))>>;
   const int lq = ilog2(q), jn = (len + kStageLoads - 1) / kStageLoads;
   g.for_each(static_cast<int64_t>(jn) << lq, [=](int64_t e) {
     const int k = static_cast<int>(e) & (q - 1), j = static_cast<int>(e) >> lq;
     const int64_t at = row[k];
     if (at < 0) return;
-    const In* p = src + at + (j0 + j) * step;
-    In v[kStageLoads] = {};
+    const V* p = src(k, at) + (j0 + j) * step;
+    V v[kStageLoads] = {};
     CB_UNROLL
     for (int i = 0; i < kStageLoads; ++i)
       if (j + i * jn < len) v[i] = p[i * jn * step];
     CB_UNROLL
     for (int i = 0; i < kStageLoads; ++i)
-      if (j + i * jn < len) put(k, j0 + j + i * jn, v[i], p + i * jn * step);
+      if (j + i * jn < len) put(k, at, j0 + j + i * jn, v[i], p + i * jn * step);
   });
 }
 
 // row[k] = the offset of flat row first + k (sample * L + location) in a tensor of sample stride sb
-// and location stride sl, for k < q; -1 past the last row.
+// and location stride sl, for k < q; -1 past the last row. Rows in 32 bits (the plan keeps B * L
+// below 2^31): a 64-bit division is a call on the GPU, and with a second one in the kernel (the
+// gradients' writes, write_cluster_rows) the radix-8 backward spilled 84 bytes (ptxas, sm_90).
 template <typename T, typename In, class G>
-CB_HD void row_offsets(const G& g, const Args<T, In>& a, int64_t* row, int64_t first, int q, int64_t sb, int64_t sl) {
+CB_HD void row_offsets(const G& g, const Args<T, In>& a, int64_t* row, int first, int q, int64_t sb, int64_t sl) {
   g.for_each(q, [=, &a](int64_t k) {
-    const int64_t r = first + k;
-    row[k] = r < a.B * a.L ? r / a.L * sb + r % a.L * sl : -1;
+    const int r = first + static_cast<int>(k), L = static_cast<int>(a.L);
+    row[k] = r < static_cast<int>(a.B * a.L) ? r / L * sb + r % L * sl : -1;
   });
 }
 
@@ -1410,11 +1427,12 @@ template <typename T, typename In, class G, class Dst>
 CB_HD void stage_grad_values(const G& g, const Args<T, In>& a, const int64_t* row, int q, int slice, int slices,
                              Dst dst) {
   const int len = static_cast<int>(a.d) / slices;
-  stage_rows(g, a.grad, row, a.grad_stride_j, q, slice * len, len,
-             [=](int k, int j, In v, const In*) { dst(k)[j] = static_cast<T>(v); });
+  const In* const src = a.grad;
+  stage_rows(g, row, q, slice * len, len, [=](int, int64_t at) { return src + at; }, a.grad_stride_j,
+             [=](int k, int64_t, int j, In v, const In*) { dst(k)[j] = static_cast<T>(v); });
 }
 template <typename T, typename In, class G, class Dst>
-CB_HD void stage_grad_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t first, int q, int slice, int slices,
+CB_HD void stage_grad_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int first, int q, int slice, int slices,
                            Dst dst) {
   int64_t* const row = reinterpret_cast<int64_t*>(z);
   row_offsets(g, a, row, first, q, a.grad_stride_b, a.grad_stride_l);
@@ -1432,7 +1450,7 @@ CB_HD void stage_grad_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t
 // its blocks, grad(k) and x(k) block k's shared memory (fused_kernel.cuh); the host emulates them
 // (cpu/cbp_kernel.cpp HostLaunch).
 template <typename T, typename In, class G, class GradDst, class XDst>
-CB_HD void stage_cluster_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t first, int q, int slice,
+CB_HD void stage_cluster_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int first, int q, int slice,
                               int slices, GradDst grad, XDst x) {
   int64_t* const row = reinterpret_cast<int64_t*>(z);  // offsets: the gradient's rows, then each map's
   if (a.stage_grad) row_offsets(g, a, row, first, q, a.grad_stride_b, a.grad_stride_l);
@@ -1446,7 +1464,9 @@ CB_HD void stage_cluster_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int6
     const int k = a.map_ids[m];
     const int64_t C = a.C[k], half = m * a.prefetch_half;
     const int c0 = static_cast<int>(C * slice / slices), c1 = static_cast<int>(C * (slice + 1) / slices);
-    stage_rows(g, a.x[k], row + (1 + m) * q, a.stride_c[k], q, c0, c1 - c0, [=](int r, int c, In v, const In* from) {
+    const In* const src = a.x[k];
+    stage_rows(g, row + (1 + m) * q, q, c0, c1 - c0, [=](int, int64_t at) { return src + at; }, a.stride_c[k],
+               [=](int r, int64_t, int c, In v, const In* from) {
       PrefetchWord<In>* w = x(r) + half + c;
       if constexpr (sizeof(In) >= 4) {
         *w = v;
@@ -1454,6 +1474,33 @@ CB_HD void stage_cluster_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int6
         memcpy(reinterpret_cast<char*>(w) + (reinterpret_cast<uintptr_t>(from) & 2), &v, sizeof(In));
       }
     });
+  }
+}
+
+// The two maps' input gradients of a cluster's q rows, flat rows `first` .. `first` + q - 1, a row
+// each of its groups, whose values group first + k left in src(k), its gradient slot, by channel
+// (scatter_grads with a slot: map 0's C_0 values, then map 1's): slice `slice` of `slices` of each
+// map's channels, for all q rows. The gradients are (B, C, L) contiguous, so a warp's stores cover
+// 8 rows at 4 channels, the 8 values of a channel next to each other, in one or two 32-byte
+// sectors where a group writing its own row took a sector per value. The rows' offsets wait in Z,
+// which the group is done with. On the GPU src(k) is block k's shared memory, read between two
+// cluster barriers (fused_kernel.cuh); the host emulates it (cpu/cbp_kernel.cpp HostLaunch).
+template <typename T, typename In, class G, class Src>
+CB_HD void write_cluster_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int first, int q, int slice,
+                              int slices, Src src) {
+  int64_t* const row = reinterpret_cast<int64_t*>(z);  // each map's gradient's offsets
+  for (int m = 0; m < 2; ++m) {
+    const int k = a.map_ids[m];
+    row_offsets(g, a, row + m * q, first, q, a.C[k] * a.L, 1);
+  }
+  g.sync();
+  for (int m = 0; m < 2; ++m) {
+    const int k = a.map_ids[m];
+    const int64_t C = a.C[k], L = a.L, off = m ? a.C[a.map_ids[0]] : 0;
+    const int c0 = static_cast<int>(C * slice / slices), c1 = static_cast<int>(C * (slice + 1) / slices);
+    In* const gx = a.grad_x[k];
+    stage_rows(g, row + m * q, q, c0, c1 - c0, [=](int r, int64_t) -> const T* { return src(r) + off; }, 1,
+               [=](int, int64_t at, int c, T v, const T*) { gx[at + c * L] = static_cast<In>(v); });
   }
 }
 
@@ -1653,7 +1700,9 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
     }
     g.sync();
     fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
-    scatter_grads(g, a, z, ka, b, l, kb, b, l, out());
+    // Where the cluster writes its rows' gradients together (two maps, a row a chunk), into slot G,
+    // which the product was the last to read.
+    scatter_grads(g, a, z, ka, b, l, kb, b, l, out(), a.stage_dx ? reinterpret_cast<T*>(Gs) : nullptr);
     // The other pairs' gradients, balanced by their own codes, measured here (at K >= 4 maps only:
     // the codes of the pairs' sketches would have to be kept in registers indexed at run time).
     int* codes = codes_of(z);

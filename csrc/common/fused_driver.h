@@ -120,12 +120,14 @@ std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, c
   a.grad_stride_l = g3.stride(2);
   // Gradient rows read together where the plan allows it and a row's neighbour lies next to it
   // (NCHW): a location-major row is read whole by its own block, an expanded one (stride 0) from
-  // one place. Clusters where they read the gradient's rows or the maps' (the plan checked those).
+  // one place. Clusters where they read the gradient's rows or the maps', or write the maps'
+  // gradients (the plan checked those).
   const bool nchw = g3.stride(2) == 1 && g3.stride(1) != 1;
   a.stage_grad = nchw && plan.stage_grad;
   a.grad_pairs = nchw && plan.grad_pairs;
   a.stage_x = plan.stage_x;
-  a.cluster = a.stage_grad || a.stage_x ? plan.cluster : 0;
+  a.stage_dx = plan.stage_dx;
+  a.cluster = a.stage_grad || a.stage_x || a.stage_dx ? plan.cluster : 0;
   for (int k = 0; k < a.K; ++k) a.grad_x[k] = grads[k].data_ptr<In>();
   const at::Tensor vspec = launch_vector_spectra(p, a, launch);
   const auto sums = chunk_sums(p, a, a.nvec);  // the vectors' gradient spectra, summed
@@ -177,7 +179,7 @@ inline std::string describe_choice(const Problem& p, const std::string& algorith
     << " pair_rows=" << plan->pair_rows << " slots=" << plan->slots << " global_slots=" << plan->global_slots
     << " prefetch_half=" << plan->prefetch_half << " smem_bytes=" << plan->smem_bytes
     << " max_pass_bits=" << plan->max_pass_bits << " cluster=" << plan->cluster << " stage_grad=" << plan->stage_grad
-    << " stage_x=" << plan->stage_x << " grad_pairs=" << plan->grad_pairs;
+    << " stage_x=" << plan->stage_x << " stage_dx=" << plan->stage_dx << " grad_pairs=" << plan->grad_pairs;
   return s.str();
 }
 

@@ -276,7 +276,8 @@ Order host_order() {
 // here rather than a corrupted heap. Where the backward's blocks read their rows' values in
 // clusters (a.cluster, fused.h stage_cluster_rows), a task takes whole clusters: each of their
 // groups has shared memory of its own, all written by the cluster's staging before any group runs,
-// as the GPU's cluster barriers order it.
+// and, where they write their rows' gradients together (a.stage_dx, write_cluster_rows), all
+// groups run before any writes, as the GPU's cluster barriers order it.
 struct HostLaunch {
   template <typename T, typename In>
   void operator()(fused::Phase ph, int64_t groups, int64_t ny, int64_t smem, const fused::Args<T, In>& a) const {
@@ -317,6 +318,13 @@ struct HostLaunch {
                         " bytes of shared memory its plan gives a thread group");
             TORCH_CHECK(!a.global_slots || intact(global, a.slots * a.F), "compact_bilinear: the fused kernel ",
                         "wrote past the ", a.slots, " half spectra its plan gives a thread group in global memory");
+          }
+          if (q > 1 && a.stage_dx) {
+            for (int r = 0; r < q; ++r) {
+              fused::write_cluster_rows(group, a, z_of(r), c * q, static_cast<int>(q), r, static_cast<int>(q),
+                                        [&](int k) { return reinterpret_cast<const T*>(slots_of(k)); });
+              group.sync();
+            }
           }
         }
       });

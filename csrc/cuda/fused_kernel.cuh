@@ -94,6 +94,28 @@ __device__ __forceinline__ void stage_cluster_rows(const G& g, const fused::Args
 #endif
 }
 
+// The two maps' gradients of the cluster's rows (fused.h write_cluster_rows), each block's in its
+// gradient slot: block r writes slice r of their channels for all the cluster's rows. The first
+// cluster barrier makes every block's values visible to the others (a release and an acquire at
+// cluster scope), the second keeps each block's shared memory until the others have read it
+// (their loads have returned: the stores used them; relaxed). Before sm_90 a block writes its own.
+template <typename T, typename In, class G>
+__device__ __forceinline__ void write_cluster_rows(const G& g, const fused::Args<T, In>& a, int64_t i,
+                                                   fused::cplx<T>* z, fused::cplx<T>* slots) {
+  T* const grad = reinterpret_cast<T*>(slots);
+#if __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int r = static_cast<int>(cluster.block_rank());
+  cluster.sync();
+  fused::write_cluster_rows(g, a, z, i - r, a.cluster, r, a.cluster,
+                            [=](int k) { return cg::this_cluster().map_shared_rank(grad, k); });
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+#else
+  fused::write_cluster_rows(g, a, z, i, 1, 0, 1, [=](int) { return grad; });
+#endif
+}
+
 // One block per thread group, its slots in shared memory after Z; or as many blocks as run at
 // once, taking the groups in turn: where the plan keeps the slots in global memory (GlobalSlots),
 // each with its own in `workspace`, and in the prefetching forward, whose blocks then prefetch
@@ -116,12 +138,17 @@ __global__ void __launch_bounds__(fused::kMaxGroupThreads, BlockGroup<MaxPassBit
     const int64_t i = blockIdx.x;
     fused::cplx<T>* slots = z + fused::z_size(a.d);
     if constexpr (Ph == fused::Phase::Backward) {
-      if (a.cluster) {
-        stage_cluster_rows(g, a, i, z, slots);
-        if (i >= groups) return;  // the grid is whole clusters
+      if (a.stage_grad || a.stage_x) stage_cluster_rows(g, a, i, z, slots);
+    }
+    // Where the backward has clusters the grid is whole ones: a block past the last group runs none
+    // but meets its cluster's barriers. One call site: the phase is inlined once.
+    if (i < groups) fused::run_phase(g, a, Ph, z, slots, i / ny, i % ny);
+    if constexpr (Ph == fused::Phase::Backward) {
+      if (a.stage_dx) {
+        g.sync();  // the row's gradients are in its slot, Z free
+        write_cluster_rows(g, a, i, z, slots);
       }
     }
-    fused::run_phase(g, a, Ph, z, slots, i / ny, i % ny);
   }
 }
 
@@ -203,7 +230,7 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
       fused::Args<T, In> args = a;
       if (!(want > 1 && occ.clusters_fit)) {
         args.cluster = 0;
-        args.stage_grad = args.stage_x = false;
+        args.stage_grad = args.stage_x = args.stage_dx = false;
       }
       const int q = std::max(args.cluster, 1);
       const int64_t blocks = in_turn ? std::min(groups, occ.blocks) : (groups + q - 1) / q * q;

@@ -181,8 +181,9 @@ def test_fused_default_radix_is_32_forward_and_8_backward(monkeypatch):
 
 
 def staging(plan):
-    """The plan's (cluster, stage_grad, stage_x, grad_pairs): who reads the backward's rows together."""
-    return plan["cluster"], plan["stage_grad"], plan["stage_x"], plan["grad_pairs"]
+    """The plan's (cluster, stage_grad, stage_x, stage_dx, grad_pairs): who reads the backward's rows
+    together, and whether its clusters write the two maps' gradients together."""
+    return plan["cluster"], plan["stage_grad"], plan["stage_x"], plan["stage_dx"], plan["grad_pairs"]
 
 
 # (channels per input, d, spatial shapes, sum_pool, batch) -> the plan's (cluster, grad_pairs):
@@ -218,7 +219,7 @@ def test_fused_backward_reads_nchw_gradient_rows_together(name, dtype, device, m
         cluster = 0
     plan = fused_plan(xs, hs, ss, d, sum_pool, backward=True)
     two_maps = len(case[2]) == 2 and all(case[2])  # whose NCHW maps the clusters read together too
-    assert staging(plan) == (cluster, cluster > 0, cluster > 0 and two_maps, pairs)
+    assert staging(plan) == (cluster, cluster > 0, cluster > 0 and two_maps, cluster > 0 and two_maps, pairs)
     out = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     nchw = g.to(device=device, dtype=dtype)
@@ -256,9 +257,9 @@ def test_gradient_rows_read_together_only_where_they_can(monkeypatch):
         for backward in (True, False):
             plan = fused_plan(xs, hs, ss, d, sum_pool, backward=backward)
             maps_only = backward and d == 32
-            assert staging(plan) == (8 * maps_only, 0, maps_only, 0), (case, backward)
+            assert staging(plan) == (8 * maps_only, 0, maps_only, maps_only, 0), (case, backward)
     xs, hs, ss, d, sum_pool = make(CASES["k2_maps"], "cpu")
-    for name in ("STAGE_GRAD", "STAGE_INPUTS"):
+    for name in ("STAGE_GRAD", "STAGE_INPUTS", "STAGE_INPUT_GRADS"):
         monkeypatch.setenv(f"COMPACT_BILINEAR_{name}", "2")
         with pytest.raises(ValueError, match=f"COMPACT_BILINEAR_{name} must be '0' or '1', got '2'"):
             cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
@@ -290,7 +291,7 @@ def test_fused_backward_reads_nchw_map_rows_together(name, dtype, device, monkey
     xs, hs, ss, d, _ = make((*case, False), device, dtype=dtype, batch=batch, requires_grad=True)
     cluster = 8 if device.type == "cpu" or torch.cuda.get_device_capability(device)[0] >= 9 else 0
     plan = fused_plan(xs, hs, ss, d, False, backward=True)
-    assert staging(plan) == (cluster, cluster > 0 and d >= 64, cluster > 0, 0)
+    assert staging(plan) == (cluster, cluster > 0 and d >= 64, cluster > 0, cluster > 0, 0)
     out = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device, dtype)
     rows = torch.empty_like(out).copy_(g)  # location-major, as the output
@@ -314,6 +315,64 @@ def test_fused_backward_reads_nchw_map_rows_together(name, dtype, device, monkey
     for other in others:
         for a, b in zip(staged, other):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", STAGE_X_CASES)
+def test_fused_backward_writes_map_gradients_together(name, dtype, device, monkeypatch):
+    """The two maps' input gradients, (B, C, L) contiguous as the backward returns them (a row's
+    channels L apart), are written by clusters of 8 blocks together: each block leaves its row's
+    values in its gradient slot, and after a cluster barrier writes a slice of the channels of all
+    8 rows. They are the reference's and bit-identical to those each block writes itself
+    (COMPACT_BILINEAR_STAGE_INPUT_GRADS=0), with NCHW maps and gradient (the clusters read them
+    too) and with channels-last maps and a location-major gradient (the clusters only write)."""
+    case, batch = STAGE_X_CASES[name]
+    xs, hs, ss, d, _ = make((*case, False), device, dtype=dtype, batch=batch, requires_grad=True)
+    cluster = 8 if device.type == "cpu" or torch.cuda.get_device_capability(device)[0] >= 9 else 0
+    out = cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device, dtype)
+    last = [x.detach().movedim(1, -1).contiguous().movedim(-1, 1).requires_grad_() for x in xs]
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}[dtype]
+    x64 = [x.detach().double().requires_grad_() for x in xs]
+    truth = torch.autograd.grad(explicit_outer_product_sketch(x64, hs, ss, d), x64, g.double())
+    for inputs, w in ((xs, g), (last, torch.empty_like(out).copy_(g))):
+        def grads():
+            y = cb.compact_bilinear_pooling(inputs, hs, ss, d, algorithm="fused")
+            return torch.autograd.grad(y, inputs, w)
+
+        plan = fused_plan(inputs, hs, ss, d, False, backward=True)
+        assert (plan["cluster"], plan["stage_dx"]) == (cluster, cluster > 0)
+        together = grads()
+        for got, want in zip(together, truth):
+            assert got.is_contiguous()
+            torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * want.abs().max().item())
+        monkeypatch.setenv("COMPACT_BILINEAR_STAGE_INPUT_GRADS", "0")
+        assert not fused_plan(inputs, hs, ss, d, False, backward=True)["stage_dx"]
+        for a, b in zip(together, grads()):
+            assert torch.equal(a, b)
+        monkeypatch.delenv("COMPACT_BILINEAR_STAGE_INPUT_GRADS")
+
+
+def test_map_gradients_written_together_only_where_they_fit(monkeypatch):
+    """The clusters write the two maps' gradients together only where each block's gradient slot, 2F
+    values of the accumulation type, holds both maps' channels (C_0 + C_1 <= d + 2), and only for
+    two maps without vectors, unpooled, a row a chunk. A full slot gives the gradients each block
+    writes itself."""
+    for case, dx in ((((17, 18), 32, [(2, 3), (2, 3)], False), 0), (((17, 17), 32, [(2, 3), (2, 3)], False), 1),
+                     (((4, 6, 3), 64, [(2, 3)] * 3, False), 0), (((6, 5), 64, [(3, 3), ()], False), 0),
+                     (((6, 5), 64, [(3, 3), (3, 3)], True), 0)):
+        xs, hs, ss, d, sum_pool = make(case, "cpu", dtype=torch.float32, batch=2, requires_grad=True)
+        assert fused_plan(xs, hs, ss, d, sum_pool, backward=True)["stage_dx"] == dx, case
+    xs, hs, ss, d, _ = make(((17, 17), 32, [(2, 3), (2, 3)], False), "cpu", batch=2, requires_grad=True)
+    w = torch.randn(2, d, 2, 3, generator=torch.Generator().manual_seed(3))
+
+    def grads():
+        return torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused"), xs, w)
+
+    together = grads()
+    monkeypatch.setenv("COMPACT_BILINEAR_STAGE_INPUT_GRADS", "0")
+    for a, b in zip(together, grads()):
+        assert torch.equal(a, b)
 
 
 def test_fft_radix_rejects_other_values(monkeypatch):
@@ -674,6 +733,8 @@ def test_fused_prefetch_only_where_it_costs_no_block_per_sm(monkeypatch):
     xs, hs, ss, d, _ = make(((1024, 1024), 8192, [(7, 7)] * 2, False), "cpu", dtype=torch.float32, batch=1)
     last = [x.contiguous(memory_format=torch.channels_last) for x in xs]
     assert fused_plan(last, hs, ss, d, False, backward=True)["smem_bytes"] == base
+    # Its clusters write the maps' gradients together in every layout, from slot G: no memory of their own.
+    assert fused_plan(last, hs, ss, d, False, backward=True)["stage_dx"] == plan(channels=2048, backward=True)["stage_dx"] == 1
     assert plan(vector=True, backward=True)["smem_bytes"] == 8 * (8192 + 512 + 2 + 3 * 4097)
     monkeypatch.setenv("COMPACT_BILINEAR_STAGE_INPUTS", "0")
     assert plan(backward=True)["smem_bytes"] == base
