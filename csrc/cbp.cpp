@@ -392,7 +392,8 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   const bool cluster_rows = backward && p.out_map && L > 1 && !plan.global_slots && plan.rows_per_chunk == 1 &&
                             dev.cluster_blocks > 1;
   // The staging's row offsets (the gradient's and each map's, 8 bytes a row) wait in Z: d >= 32.
-  const bool two_maps = cluster_rows && nmap == 2 && nvec == 0 && 3 * dev.cluster_blocks * 8 <= elem * fused::z_size(p.d);
+  const bool two_maps =
+      cluster_rows && nmap == 2 && nvec == 0 && 3 * dev.cluster_blocks * 8 <= elem * fused::z_size(p.d);
   bool nchw_maps = two_maps;
   for (int64_t k = 0; k < p.K; ++k) nchw_maps = nchw_maps && p.x[k].stride(2) == 1 && p.x[k].stride(1) != 1;
   const bool buffer = backward ? stage_x == "1" && nchw_maps : prefetch == "1" && nmap >= 1;
