@@ -305,6 +305,14 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
   return grads;
 }
 
+// An on/off switch of the fused plan for A/B timing (fused_ab.py): on unless `name` is "0".
+static bool env_switch(const char* name) {
+  const char* env = std::getenv(name);
+  const std::string value = env ? env : "1";
+  TORCH_CHECK_VALUE(value == "0" || value == "1", name, " must be '0' or '1', got '", value, "'");
+  return value == "1";
+}
+
 // The fused kernel's plan: rows per chunk, slots and shared memory, the FFT's largest radix.
 static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits& dev) {
   const int64_t smem_limit = dev.smem_per_block;
@@ -379,14 +387,7 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   // that the clusters below read for their rows together before anything else (stage_x; its
   // chunks are a row each: unpooled, two maps, no vectors). COMPACT_BILINEAR_STAGE_INPUTS=0 turns
   // that off (fused_ab.py).
-  const char* prefetch_env = std::getenv("COMPACT_BILINEAR_PREFETCH");
-  const std::string prefetch = prefetch_env ? prefetch_env : "1";
-  TORCH_CHECK_VALUE(prefetch == "0" || prefetch == "1", "COMPACT_BILINEAR_PREFETCH must be '0' or '1', got '", prefetch,
-                    "'");
-  const char* stage_x_env = std::getenv("COMPACT_BILINEAR_STAGE_INPUTS");
-  const std::string stage_x = stage_x_env ? stage_x_env : "1";
-  TORCH_CHECK_VALUE(stage_x == "0" || stage_x == "1", "COMPACT_BILINEAR_STAGE_INPUTS must be '0' or '1', got '",
-                    stage_x, "'");
+  const bool prefetch = env_switch("COMPACT_BILINEAR_PREFETCH"), stage_x = env_switch("COMPACT_BILINEAR_STAGE_INPUTS");
   // Backward chunks of a row each that clusters may take (sm_90), 8 consecutive rows (without
   // vectors: the chunks that sum over locations are sized below).
   const bool cluster_rows = backward && p.out_map && L > 1 && !plan.global_slots && plan.rows_per_chunk == 1 &&
@@ -396,7 +397,7 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
       cluster_rows && nmap == 2 && nvec == 0 && 3 * dev.cluster_blocks * 8 <= elem * fused::z_size(p.d);
   bool nchw_maps = two_maps;
   for (int64_t k = 0; k < p.K; ++k) nchw_maps = nchw_maps && p.x[k].stride(2) == 1 && p.x[k].stride(1) != 1;
-  const bool buffer = backward ? stage_x == "1" && nchw_maps : prefetch == "1" && nmap >= 1;
+  const bool buffer = backward ? stage_x && nchw_maps : prefetch && nmap >= 1;
   // The plan's blocks an SM holds at once, by shared memory, registers (a kernel's cap under its
   // launch bounds, fused.h min_blocks_per_sm, not its count), threads and blocks.
   const int64_t threads = fused::group_threads(p.d, plan.max_pass_bits),
@@ -451,11 +452,7 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   // gradient slot of the block whose row it is, and the maps' values (stage_x, above) into its
   // buffer; a single map's row pairs, their two rows, in one slice. COMPACT_BILINEAR_STAGE_GRAD=0
   // turns the gradient's off (fused_ab.py).
-  const char* stage_env = std::getenv("COMPACT_BILINEAR_STAGE_GRAD");
-  const std::string stage = stage_env ? stage_env : "1";
-  TORCH_CHECK_VALUE(stage == "0" || stage == "1", "COMPACT_BILINEAR_STAGE_GRAD must be '0' or '1', got '", stage,
-                    "'");
-  const bool staged = backward && stage == "1" && p.out_map && L > 1 && !plan.global_slots;
+  const bool staged = env_switch("COMPACT_BILINEAR_STAGE_GRAD") && backward && p.out_map && L > 1 && !plan.global_slots;
   plan.stage_grad =
       staged && plan.rows_per_chunk == 1 && dev.cluster_blocks > 1 && p.d >= dev.cluster_blocks * fused::kStageLoads;
   // The two maps' input gradients, (B, C, L) contiguous as the backward returns them, take the same
@@ -464,13 +461,10 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   // by channel, into its gradient slot, free after the product, where C_a + C_b <= 2 F values of the
   // accumulation type fit, and after a cluster barrier writes a slice of the channels of all 8 rows,
   // their offsets in Z. COMPACT_BILINEAR_STAGE_INPUT_GRADS=0 turns it off (fused_ab.py).
-  const char* stage_dx_env = std::getenv("COMPACT_BILINEAR_STAGE_INPUT_GRADS");
-  const std::string stage_dx = stage_dx_env ? stage_dx_env : "1";
-  TORCH_CHECK_VALUE(stage_dx == "0" || stage_dx == "1", "COMPACT_BILINEAR_STAGE_INPUT_GRADS must be '0' or '1', got '",
-                    stage_dx, "'");
+  const bool stage_dx = env_switch("COMPACT_BILINEAR_STAGE_INPUT_GRADS");
   int64_t map_channels = 0;
   for (int64_t k = 0; k < p.K; ++k) map_channels += p.is_map[k] ? p.x[k].size(1) : 0;
-  plan.stage_dx = two_maps && stage_dx == "1" && map_channels <= 2 * p.F;
+  plan.stage_dx = two_maps && stage_dx && map_channels <= 2 * p.F;
   plan.cluster = plan.stage_grad || plan.stage_x || plan.stage_dx ? static_cast<int>(dev.cluster_blocks) : 0;
   plan.grad_pairs = staged && plan.pair_rows && plan.rows_per_chunk > 1 && p.d >= fused::kStageLoads;
   return plan;

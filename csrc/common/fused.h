@@ -1417,6 +1417,15 @@ CB_HD void row_offsets(const G& g, const Args<T, In>& a, int64_t* row, int first
   });
 }
 
+// Channels c0 .. c1 - 1 of C, slice `slice` of `slices` (their sizes differ by one at most, and some
+// are empty where C < slices): what a cluster's block reads or writes of each map's rows.
+struct ChannelSlice {
+  int c0, c1;
+};
+CB_HD ChannelSlice channel_slice(int64_t C, int slice, int slices) {
+  return {static_cast<int>(C * slice / slices), static_cast<int>(C * (slice + 1) / slices)};
+}
+
 // The output gradient's flat rows `first` .. `first` + q - 1, slice `slice` of `slices` of their d
 // values, each row's values in T into dst(k), a gradient slot where grad_spectrum reads it: of group
 // first + k, where a cluster's q groups read their rows together, a slice each (stage_cluster_rows),
@@ -1462,10 +1471,10 @@ CB_HD void stage_cluster_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int 
   if (a.stage_grad) stage_grad_values(g, a, row, q, slice, slices, grad);
   for (int m = 0; m < (a.stage_x ? 2 : 0); ++m) {
     const int k = a.map_ids[m];
-    const int64_t C = a.C[k], half = m * a.prefetch_half;
-    const int c0 = static_cast<int>(C * slice / slices), c1 = static_cast<int>(C * (slice + 1) / slices);
+    const int64_t half = m * a.prefetch_half;
+    const ChannelSlice cs = channel_slice(a.C[k], slice, slices);
     const In* const src = a.x[k];
-    stage_rows(g, row + (1 + m) * q, q, c0, c1 - c0, [=](int, int64_t at) { return src + at; }, a.stride_c[k],
+    stage_rows(g, row + (1 + m) * q, q, cs.c0, cs.c1 - cs.c0, [=](int, int64_t at) { return src + at; }, a.stride_c[k],
                [=](int r, int64_t, int c, In v, const In* from) {
       PrefetchWord<In>* w = x(r) + half + c;
       if constexpr (sizeof(In) >= 4) {
@@ -1496,10 +1505,10 @@ CB_HD void write_cluster_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int 
   g.sync();
   for (int m = 0; m < 2; ++m) {
     const int k = a.map_ids[m];
-    const int64_t C = a.C[k], L = a.L, off = m ? a.C[a.map_ids[0]] : 0;
-    const int c0 = static_cast<int>(C * slice / slices), c1 = static_cast<int>(C * (slice + 1) / slices);
+    const int64_t L = a.L, off = m ? a.C[a.map_ids[0]] : 0;
+    const ChannelSlice cs = channel_slice(a.C[k], slice, slices);
     In* const gx = a.grad_x[k];
-    stage_rows(g, row + m * q, q, c0, c1 - c0, [=](int r, int64_t) -> const T* { return src(r) + off; }, 1,
+    stage_rows(g, row + m * q, q, cs.c0, cs.c1 - cs.c0, [=](int r, int64_t) -> const T* { return src(r) + off; }, 1,
                [=](int, int64_t at, int c, T v, const T*) { gx[at + c * L] = static_cast<In>(v); });
   }
 }
