@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Everything a lent GPU is used for, in one call (see GPU.md / docs/benchmarks.md):
-# versions and nvidia-smi, an in-place build of the extension for the card, the CUDA tests,
+# versions and nvidia-smi, an in-place build of the extension for the card, a canary of the fused
+# kernel's mechanisms no GPU has run (benchmarks/gpu_canary.py: one that fails is switched off for
+# the rest of the run), the CUDA tests,
 # the gpu-canonical preset (issue 3's targets), the fused kernel's A/B timings and Nsight Compute
 # profiles with the stall reasons (the default build and an A/B build, GPU_CHECK_AB_ENV; then the
 # forward's stall samples by source line) and, if time is left, the default grid on CUDA.
@@ -126,6 +128,16 @@ if [ "$crashed" = 1 ] && [ -n "$GDB" ]; then
     timeout 120 "$GDB" -q -batch -ex run -ex bt --args $PY /tmp/cb_raise.py cuda 2>&1 | grep -E "^#|signal|SIG" | head -40
 fi
 
+step "canary: the fused kernel's mechanisms no GPU has run yet, each on its own (benchmarks/gpu_canary.py)"
+# One that hangs, crashes or computes wrong values is named, and its switch stays off for the rest
+# of the run (the tests that assert it then fail too), so the tests and timings still come back.
+timeout 240 $PY benchmarks/gpu_canary.py --env-out /tmp/gpu_canary.env || status=1
+if [ -s /tmp/gpu_canary.env ]; then
+    # shellcheck disable=SC1091
+    . /tmp/gpu_canary.env
+    echo "CANARY: the rest of this run goes without: $(sed 's/^export //' /tmp/gpu_canary.env | tr '\n' ' ')"
+fi
+
 step "CUDA tests"
 # shellcheck disable=SC2086
 # The whole log goes to $OUT (a crash's faulthandler trace names the test); the tail to the terminal.
@@ -179,6 +191,9 @@ if [ -n "$NCU" ]; then
         for stage in "1 1 1" "1 0 1" "1 1 0" "0 0 0"; do
             [ "$(left)" -gt 30 ] || break
             read -r sg si sdx <<<"$stage"
+            # Not what the canary switched off.
+            [ "$sg$si$sdx" = "${COMPACT_BILINEAR_STAGE_GRAD:-$sg}${COMPACT_BILINEAR_STAGE_INPUTS:-$si}${COMPACT_BILINEAR_STAGE_INPUT_GRADS:-$sdx}" ] \
+                || continue
             echo "##### default build, NCHW gradient, COMPACT_BILINEAR_STAGE_GRAD=$sg COMPACT_BILINEAR_STAGE_INPUTS=$si" \
                 "COMPACT_BILINEAR_STAGE_INPUT_GRADS=$sdx" >>"$OUT/ncu.txt"
             COMPACT_BILINEAR_STAGE_GRAD=$sg COMPACT_BILINEAR_STAGE_INPUTS=$si COMPACT_BILINEAR_STAGE_INPUT_GRADS=$sdx \

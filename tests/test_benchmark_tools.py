@@ -311,3 +311,60 @@ def test_sass_regions_attributes_local_accesses_to_their_inline_chain():
     assert chains[0x20] == (("fused.h", 3), ("fused_kernel.cuh", 67)) and code[2][2] == ("fused.h", 3)
     found = local_accesses(code, chains, funcs)
     assert found == {(("outer", "inner"), "LDL"): 1, (("outer", "inner"), "STL"): 1, (("outer",), "LDL"): 1}
+
+
+def test_gpu_canary_names_a_hang_a_crash_and_wrong_values():
+    """The canary's parent (gpu_canary.run_cases) against a stand-in child: a case that hangs is killed
+    and named, one that kills its process is named, wrong values are reported, stray output is
+    skipped, and every case after a hang or a crash still runs, in a new child."""
+    import sys
+
+    from benchmarks.gpu_canary import run_cases
+
+    fake = ("import os, sys, time\n"
+            "print('a warning on stdout', flush=True)\n"
+            "for n in sys.argv[1:]:\n"
+            "    if n == 'hang': time.sleep(60)\n"
+            "    if n == 'crash': os._exit(7)\n"
+            "    print('CANARY', n, 'wrong' if n == 'bad' else 'ok', 'err', n, flush=True)\n")
+    names = ["a", "hang", "b", "crash", "c", "bad", "d"]
+    got = run_cases(names, [sys.executable, "-c", fake], first_timeout=10, timeout=2)
+    assert list(got) == names
+    assert {n: v for n, (v, _) in got.items()} == {"a": "ok", "hang": "hung", "b": "ok", "crash": "crashed", "c": "ok",
+                                                    "bad": "wrong", "d": "ok"}
+    assert got["a"][1] == "err a" and "exited with 7" in got["crash"][1] and "within 2 s" in got["hang"][1]
+    # Past the canary's total time, the case it waits on is killed and the rest are skipped.
+    got = run_cases(["a", "hang", "b"], [sys.executable, "-c", fake], first_timeout=10, timeout=10, total=3)
+    assert [v for v, _ in got.values()] == ["ok", "hung", "skipped"]
+
+
+def test_gpu_canary_passes_on_the_host_instance_and_switches_off_what_fails(tmp_path, monkeypatch):
+    """On the host instance (clusters emulated) every case engages its mechanism and matches the
+    float64 reference, and --env-out is empty; a failed case's switches are what the file exports."""
+    import subprocess
+    import sys
+
+    from benchmarks import gpu_canary
+
+    env_out = tmp_path / "canary.env"
+    run = subprocess.run([sys.executable, "benchmarks/gpu_canary.py", "--device", "cpu", "--env-out", str(env_out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert len(lines) == len(gpu_canary.CASES), run.stdout
+    for line, (what, *_) in zip(lines, gpu_canary.CASES.values()):
+        assert line.startswith(what) and line[len(what):].split()[:2] == ["ok", "error"], line
+    assert env_out.read_text() == ""
+    # A mechanism that fails alone and with the others is switched off, not those that pass alone;
+    # a failure that no switch causes (pooled) switches nothing off.
+    failing = {"map_grads": "hung", "clusters": "wrong", "pooled": "wrong"}
+    monkeypatch.setattr(gpu_canary, "run_cases", lambda names, command: {n: (failing.get(n, "ok"), "") for n in names})
+    assert gpu_canary.main(["--env-out", str(env_out)]) == 1
+    assert env_out.read_text() == "export COMPACT_BILINEAR_STAGE_INPUT_GRADS=0\n"
+    failing = {"grad_rows": "wrong", "clusters": "wrong"}  # map_vector, which reads the gradient too, passes
+    assert gpu_canary.main(["--env-out", str(env_out)]) == 1
+    assert env_out.read_text() == "export COMPACT_BILINEAR_STAGE_GRAD=0\n"
+    # Where the mechanisms fail only together, all of them are.
+    failing = {"clusters": "crashed"}
+    assert gpu_canary.main(["--env-out", str(env_out)]) == 1
+    assert env_out.read_text() == "".join(f"export {s}=0\n" for s in gpu_canary.STAGE)
