@@ -305,7 +305,8 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
   return grads;
 }
 
-// An on/off switch of the fused plan for A/B timing (fused_ab.py): on unless `name` is "0".
+// An on/off switch of the fused plan for A/B timing (fused_ab.py): on unless `name` is "0"; a value
+// other than "0" or "1" is an error, not silently on.
 static bool env_switch(const char* name) {
   const char* env = std::getenv(name);
   const std::string value = env ? env : "1";
@@ -336,8 +337,7 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   const auto size = [&] { plan.smem_bytes = elem * (fused::kCodeValues + fused::z_size(p.d) + plan.slots * p.F); };
   // Unpooled rows go in pairs whose real outputs share one inverse FFT, where the memory that takes
   // fits; COMPACT_BILINEAR_ROW_PAIRS=0 forces single rows (for A/B timing on a GPU).
-  const char* pairs_env = std::getenv("COMPACT_BILINEAR_ROW_PAIRS");
-  const bool pairs = !(pairs_env != nullptr && std::string(pairs_env) == "0");
+  const bool pairs = env_switch("COMPACT_BILINEAR_ROW_PAIRS");
   if (!backward) {
     // Pooled: an accumulator slot. Unpooled: the first row's product of a pair waits in a slot,
     // except with a single map, whose two rows share the forward transform too; else single rows.

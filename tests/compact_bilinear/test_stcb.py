@@ -259,7 +259,7 @@ def test_gradient_rows_read_together_only_where_they_can(monkeypatch):
             maps_only = backward and d == 32
             assert staging(plan) == (8 * maps_only, 0, maps_only, maps_only, 0), (case, backward)
     xs, hs, ss, d, sum_pool = make(CASES["k2_maps"], "cpu")
-    for name in ("STAGE_GRAD", "STAGE_INPUTS", "STAGE_INPUT_GRADS"):
+    for name in ("STAGE_GRAD", "STAGE_INPUTS", "STAGE_INPUT_GRADS", "ROW_PAIRS", "PREFETCH"):
         monkeypatch.setenv(f"COMPACT_BILINEAR_{name}", "2")
         with pytest.raises(ValueError, match=f"COMPACT_BILINEAR_{name} must be '0' or '1', got '2'"):
             cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fused")
