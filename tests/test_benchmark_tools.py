@@ -364,6 +364,10 @@ def test_gpu_canary_passes_on_the_host_instance_and_switches_off_what_fails(tmp_
     failing = {"grad_rows": "wrong", "clusters": "wrong"}  # map_vector, which reads the gradient too, passes
     assert gpu_canary.main(["--env-out", str(env_out)]) == 1
     assert env_out.read_text() == "export COMPACT_BILINEAR_STAGE_GRAD=0\n"
+    # Before sm_90 the plans have no clusters: their cases are n/a, which neither fails nor switches off.
+    failing = {n: "n/a" for n in ("grad_rows", "map_rows", "map_grads", "clusters")}
+    assert gpu_canary.main(["--env-out", str(env_out)]) == 0
+    assert env_out.read_text() == ""
     # Where the mechanisms fail only together, all of them are.
     failing = {"clusters": "crashed"}
     assert gpu_canary.main(["--env-out", str(env_out)]) == 1
