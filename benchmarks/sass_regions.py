@@ -3,8 +3,8 @@
     CUDA_HOME=/usr/local/cuda python -m benchmarks.sass_regions [--phase forward] [--radix 32]
         [--dtype float] [--arch 90] [--min 40] [--spills]
 
-Compiles the fused kernels of one input dtype (csrc/cuda/fused_<dtype>.cu, the extension's flags,
--lineinfo; about 70 s on 2 cores), disassembles the kernel of the given phase and largest radix
+Compiles the file with the given phase's fused kernels for one input dtype (csrc/cuda/
+fused_<dtype>_{backward,forward,prefetch}.cu, the extension's flags, -lineinfo; 40-80 s), disassembles the kernel of the given phase and largest radix
 with its line table (nvdisasm -g) and splits it at every barrier (BAR.SYNC, BAR.RED): each region
 is the code between two of a thread group's sync() calls, so a phase or an FFT pass. For each
 region of at least --min instructions it prints its first address, its size and the fused.h
@@ -33,6 +33,9 @@ from benchmarks.ptxas_report import REPO, cuda_tool, nvcc_command
 # fused_phases.h Phase
 PHASES = {"vector": 0, "forward": 1, "backward": 2, "forward-prefetch": 3, "forward-one-map-prefetch": 4,
           "forward-pooled-prefetch": 5}
+# The file of each phase's kernels (csrc/cuda/fused_<dtype>_<file>.cu).
+SOURCES = {"vector": "forward", "forward": "forward", "backward": "backward", "forward-prefetch": "prefetch",
+           "forward-one-map-prefetch": "prefetch", "forward-pooled-prefetch": "prefetch"}
 BARRIER = re.compile(r"\bBAR\.(SYNC|RED)")
 
 
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--min", type=int, default=40, help="smallest region shown (instructions)")
     ap.add_argument("--spills", action="store_true", help="where the kernel's local loads and stores are instead")
     args = ap.parse_args(argv)
-    source = REPO / "csrc" / "cuda" / f"fused_{args.dtype}.cu"
+    source = REPO / "csrc" / "cuda" / f"fused_{args.dtype}_{SOURCES[args.phase]}.cu"
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "fused.cubin")
         proc = subprocess.run(nvcc_command(args.arch, cubin, str(source), "-cubin"), capture_output=True, text=True)

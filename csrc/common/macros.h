@@ -8,7 +8,7 @@
 
 // An FFT pass (fused.h fft_pass): inlined into each transform's call site, as CB_HD does, unless
 // the build sets COMPACT_BILINEAR_OUTLINE_FFT_PASSES=1 (setup.py), which keeps one out-of-line copy
-// per template instance: fused_f32.cu then compiles in 12 s instead of 67 (58k SASS instructions
+// per template instance: float's kernels then compiled in 12 s instead of 67 (58k SASS instructions
 // instead of 132k), a quick build for development, but its kernels run 9-18 % slower (H100, run 10:
 // calls spill the caller's live registers, 0.58M local loads per canonical forward instead of none).
 #if (defined(__CUDACC__) || defined(__HIPCC__)) && defined(COMPACT_BILINEAR_OUTLINE_FFT_PASSES)

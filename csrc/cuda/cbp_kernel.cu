@@ -1,6 +1,6 @@
 // CUDA kernels: the FFT path (gather sketch, K-way spectral product, cuFFT through ATen), and the
-// launches of the fused pipeline, whose kernels are compiled one input dtype per file
-// (fused_kernel.cuh, fused_*.cu).
+// launches of the fused pipeline, whose kernels are compiled three files per input dtype
+// (fused_kernel.cuh, fused_<dtype>_*.cu).
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>

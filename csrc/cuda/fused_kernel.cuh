@@ -1,7 +1,8 @@
 #pragma once
-// The fused kernel (common/fused.h on a CUDA block) and its launch, included by one file per input
-// dtype (fused_f32.cu, ...), each instantiating the launches of its dtype's six phases with
-// CB_INSTANTIATE_FUSED: the kernels then compile in parallel, one file per core.
+// The fused kernel (common/fused.h on a CUDA block) and its launch, included by three files per
+// input dtype (fused_f32_backward.cu, fused_f32_forward.cu, fused_f32_prefetch.cu, ...), which
+// instantiate the launches of its six phases between them with CB_INSTANTIATE_FUSED_PHASE: the
+// kernels then compile in parallel, one file per core.
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -258,15 +259,7 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
 
 }  // namespace compact_bilinear
 
+// The launch of phase Ph for input dtype In, inside namespace compact_bilinear.
 #define CB_INSTANTIATE_FUSED_PHASE(In, Ph)                             \
   template void launch_phase<fused::acc_t<In>, In, fused::Phase::Ph>( \
       int64_t, int64_t, int64_t, const fused::Args<fused::acc_t<In>, In>&);
-#define CB_INSTANTIATE_FUSED(In)                        \
-  namespace compact_bilinear {                          \
-  CB_INSTANTIATE_FUSED_PHASE(In, VectorSpectra)         \
-  CB_INSTANTIATE_FUSED_PHASE(In, Forward)               \
-  CB_INSTANTIATE_FUSED_PHASE(In, Backward)              \
-  CB_INSTANTIATE_FUSED_PHASE(In, ForwardPrefetch)       \
-  CB_INSTANTIATE_FUSED_PHASE(In, ForwardOneMapPrefetch) \
-  CB_INSTANTIATE_FUSED_PHASE(In, ForwardPooledPrefetch) \
-  }
