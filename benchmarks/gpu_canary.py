@@ -123,7 +123,13 @@ def run_cases(names, command, first_timeout=60.0, timeout=20.0, total=200.0):
     while todo:
         proc = subprocess.Popen(command + todo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)], daemon=True).start()
+
+        def read(out=proc.stdout):  # the child's lines, then None at its end
+            for line in out:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
         tail, wait = [], first_timeout
         while todo:
             limit = max(0.0, min(wait, deadline - time.monotonic()))
@@ -144,6 +150,8 @@ def run_cases(names, command, first_timeout=60.0, timeout=20.0, total=200.0):
             if words[0] == "CANARY" and len(words) >= 3 and words[1] == todo[0]:
                 results[todo.pop(0)] = (words[2], words[3] if len(words) > 3 else "")
                 wait = timeout
+                if words[2] == "raised":  # the child ends there: the next case is not to blame
+                    break
             else:
                 tail.append(line.strip())
         proc.kill()

@@ -315,8 +315,9 @@ def test_sass_regions_attributes_local_accesses_to_their_inline_chain():
 
 def test_gpu_canary_names_a_hang_a_crash_and_wrong_values():
     """The canary's parent (gpu_canary.run_cases) against a stand-in child: a case that hangs is killed
-    and named, one that kills its process is named, wrong values are reported, stray output is
-    skipped, and every case after a hang or a crash still runs, in a new child."""
+    and named, one that kills its process is named, wrong values and exceptions are reported, stray
+    output is skipped, and every case after a hang, a crash or an exception still runs, in a new
+    child (an exception's verdict ends its child, which the next case is not blamed for)."""
     import sys
 
     from benchmarks.gpu_canary import run_cases
@@ -326,13 +327,15 @@ def test_gpu_canary_names_a_hang_a_crash_and_wrong_values():
             "for n in sys.argv[1:]:\n"
             "    if n == 'hang': time.sleep(60)\n"
             "    if n == 'crash': os._exit(7)\n"
+            "    if n == 'raise': print('CANARY raise raised RuntimeError: boom', flush=True); os._exit(3)\n"
             "    print('CANARY', n, 'wrong' if n == 'bad' else 'ok', 'err', n, flush=True)\n")
-    names = ["a", "hang", "b", "crash", "c", "bad", "d"]
+    names = ["a", "hang", "b", "crash", "c", "bad", "raise", "d"]
     got = run_cases(names, [sys.executable, "-c", fake], first_timeout=10, timeout=2)
     assert list(got) == names
     assert {n: v for n, (v, _) in got.items()} == {"a": "ok", "hang": "hung", "b": "ok", "crash": "crashed", "c": "ok",
-                                                    "bad": "wrong", "d": "ok"}
+                                                    "bad": "wrong", "raise": "raised", "d": "ok"}
     assert got["a"][1] == "err a" and "exited with 7" in got["crash"][1] and "within 2 s" in got["hang"][1]
+    assert got["raise"][1] == "RuntimeError: boom"
     # Past the canary's total time, the case it waits on is killed and the rest are skipped.
     got = run_cases(["a", "hang", "b"], [sys.executable, "-c", fake], first_timeout=10, timeout=10, total=3)
     assert [v for v, _ in got.values()] == ["ok", "hung", "skipped"]
