@@ -14,7 +14,8 @@
 #
 # Environment: OUT (default /tmp/gpu_check), PYTHON (default python3), TORCH_CUDA_ARCH_LIST
 # (default 9.0), MAX_JOBS (default: all cores), COMPACT_BILINEAR_COMMIT (the commit to record
-# when the tree travels without .git), GPU_CHECK_TEST_ARGS (default: "tests -q -x -k cuda"),
+# when the tree travels without .git), GPU_CHECK_TEST_ARGS (default: tests -v -k "cuda and not bad
+# and not in_place"; the bad-argument and in-place tests then run on their own),
 # GPU_CHECK_BUDGET_S (default 420: later steps are skipped once this much time has passed),
 # GPU_CHECK_AB_ENV (e.g. "COMPACT_BILINEAR_OUTLINE_FFT_PASSES=1": a second copy of the tree is built
 # with these variables beside the first, and fused_ab.py and Nsight Compute run on both builds),
