@@ -3,8 +3,8 @@ nvcc but no GPU.
 
     CUDA_HOME=/usr/local/cuda python -m benchmarks.ptxas_report [--arch 90] [--all-dtypes]
 
-Compiles the fused kernels' sources (csrc/cuda/fused_<dtype>_*.cu, three per input dtype, as many
-at once as there are cores) for sm_<arch> with `-Xptxas -v` and the flags of the extension build
+Compiles the fused kernels' sources (csrc/cuda/fused_<dtype>_*.cu, two per input dtype, as many at
+once as there are cores) for sm_<arch> with `-Xptxas -v` and the flags of the extension build
 (about 4 minutes on 2 cores; the float64 files only with --all-dtypes) and prints one line per fused kernel: compute type,
 input type, phase, the FFT's largest radix, where the slots are (shared memory, or global memory
 where they do not fit beside Z), registers per thread, stack frame and spill stores in bytes. At

@@ -4,7 +4,7 @@
         [--dtype float] [--arch 90] [--min 40] [--spills]
 
 Compiles the file with the given phase's fused kernels for one input dtype (csrc/cuda/
-fused_<dtype>_{backward,forward,prefetch}.cu, the extension's flags, -lineinfo; 40-80 s), disassembles the kernel of the given phase and largest radix
+fused_<dtype>_backward.cu or fused_<dtype>_forward.cu, the extension's flags, -lineinfo; about 80 s), disassembles the kernel of the given phase and largest radix
 with its line table (nvdisasm -g) and splits it at every barrier (BAR.SYNC, BAR.RED): each region
 is the code between two of a thread group's sync() calls, so a phase or an FFT pass. For each
 region of at least --min instructions it prints its first address, its size and the fused.h
@@ -33,9 +33,6 @@ from benchmarks.ptxas_report import REPO, cuda_tool, nvcc_command
 # fused_phases.h Phase
 PHASES = {"vector": 0, "forward": 1, "backward": 2, "forward-prefetch": 3, "forward-one-map-prefetch": 4,
           "forward-pooled-prefetch": 5}
-# The file of each phase's kernels (csrc/cuda/fused_<dtype>_<file>.cu).
-SOURCES = {"vector": "forward", "forward": "forward", "backward": "backward", "forward-prefetch": "prefetch",
-           "forward-one-map-prefetch": "prefetch", "forward-pooled-prefetch": "prefetch"}
 BARRIER = re.compile(r"\bBAR\.(SYNC|RED)")
 
 
@@ -144,7 +141,8 @@ def main(argv=None) -> int:
     ap.add_argument("--min", type=int, default=40, help="smallest region shown (instructions)")
     ap.add_argument("--spills", action="store_true", help="where the kernel's local loads and stores are instead")
     args = ap.parse_args(argv)
-    source = REPO / "csrc" / "cuda" / f"fused_{args.dtype}_{SOURCES[args.phase]}.cu"
+    part = "backward" if args.phase == "backward" else "forward"  # the two files of a dtype's kernels
+    source = REPO / "csrc" / "cuda" / f"fused_{args.dtype}_{part}.cu"
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "fused.cubin")
         proc = subprocess.run(nvcc_command(args.arch, cubin, str(source), "-cubin"), capture_output=True, text=True)

@@ -1,5 +1,5 @@
 // CUDA kernels: the FFT path (gather sketch, K-way spectral product, cuFFT through ATen), and the
-// launches of the fused pipeline, whose kernels are compiled three files per input dtype
+// launches of the fused pipeline, whose kernels are compiled two files per input dtype
 // (fused_kernel.cuh, fused_<dtype>_*.cu).
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>

@@ -1,8 +1,11 @@
-// The fused kernel: the forward without a prefetch, and the vector spectra, c10::BFloat16 inputs
-// (fused_kernel.cuh; fused_bf16_backward.cu says why a dtype's phases take three files).
+// The fused kernel's forward phases and vector spectra, c10::BFloat16 inputs (fused_kernel.cuh;
+// fused_bf16_backward.cu says why a dtype's kernels take two files).
 #include "cuda/fused_kernel.cuh"
 
 namespace compact_bilinear {
-CB_INSTANTIATE_FUSED_PHASE(c10::BFloat16, Forward)
 CB_INSTANTIATE_FUSED_PHASE(c10::BFloat16, VectorSpectra)
+CB_INSTANTIATE_FUSED_PHASE(c10::BFloat16, Forward)
+CB_INSTANTIATE_FUSED_PHASE(c10::BFloat16, ForwardPrefetch)
+CB_INSTANTIATE_FUSED_PHASE(c10::BFloat16, ForwardOneMapPrefetch)
+CB_INSTANTIATE_FUSED_PHASE(c10::BFloat16, ForwardPooledPrefetch)
 }  // namespace compact_bilinear

@@ -1,8 +1,11 @@
-// The fused kernel: the forward without a prefetch, and the vector spectra, double inputs
-// (fused_kernel.cuh; fused_f64_backward.cu says why a dtype's phases take three files).
+// The fused kernel's forward phases and vector spectra, double inputs (fused_kernel.cuh;
+// fused_f64_backward.cu says why a dtype's kernels take two files).
 #include "cuda/fused_kernel.cuh"
 
 namespace compact_bilinear {
-CB_INSTANTIATE_FUSED_PHASE(double, Forward)
 CB_INSTANTIATE_FUSED_PHASE(double, VectorSpectra)
+CB_INSTANTIATE_FUSED_PHASE(double, Forward)
+CB_INSTANTIATE_FUSED_PHASE(double, ForwardPrefetch)
+CB_INSTANTIATE_FUSED_PHASE(double, ForwardOneMapPrefetch)
+CB_INSTANTIATE_FUSED_PHASE(double, ForwardPooledPrefetch)
 }  // namespace compact_bilinear

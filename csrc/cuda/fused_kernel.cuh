@@ -1,8 +1,8 @@
 #pragma once
-// The fused kernel (common/fused.h on a CUDA block) and its launch, included by three files per
-// input dtype (fused_f32_backward.cu, fused_f32_forward.cu, fused_f32_prefetch.cu, ...), which
-// instantiate the launches of its six phases between them with CB_INSTANTIATE_FUSED_PHASE: the
-// kernels then compile in parallel, one file per core.
+// The fused kernel (common/fused.h on a CUDA block) and its launch, included by two files per input
+// dtype (fused_f32_backward.cu, fused_f32_forward.cu, ...), which instantiate the launches of its
+// six phases between them with CB_INSTANTIATE_FUSED_PHASE: the kernels then compile in parallel,
+// one file per core.
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>

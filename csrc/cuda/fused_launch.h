@@ -1,7 +1,7 @@
 #pragma once
-// The launch of one phase of the fused kernel. Its kernels are compiled in three files per input
-// dtype (fused_<dtype>_backward.cu, _forward.cu and _prefetch.cu, all from fused_kernel.cuh), so
-// the build runs them in parallel; cbp_kernel.cu only calls them.
+// The launch of one phase of the fused kernel. Its kernels are compiled in two files per input dtype
+// (fused_<dtype>_backward.cu and fused_<dtype>_forward.cu, both from fused_kernel.cuh), so the
+// build runs them in parallel; cbp_kernel.cu only calls them.
 #include "common/fused_phases.h"
 
 namespace compact_bilinear {

@@ -1,9 +1,0 @@
-// The fused kernel: the prefetching forwards, c10::BFloat16 inputs (fused_kernel.cuh;
-// fused_bf16_backward.cu says why a dtype's phases take three files).
-#include "cuda/fused_kernel.cuh"
-
-namespace compact_bilinear {
-CB_INSTANTIATE_FUSED_PHASE(c10::BFloat16, ForwardPrefetch)
-CB_INSTANTIATE_FUSED_PHASE(c10::BFloat16, ForwardOneMapPrefetch)
-CB_INSTANTIATE_FUSED_PHASE(c10::BFloat16, ForwardPooledPrefetch)
-}  // namespace compact_bilinear

@@ -1,9 +1,0 @@
-// The fused kernel: the prefetching forwards, float inputs (fused_kernel.cuh; fused_f32_backward.cu
-// says why a dtype's phases take three files).
-#include "cuda/fused_kernel.cuh"
-
-namespace compact_bilinear {
-CB_INSTANTIATE_FUSED_PHASE(float, ForwardPrefetch)
-CB_INSTANTIATE_FUSED_PHASE(float, ForwardOneMapPrefetch)
-CB_INSTANTIATE_FUSED_PHASE(float, ForwardPooledPrefetch)
-}  // namespace compact_bilinear
