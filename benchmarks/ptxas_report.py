@@ -5,8 +5,8 @@ nvcc but no GPU.
 
 Compiles the fused kernels' sources (csrc/cuda/fused_<dtype>_*.cu, two per input dtype, as many at
 once as there are cores) for sm_<arch> with `-Xptxas -v` and the flags of the extension build
-(about 4 minutes on 2 cores; the float64 files only with --all-dtypes) and prints one line per fused kernel: compute type,
-input type, phase, the FFT's largest radix, where the slots are (shared memory, or global memory
+(about 4 minutes on 2 cores; the float64 files only with --all-dtypes) and prints one line per
+fused kernel: compute type, input type, phase, the FFT's largest radix, where the slots are (shared memory, or global memory
 where they do not fit beside Z), registers per thread, stack frame and spill stores in bytes. At
 two blocks per SM (the canonical d = 8192 plan) a thread may have 64 registers at 512 threads
 (radix 8) and 128 at 256 threads (radix 32); spills are local-memory traffic that shares the L1's
@@ -111,9 +111,11 @@ def main(argv=None) -> int:
     sources = [s for s in sorted(glob.glob(str(REPO / "csrc" / "cuda" / "fused_*.cu")))
                if args.all_dtypes or "_f64_" not in os.path.basename(s)]
     with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
-        procs = list(pool.map(lambda i: subprocess.run(nvcc_command(args.arch, os.path.join(tmp, f"k{i}.o"), sources[i]),
-                                                       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                       text=True), range(len(sources))))
+        def compile_one(i):
+            return subprocess.run(nvcc_command(args.arch, os.path.join(tmp, f"k{i}.o"), sources[i]), cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+        procs = list(pool.map(compile_one, range(len(sources))))
     logs = [p.stdout for p in procs]
     for p in procs:
         if p.returncode != 0:

@@ -4,14 +4,15 @@
         [--dtype float] [--arch 90] [--min 40] [--spills]
 
 Compiles the file with the given phase's fused kernels for one input dtype (csrc/cuda/
-fused_<dtype>_backward.cu or fused_<dtype>_forward.cu, the extension's flags, -lineinfo; about 80 s), disassembles the kernel of the given phase and largest radix
-with its line table (nvdisasm -g) and splits it at every barrier (BAR.SYNC, BAR.RED): each region
-is the code between two of a thread group's sync() calls, so a phase or an FFT pass. For each
-region of at least --min instructions it prints its first address, its size and the fused.h
-functions (other files by name) its instructions come from, then every loop inside it (a backward
-branch) with its instructions per trip. The canonical path's regions times their trips give the
-kernel's warp instructions per row (docs/benchmarks.md, "Where a row's warp instructions go"):
-static counts, both sides of every branch included, so an upper bound for code with branches.
+fused_<dtype>_backward.cu or fused_<dtype>_forward.cu, the extension's flags, -lineinfo; about 80 s
+on 2 cores), disassembles the kernel of the given phase and largest radix with its line table
+(nvdisasm -g) and splits it at every barrier (BAR.SYNC, BAR.RED): each region is the code between
+two of a thread group's sync() calls, so a phase or an FFT pass. For each region of at least --min
+instructions it prints its first address, its size and the fused.h functions (other files by name)
+its instructions come from, then every loop inside it (a backward branch) with its instructions per
+trip. The canonical path's regions times their trips give the kernel's warp instructions per row
+(docs/benchmarks.md, "Where a row's warp instructions go"): static counts, both sides of every
+branch included, so an upper bound for code with branches.
 
 --spills prints instead where the kernel's local-memory loads and stores (LDL, STL: ptxas's spills)
 are, by the chain of fused.h functions they were inlined through (nvdisasm -gi), outermost first:
