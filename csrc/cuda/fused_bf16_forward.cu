@@ -3,9 +3,5 @@
 #include "cuda/fused_kernel.cuh"
 
 namespace compact_bilinear {
-CB_INSTANTIATE_FUSED_PHASE(c10::BFloat16, VectorSpectra)
-CB_INSTANTIATE_FUSED_PHASE(c10::BFloat16, Forward)
-CB_INSTANTIATE_FUSED_PHASE(c10::BFloat16, ForwardPrefetch)
-CB_INSTANTIATE_FUSED_PHASE(c10::BFloat16, ForwardOneMapPrefetch)
-CB_INSTANTIATE_FUSED_PHASE(c10::BFloat16, ForwardPooledPrefetch)
+CB_INSTANTIATE_FUSED_FORWARD(c10::BFloat16)
 }  // namespace compact_bilinear

@@ -3,9 +3,5 @@
 #include "cuda/fused_kernel.cuh"
 
 namespace compact_bilinear {
-CB_INSTANTIATE_FUSED_PHASE(c10::Half, VectorSpectra)
-CB_INSTANTIATE_FUSED_PHASE(c10::Half, Forward)
-CB_INSTANTIATE_FUSED_PHASE(c10::Half, ForwardPrefetch)
-CB_INSTANTIATE_FUSED_PHASE(c10::Half, ForwardOneMapPrefetch)
-CB_INSTANTIATE_FUSED_PHASE(c10::Half, ForwardPooledPrefetch)
+CB_INSTANTIATE_FUSED_FORWARD(c10::Half)
 }  // namespace compact_bilinear

@@ -3,9 +3,5 @@
 #include "cuda/fused_kernel.cuh"
 
 namespace compact_bilinear {
-CB_INSTANTIATE_FUSED_PHASE(float, VectorSpectra)
-CB_INSTANTIATE_FUSED_PHASE(float, Forward)
-CB_INSTANTIATE_FUSED_PHASE(float, ForwardPrefetch)
-CB_INSTANTIATE_FUSED_PHASE(float, ForwardOneMapPrefetch)
-CB_INSTANTIATE_FUSED_PHASE(float, ForwardPooledPrefetch)
+CB_INSTANTIATE_FUSED_FORWARD(float)
 }  // namespace compact_bilinear

@@ -3,9 +3,5 @@
 #include "cuda/fused_kernel.cuh"
 
 namespace compact_bilinear {
-CB_INSTANTIATE_FUSED_PHASE(double, VectorSpectra)
-CB_INSTANTIATE_FUSED_PHASE(double, Forward)
-CB_INSTANTIATE_FUSED_PHASE(double, ForwardPrefetch)
-CB_INSTANTIATE_FUSED_PHASE(double, ForwardOneMapPrefetch)
-CB_INSTANTIATE_FUSED_PHASE(double, ForwardPooledPrefetch)
+CB_INSTANTIATE_FUSED_FORWARD(double)
 }  // namespace compact_bilinear

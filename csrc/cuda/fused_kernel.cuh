@@ -259,7 +259,15 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
 
 }  // namespace compact_bilinear
 
-// The launch of phase Ph for input dtype In, inside namespace compact_bilinear.
+// The launch of phase Ph for input dtype In, inside namespace compact_bilinear: the backward's in
+// fused_<dtype>_backward.cu, the other five phases' (CB_INSTANTIATE_FUSED_FORWARD) in
+// fused_<dtype>_forward.cu.
 #define CB_INSTANTIATE_FUSED_PHASE(In, Ph)                             \
   template void launch_phase<fused::acc_t<In>, In, fused::Phase::Ph>( \
       int64_t, int64_t, int64_t, const fused::Args<fused::acc_t<In>, In>&);
+#define CB_INSTANTIATE_FUSED_FORWARD(In)                \
+  CB_INSTANTIATE_FUSED_PHASE(In, VectorSpectra)         \
+  CB_INSTANTIATE_FUSED_PHASE(In, Forward)               \
+  CB_INSTANTIATE_FUSED_PHASE(In, ForwardPrefetch)       \
+  CB_INSTANTIATE_FUSED_PHASE(In, ForwardOneMapPrefetch) \
+  CB_INSTANTIATE_FUSED_PHASE(In, ForwardPooledPrefetch)
