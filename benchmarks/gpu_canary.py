@@ -55,7 +55,8 @@ def switches_off(results):
     for name, (verdict, _) in results.items():
         if verdict not in PASSED:
             mine = [s for s, on in zip(STAGE, CASES[name][2]) if on]
-            off += [s for s in [s for s in mine if results[ALONE[s]][0] not in PASSED] or mine if s not in off]
+            blamed = [s for s in mine if results[ALONE[s]][0] not in PASSED] or mine
+            off += [s for s in blamed if s not in off]
     return off
 
 

@@ -350,7 +350,7 @@ def test_gpu_canary_passes_on_the_host_instance_and_switches_off_what_fails(tmp_
     from benchmarks import gpu_canary
 
     env_out = tmp_path / "canary.env"
-    run = subprocess.run([sys.executable, "benchmarks/gpu_canary.py", "--device", "cpu", "--env-out", str(env_out)],
+    run = subprocess.run([sys.executable, gpu_canary.__file__, "--device", "cpu", "--env-out", str(env_out)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
