@@ -109,7 +109,7 @@ def child(names, device):
         try:
             verdict, detail = run_case(name, device)
         except Exception as e:  # noqa: BLE001 - every failure is a verdict here
-            print(f"CANARY {name} raised {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
+            print(f"CANARY {name} raised {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}", flush=True)
             os._exit(3)
         print(f"CANARY {name} {verdict} {detail}", flush=True)
 
