@@ -57,6 +57,19 @@ CB_HD uint32_t bit_reverse(uint32_t x, int bits) {
 #endif
 }
 
+// Where bin -f mod n sits in bit-reversed order when bin f sits at j = bitrev(f), for any n: -f is
+// ~f + 1, f with the bits above its lowest set bit flipped, and reversed those are the bits of j
+// below its highest. So j ^ (highest bit of j - 1), and 0 stays 0: four instructions on the GPU
+// (or, count leading zeros, shift, xor) where two bit reversals and a subtraction took about ten.
+CB_HD uint32_t mirror(uint32_t j) {
+#if defined(__CUDA_ARCH__)
+  const int lz = __clz(j | 1u);
+#else
+  const int lz = __builtin_clz(j | 1u);
+#endif
+  return j ^ (0x7fffffffu >> lz);
+}
+
 template <typename T>
 CB_HD cplx<T> mul_neg_i(cplx<T> z) { return cplx<T>(z.imag(), -z.real()); }
 template <typename T>
@@ -450,17 +463,17 @@ CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n, int log2n, const c
 
 // Half-spectrum slot t (0 <= t <= d/2) holds bin f = bitrev(2t) for t < d/2 and f = d/2 for
 // t = d/2; every half spectrum (slots, vector spectra, partial sums) uses this order. Returns the
-// padded positions in Z of bin f and of its mirror d - f.
-// In 32 bits (d <= 2^14), and bin f < d/2 sits at 2t itself: 64-bit index math and a third bit
-// reversal had cost 9 of the forward product phase's 51 instructions per bin (SASS, sm_90).
+// padded positions in Z of bin f and of its mirror d - f: f sits at j = 2t (t < d/2) or 1
+// (f = d/2), and d - f at mirror(j).
+// In 32 bits (d <= 2^14): 64-bit index math and a third bit reversal had cost 9 of the forward
+// product phase's 51 instructions per bin (SASS, sm_90); two bit reversals, a subtraction and the
+// selects around them 20 of its 39 where mirror() takes 4.
 struct BinPair {
   int p, q;
 };
-CB_HD BinPair bins(int64_t t64, int64_t d64, int log2d) {
-  const uint32_t t = static_cast<uint32_t>(t64), d = static_cast<uint32_t>(d64);
-  const uint32_t f = t < d / 2 ? bit_reverse(2 * t, log2d) : d / 2;
-  return {zi(static_cast<int>(t < d / 2 ? 2 * t : bit_reverse(f, log2d))),
-          zi(static_cast<int>(bit_reverse((d - f) & (d - 1), log2d)))};
+CB_HD BinPair bins(int64_t t64, int64_t d64) {
+  const uint32_t t = static_cast<uint32_t>(t64), j = 2 * t < static_cast<uint32_t>(d64) ? 2 * t : 1;
+  return {zi(static_cast<int>(j)), zi(static_cast<int>(mirror(j)))};
 }
 
 // Z = a + i b: the spectra of the two real signals at bin f.
@@ -996,7 +1009,7 @@ CB_HD void inverse_real(const G& g, const Args<T, In>& a, cplx<T>* z, const cplx
       z[0] = S[0];
       return;
     }
-    const uint32_t tm = t == 0 ? m : bit_reverse(m - bit_reverse(t, log2m), log2m);  // bin m - k
+    const uint32_t tm = t == 0 ? m : mirror(t);  // bin m - k
     const cplx<T> s = S[t], c = conj(S[tm]);
     z[zi(static_cast<int>(t))] = (s + c) + mul_pos_i(conj(slot_tw[t]) * (s - c));
   });
@@ -1013,7 +1026,7 @@ CB_HD void vector_spectra(const G& g, const Args<T, In>& a, cplx<T>* z, int64_t 
   fft_forward_sketches(g, z, a.d, a.log2d, a.tw);
   const Balance<T> bal = gathered(z);
   g.for_each(a.F, [=, &a](int64_t f) {
-    const BinPair pq = bins(f, a.d, a.log2d);
+    const BinPair pq = bins(f, a.d);
     cplx<T> A, B;
     split(z[pq.p], z[pq.q], A, B);
     a.vspec[(ia * a.B + b) * a.F + f] = A * bal.re;
@@ -1089,7 +1102,7 @@ CB_HD void forward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cp
     if (!acc) set_row_factors(g, z, bal);
     const T im = bal.im;
     g.for_each(a.F, [=, &a](int64_t f) {
-      const BinPair pq = bins(f, a.d, a.log2d);
+      const BinPair pq = bins(f, a.d);
       cplx<T> A, B;
       split(z[pq.p], z[pq.q], A, B);
       if (a.nvec) {  // the vectors' product
@@ -1173,7 +1186,7 @@ template <bool Plain, Sink S, typename T, typename In, class G>
 CB_HD void map_product(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* P, cplx<T>* dst, int64_t rb, int gi,
                        int kb, bool last, T c) {
   g.for_each(a.F, [=, &a](int64_t f) {
-    const BinPair pq = bins(f, a.d, a.log2d);
+    const BinPair pq = bins(f, a.d);
     cplx<T> A, B;
     split(z[pq.p], z[pq.q], A, B);
     cplx<T> prod = (Plain || kb >= 0 ? A * B : A) * c;
@@ -1544,9 +1557,8 @@ CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
     if (t == static_cast<uint32_t>(d / 2)) {  // bin d/2 (at d = 1 the only bin, g[0])
       v = cplx<T>(z[0].real() - z[0].imag(), T(0));
     } else {
-      const uint32_t f = bit_reverse(t, log2m);
       cplx<T> E, O;
-      split(z[zi(static_cast<int>(t))], z[zi(static_cast<int>(bit_reverse((m - f) & (m - 1), log2m)))], E, O);
+      split(z[zi(static_cast<int>(t))], z[zi(static_cast<int>(mirror(t)))], E, O);
       v = E + slot_tw[t] * O;
     }
     Gs[t] = v;
@@ -1608,7 +1620,7 @@ CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, c
     const Balance<T> bal = gathered(z);
     const T up = out().up;
     g.for_each(a.F, [=, &a](int64_t f) {
-      const BinPair pq = bins(f, a.d, a.log2d);
+      const BinPair pq = bins(f, a.d);
       cplx<T> A, B;
       split(z[pq.p], z[pq.q], A, B);
       const cplx<T> g0 = G0[f], g1 = a.out_map ? (two ? G1[f] : cplx<T>(0, 0)) : g0;
@@ -1647,7 +1659,7 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
       if (gi == groups - 1) break;
       const Balance<T> bal = gathered(z);
       g.for_each(a.F, [=, &a](int64_t f) {
-        const BinPair pq = bins(f, a.d, a.log2d);
+        const BinPair pq = bins(f, a.d);
         cplx<T> A, B;
         split(z[pq.p], z[pq.q], A, B);
         mslot[ia * a.F + f] = A * bal.re;
@@ -1668,7 +1680,7 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
     // 68 in one loop with the general case below).
     if (a.K == 2) {
       g.for_each(a.F, [=, &a](int64_t f) {
-        const BinPair pq = bins(f, a.d, a.log2d);
+        const BinPair pq = bins(f, a.d);
         cplx<T> A, B;
         split(z[pq.p], z[pq.q], A, B);
         const cplx<T> gf = Gs[f];
@@ -1677,7 +1689,7 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
     } else {
       const Balance<T> bal = gathered(z);
       g.for_each(a.F, [=, &a](int64_t f) {
-        const BinPair pq = bins(f, a.d, a.log2d);
+        const BinPair pq = bins(f, a.d);
         cplx<T> A, Bs;
         split(z[pq.p], z[pq.q], A, Bs);
         const cplx<T> B = Bs * bal.im;  // the true spectra
@@ -1726,7 +1738,7 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
       });
       g.sync();
       const Balance<T> pb = Balance<T>::of(Mag::of<T>(codes[0]), Mag::of<T>(codes[1]));
-      g.for_each(a.F, [=, &a](int64_t f) { merge(z, bins(f, a.d, a.log2d), qa[f], qb[f] * pb.up); });
+      g.for_each(a.F, [=, &a](int64_t f) { merge(z, bins(f, a.d), qa[f], qb[f] * pb.up); });
       g.sync();
       fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
       scatter_grads(g, a, z, a.map_ids[2 * gi], b, l, a.map_ids[2 * gi + 1], b, l, pb);
