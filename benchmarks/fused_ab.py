@@ -7,6 +7,7 @@ COMPACT_BILINEAR_FFT_RADIX=8 or 32 sets both: five or three passes at d = 8192);
 with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forward at several rows
 per chunk (the plan's, 6 at the canonical size, and others by COMPACT_BILINEAR_SUM_ROWS), both
 with and without the prefetch of the next gather's input values (COMPACT_BILINEAR_PREFETCH=0),
+and with the product apart from the transforms' unit passes (COMPACT_BILINEAR_UNIT_PRODUCT=0),
 pooled forward+backward at the plan's rows per chunk and at 7 (a sample's 7 x 7 rows in 7 chunks),
 forward+backward with an NCHW-contiguous (its rows read by clusters of blocks, and one by one:
 COMPACT_BILINEAR_STAGE_GRAD=0) and a location-major upstream gradient, each with the NCHW maps'
@@ -93,12 +94,14 @@ def main():
     unpooled, pooled = fwd("fft", False), fwd("fft", True)
     radix8, radix32 = {"COMPACT_BILINEAR_FFT_RADIX": "8"}, {"COMPACT_BILINEAR_FFT_RADIX": "32"}
     no_prefetch = {"COMPACT_BILINEAR_PREFETCH": "0"}
+    no_unit = {"COMPACT_BILINEAR_UNIT_PRODUCT": "0"}  # the product apart from the unit passes
     one_by_one = {"COMPACT_BILINEAR_STAGE_GRAD": "0"}
     variants = [
         ("unpooled fwd", "fft", {}, unpooled, unpooled, plain),
         ("unpooled fwd", "fused, row pairs", {}, fwd("fused", False), unpooled, plain),
         ("unpooled fwd", "fused, row pairs, radix 8", radix8, fwd("fused", False), unpooled, plain),
         ("unpooled fwd", "fused, row pairs, no prefetch", no_prefetch, fwd("fused", False), unpooled, plain),
+        ("unpooled fwd", "fused, row pairs, unit passes apart", no_unit, fwd("fused", False), unpooled, plain),
         ("unpooled fwd", "fused, single rows", {"COMPACT_BILINEAR_ROW_PAIRS": "0"}, fwd("fused", False), unpooled,
          plain),
         ("pooled fwd", "fft", {}, pooled, pooled, plain),
@@ -106,7 +109,8 @@ def main():
     ] + [("pooled fwd", f"fused, {n} rows per chunk", {"COMPACT_BILINEAR_SUM_ROWS": n}, fwd("fused", True), pooled,
           plain) for n in ("2", "4", "5", "7", "8")] + [
         ("pooled fwd", "fused, radix 8", radix8, fwd("fused", True), pooled, plain),
-        ("pooled fwd", "fused, no prefetch", no_prefetch, fwd("fused", True), pooled, plain)]
+        ("pooled fwd", "fused, no prefetch", no_prefetch, fwd("fused", True), pooled, plain),
+        ("pooled fwd", "fused, unit passes apart", no_unit, fwd("fused", True), pooled, plain)]
     # Chunks of flat rows against a sample's 7 x 7 rows in chunks of 7 (SUM_ROWS=7: the plan before
     # commit 2e3c3d3 in the forward and before c7cbb24 in the backward).
     pooled_grad = torch.randn(B, D, device="cuda")

@@ -101,6 +101,9 @@ struct FusedPlan {
   // write_cluster_rows).
   int cluster = 0;
   bool stage_grad = false, stage_x = false, stage_dx = false, grad_pairs = false;
+  // Forward of two maps and no vectors whose last FFT pass is radix 16: the product fused with the
+  // transforms' passes of span 1 (fused.h unit_product).
+  bool unit_product = false;
 };
 // What the fused kernel's plan needs to know of a GPU: shared memory a block may have (opt-in), an
 // SM's shared memory and what the runtime reserves of it per block, an SM's registers, blocks and

@@ -69,6 +69,12 @@ CB_HD uint32_t mirror(uint32_t j) {
 #endif
   return j ^ (0x7fffffffu >> lz);
 }
+// mirror() at compile time (a register's index).
+CB_HD constexpr int mirror_of(int j) {
+  int below = j >> 1;
+  for (int s = 1; s < 32; s *= 2) below |= below >> s;
+  return j ^ below;
+}
 
 template <typename T>
 CB_HD cplx<T> mul_neg_i(cplx<T> z) { return cplx<T>(z.imag(), -z.real()); }
@@ -120,6 +126,8 @@ struct Args {
   bool stage_dx = false;         // ... the two maps' gradients, from each group's first slot
                                  // (write_cluster_rows)
   bool grad_pairs = false;       // backward, one map: a row pair's two rows staged together in G0 and G1
+  bool unit_product = false;     // forward, two maps, no vectors: the product fused with the radix-16
+                                 // passes of span 1 (unit_product)
   In* grad_x[kMaxInputs] = {};   // (B, C_k, L_k) contiguous
 };
 
@@ -420,12 +428,14 @@ CB_HD void fft_pass_bits(const G& g, int n, int lh, int bits, const cplx<T>* tw,
 }
 
 // Forward transform (DIF: natural in, bit-reversed out), the first pass reading through `load`.
+// Without its last pass, the one of span 1, where `unit_left` (unit_product runs it).
 template <typename T, class G, class Load>
-CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw, Load load) {
+CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw, Load load,
+                           bool unit_left = false) {
   const int n = static_cast<int>(n64);
   const Schedule s(log2n, G::kMaxPassBits);
   int top = log2n;  // stages left; the next pass's largest span is 2^(top - 1)
-  for (int i = 0; i < s.passes; ++i) {
+  for (int i = 0; i < s.passes - (unit_left ? 1 : 0); ++i) {
     top -= s.bits(i);
     if (i == 0)
       fft_pass_bits<false>(g, n, top, s.bits(i), tw, load, ZStore<T>{z});
@@ -442,12 +452,14 @@ CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n, int log2n, const c
 // Unnormalised inverse transform (DIT, conjugate twiddles): bit-reversed input, natural output,
 // the forward's passes in reverse order, the last writing through `store`. In the last pass
 // consecutive threads hold consecutive outputs, so a store to a global row is coalesced.
+// Without its first pass, the one of span 1, where `unit_done` (unit_product ran it).
 template <typename T, class G, class Store>
-CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw, Store store) {
+CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw, Store store,
+                           bool unit_done = false) {
   const int n = static_cast<int>(n64);
   const Schedule s(log2n, G::kMaxPassBits);
-  int lh = 0;
-  for (int i = s.passes - 1; i >= 0; --i) {
+  int lh = unit_done ? s.bits(s.passes - 1) : 0;
+  for (int i = s.passes - (unit_done ? 2 : 1); i >= 0; --i) {
     if (i == 0)
       fft_pass_bits<true>(g, n, lh, s.bits(i), tw, ZLoad<T>{z}, store);
     else
@@ -618,12 +630,16 @@ CB_HD Balance<T> gathered(const cplx<T>* z) {
 // The forward transform of the last gather's sketches (d points), Im scaled by their balance's up
 // on its way into the first pass.
 template <typename T, class G>
-CB_HD void fft_forward_sketches(const G& g, cplx<T>* z, int64_t d, int log2d, const cplx<T>* tw) {
+CB_HD void fft_forward_sketches(const G& g, cplx<T>* z, int64_t d, int log2d, const cplx<T>* tw,
+                                bool unit_left = false) {
   const T up = gathered(z).up;
-  fft_forward_dif(g, z, d, log2d, tw, [=](Elem e) {
-    const cplx<T> v = z[zi(e.base) + e.zoff];
-    return cplx<T>(v.real(), v.imag() * up);
-  });
+  fft_forward_dif(
+      g, z, d, log2d, tw,
+      [=](Elem e) {
+        const cplx<T> v = z[zi(e.base) + e.zoff];
+        return cplx<T>(v.real(), v.imag() * up);
+      },
+      unit_left);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1070,9 +1086,9 @@ struct RowStoreAt {
   }
 };
 template <typename T, typename In, class G>
-CB_HD void inverse_to_rows(const G& g, const Args<T, In>& a, cplx<T>* z, In* out, bool pair) {
+CB_HD void inverse_to_rows(const G& g, const Args<T, In>& a, cplx<T>* z, In* out, bool pair, bool unit_done = false) {
   const RowStoreAt<T, In> store{out, static_cast<int>(a.d), a.log2d, pair, row_factors(z)};
-  fft_inverse_dit(g, z, a.d, a.log2d, a.tw, store);
+  fft_inverse_dit(g, z, a.d, a.log2d, a.tw, store, unit_done);
 }
 
 // The gather of a single map's rows r and r + 1 (flat, sample * L + location) of a chunk that
@@ -1222,6 +1238,103 @@ CB_HD void map_product(const G& g, const Args<T, In>& a, Sink sink, cplx<T>* z, 
   }
 }
 
+// The plain product (two maps, no vectors: map_product<true>) fused with the transforms' passes of
+// span 1 (a.unit_product, where the forward's last pass is radix 16): that last pass and, where the
+// product goes into Z, the inverse's first. Both are R-point DFTs, without twiddles, of blocks of R
+// consecutive positions, and a bin's position and its mirror's (bins) lie in mirror blocks: for
+// j = R t + r with t >= 1, mirror(j) = R mirror(t) + (r ^ (R - 1)), and blocks 0 and 1 are their
+// own. So virtual thread u holds blocks t0 = u + (u's highest bit) and t1 = mirror(t0) (u = 0:
+// blocks 0 and 1) in registers and finds all the bins of its 2R positions there: the bin at each
+// even position and, in block 0, the one at 1 (bin d/2). It runs the forward's last pass on both
+// blocks, the product of each bin and, merged for the inverse, the inverse's first pass, and stores
+// only what the inverse reads on: no round trip through Z between the three, and one barrier where
+// there were two (three for a pair's second row). The arithmetic is map_product's and the passes',
+// in the same order: the results are bit-identical.
+template <Sink S, typename T>
+CB_HD void unit_bin(cplx<T>& p, cplx<T>& q, bool self, cplx<T>* dst, int64_t f, T c) {
+  cplx<T> A, B;
+  split(p, q, A, B);
+  const cplx<T> prod = A * B * c;
+  if constexpr (S == Sink::Acc) {
+    dst[f] += prod;
+  } else if constexpr (S == Sink::Hold) {
+    dst[f] = prod;
+  } else {  // merge(): p = A + i B, q = conj(A) + i conj(B), A the held row's (a pair) or this one's
+    const cplx<T> a = S == Sink::MergePair ? dst[f] : prod, b = S == Sink::MergePair ? prod : cplx<T>(0, 0);
+    const cplx<T> mp = a + mul_pos_i(b), mq = conj(a) + mul_pos_i(conj(b));
+    p = mp;
+    if (!self) q = mq;
+  }
+}
+
+template <Sink S, typename T, class G>
+CB_HD void unit_product(const G& g, cplx<T>* z, cplx<T>* dst, int d, T c) {
+  constexpr int R = 16;
+  constexpr bool merged = S == Sink::Merge || S == Sink::MergePair;
+  g.for_each(d / (2 * R), [=](int64_t u64) {
+    const uint32_t u = static_cast<uint32_t>(u64);
+    const bool u0 = u == 0;
+    const uint32_t t0 = u0 ? 0 : u + (u ^ mirror(u)) + 1, t1 = u0 ? 1 : mirror(t0);
+    const int b0 = zi(static_cast<int>(R * t0)), b1 = zi(static_cast<int>(R * t1));
+    cplx<T> x[R], y[R];
+    CB_UNROLL
+    for (int m = 0; m < R; ++m) {
+      x[m] = z[b0 + zi(m)];
+      y[m] = z[b1 + zi(m)];
+    }
+    dft<R, false>(x);
+    dft<R, false>(y);
+    const int64_t f0 = R / 2 * static_cast<int64_t>(t0), f1 = R / 2 * static_cast<int64_t>(t1);
+    CB_UNROLL
+    for (int r = 0; r < R; r += 2) {
+      // x[r]'s mirror: x[mirror(r)] in block 0 (itself at r = 0), else y[r ^ (R - 1)]; y[r]'s: in block
+      // 1 y[r ^ (R - 1)], else x[r ^ (R - 1)]. Selected by value: a register array indexed at run
+      // time would live in local memory.
+      const int rm = r ^ (R - 1), r0 = mirror_of(r);
+      cplx<T> q = u0 ? x[r0] : y[rm];
+      unit_bin<S>(x[r], q, u0 && r == 0, dst, f0 + r / 2, c);
+      if constexpr (merged) {
+        if (u0) {
+          if (r != 0) x[r0] = q;
+        } else {
+          y[rm] = q;
+        }
+      }
+      q = u0 ? y[rm] : x[rm];
+      unit_bin<S>(y[r], q, false, dst, f1 + r / 2, c);
+      if constexpr (merged) {
+        if (u0)
+          y[rm] = q;
+        else
+          x[rm] = q;
+      }
+    }
+    if (u0) unit_bin<S>(x[1], x[1], true, dst, d / 2, c);  // bin d/2
+    if constexpr (merged) {
+      dft<R, true>(x);
+      dft<R, true>(y);
+      CB_UNROLL
+      for (int m = 0; m < R; ++m) {
+        z[b0 + zi(m)] = x[m];
+        z[b1 + zi(m)] = y[m];
+      }
+    }
+  });
+  g.sync();
+}
+
+template <typename T, class G>
+CB_HD void unit_product(const G& g, Sink sink, cplx<T>* z, cplx<T>* dst, int d, T c) {
+  if constexpr (G::kMaxPassBits >= 4) {
+    switch (sink) {
+      case Sink::Acc: return unit_product<Sink::Acc>(g, z, dst, d, c);
+      case Sink::Hold: return unit_product<Sink::Hold>(g, z, dst, d, c);
+      case Sink::MergePair: return unit_product<Sink::MergePair>(g, z, dst, d, c);
+      case Sink::Merge: return unit_product<Sink::Merge>(g, z, dst, d, c);
+    }
+  }
+}
+
 // Forward for chunk c of the B * L flat rows (b is 0), pooled or not. Unpooled, a pair may end one
 // sample and start the next, and no sample's odd row count leaves a block with a single row (at
 // B = 32, L = 49: 784 blocks, 3 full waves on an H100, instead of 800, whose last 8 blocks made a
@@ -1296,6 +1409,7 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
   } else {
     const bool pair = first != nullptr && r1 - r0 == 2 && sample_end(r0, r1) == r1;
     const bool plain = groups == 1 && a.nvec == 0;  // two maps (groups == 1 and nmap > 1)
+    const bool unit = plain && a.unit_product;  // the product fused with the unit passes (unit_product)
     if (pooled) zero_acc();
     Mag held;  // the magnitude of a pair's first row (its maps' product; the vectors are the second's)
     for (int64_t r = r0; r < r1; ++r) {
@@ -1313,7 +1427,7 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
         };
         const bool more = gi + 1 < groups || r + 1 < r1 || turn.next_bx >= 0;
         load_sketches<Prefetch>(g, a, z, cur, more, next);
-        fft_forward_sketches(g, z, a.d, a.log2d, a.tw);
+        fft_forward_sketches(g, z, a.d, a.log2d, a.tw, unit);
         const int kb = cur.kb;
         const int64_t rb = rl.b;
         const Mag x = mag_of(z, 0), y = mag_of(z, 1);
@@ -1326,13 +1440,15 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
           set_row_factors(g, z, out);
           c *= out.up;  // 1 for a row alone
         }
-        if (plain)
+        if (unit)
+          unit_product(g, sink, z, dst, static_cast<int>(a.d), c);
+        else if (plain)
           map_product<true>(g, a, sink, z, P, dst, rb, gi, kb, last, c);
         else
           map_product<false>(g, a, sink, z, P, dst, rb, gi, kb, last, c);
       }
       held = row;
-      if (!pooled && !hold) inverse_to_rows(g, a, z, a.out + (pair ? r0 : r) * a.d, pair);
+      if (!pooled && !hold) inverse_to_rows(g, a, z, a.out + (pair ? r0 : r) * a.d, pair, unit);
       // Pooled: the sample's last row in this chunk hands its sum on.
       if (pooled && (rl.l + 1 == a.L || r + 1 == r1)) {
         forward_pooled_sample(g, a, z, acc, rl.b, c);

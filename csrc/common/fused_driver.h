@@ -33,6 +33,7 @@ Args<T, In> make_args(const Problem& p, const FusedPlan& plan) {
   a.slots = plan.slots;
   a.global_slots = plan.global_slots;
   a.prefetch_half = plan.prefetch_half;
+  a.unit_product = plan.unit_product;
   for (int k = 0; k < a.K; ++k) {
     a.is_map[k] = p.is_map[k];
     if (p.is_map[k]) {
@@ -179,7 +180,8 @@ inline std::string describe_choice(const Problem& p, const std::string& algorith
     << " pair_rows=" << plan->pair_rows << " slots=" << plan->slots << " global_slots=" << plan->global_slots
     << " prefetch_half=" << plan->prefetch_half << " smem_bytes=" << plan->smem_bytes
     << " max_pass_bits=" << plan->max_pass_bits << " cluster=" << plan->cluster << " stage_grad=" << plan->stage_grad
-    << " stage_x=" << plan->stage_x << " stage_dx=" << plan->stage_dx << " grad_pairs=" << plan->grad_pairs;
+    << " stage_x=" << plan->stage_x << " stage_dx=" << plan->stage_dx << " grad_pairs=" << plan->grad_pairs
+    << " unit_product=" << plan->unit_product;
   return s.str();
 }
 

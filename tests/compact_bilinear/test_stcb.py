@@ -697,6 +697,62 @@ def test_fused_prefetch_where_blocks_take_several_chunks(name, device, monkeypat
     torch.testing.assert_close(prefetched[0].double(), ref, rtol=2e-5, atol=2e-5 * ref.abs().max().item())
 
 
+# (d, spatial shapes, sum_pool, rows one by one): where the forward's last pass is radix 16 (radix-32
+# passes: d = 256, 512, 4096, 8192, 16384), the plain product in every sink: a pair's first and second
+# row (even L), a row alone (odd L: a pair across two samples runs as two rows; pairs turned off),
+# the pooled accumulator; and 16 x 16 maps (256 virtual threads, a block's worth at d = 8192).
+UNIT_PRODUCT_CASES = {
+    "pairs_256": (256, [(2, 3), (2, 3)], False, False),
+    "pairs_512_odd_L": (512, [(3, 3), (3, 3)], False, False),
+    "pooled_4096": (4096, [(3, 3), (3, 3)], True, False),
+    "pairs_8192": (8192, [(2, 2), (2, 2)], False, False),
+    "single_rows_8192": (8192, [(1, 3), (1, 3)], False, True),
+    "pooled_8192": (8192, [(2, 3), (2, 3)], True, False),
+    "pairs_16384_odd_L": (16384, [(1, 3), (1, 3)], False, False),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", list(UNIT_PRODUCT_CASES))
+def test_fused_unit_product_matches_separate_passes(name, dtype, device, monkeypatch):
+    """The forward of two maps runs its product fused with the transforms' radix-16 passes of span
+    1 (fused.h unit_product: a thread holds a bin's block and its mirror's in registers). Same
+    arithmetic in the same order: the outputs are bit-identical to the separate passes and product
+    phase (COMPACT_BILINEAR_UNIT_PRODUCT=0), and match the definition. The plan engages it only for
+    two maps without vectors, in the forward, where the last pass is radix 16."""
+    d, spatial, sum_pool, single = UNIT_PRODUCT_CASES[name]
+    if single:
+        monkeypatch.setenv("COMPACT_BILINEAR_ROW_PAIRS", "0")
+    xs, hs, ss, d, sum_pool = make(((6, 5), d, spatial, sum_pool), device, dtype=dtype, batch=2)
+    assert fused_plan(xs, hs, ss, d, sum_pool)["unit_product"] == 1
+    assert fused_plan(xs, hs, ss, d, sum_pool, backward=True)["unit_product"] == 0
+    fused = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
+    monkeypatch.setenv("COMPACT_BILINEAR_UNIT_PRODUCT", "0")
+    assert fused_plan(xs, hs, ss, d, sum_pool)["unit_product"] == 0
+    separate = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
+    assert torch.equal(fused, separate)
+    ref = explicit_outer_product_sketch([x.double() for x in xs], hs, ss, d, sum_pool)
+    tol = TOL[dtype]
+    torch.testing.assert_close(fused.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+def test_fused_unit_product_only_where_the_last_pass_is_radix_16(monkeypatch):
+    """Radix-32 passes end in radix 16 at d = 256, 512, 4096, 8192 and 16384 (fused.h Schedule), not
+    at 1024 (two radix-32 passes) or 2048 (4, 4, 3 stages); radix-8 passes (float64, or
+    COMPACT_BILINEAR_FFT_RADIX=8) never. A vector input or a single map has a product of its own."""
+    def plan(d, spatial=((2, 2), (2, 2)), dtype=torch.float32):
+        xs, hs, ss, d, sum_pool = make(((6, 5), d, list(spatial), False), "cpu", dtype=dtype, batch=1)
+        return fused_plan(xs, hs, ss, d, sum_pool)["unit_product"]
+    assert [d for d in [2 ** e for e in range(15)] if plan(d)] == [256, 512, 4096, 8192, 16384]
+    assert plan(8192, dtype=torch.float64) == 0
+    assert plan(8192, spatial=((2, 2), ())) == 0
+    monkeypatch.setenv("COMPACT_BILINEAR_FFT_RADIX", "8")
+    assert plan(8192) == 0
+    monkeypatch.setenv("COMPACT_BILINEAR_UNIT_PRODUCT", "2")
+    with pytest.raises(ValueError, match="COMPACT_BILINEAR_UNIT_PRODUCT must be '0' or '1'"):
+        plan(8192)
+
+
 def test_fused_prefetch_only_where_it_costs_no_block_per_sm(monkeypatch):
     """The plan gives a forward with a map a prefetch buffer (two halves of the largest map's channel
     count, 4-byte words for 16-bit inputs), where the SM still holds as many blocks, and the
