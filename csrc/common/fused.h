@@ -503,6 +503,26 @@ CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
   z[pq.p] = A + mul_pos_i(B);
   if (pq.q != pq.p) z[pq.q] = conj(A) + mul_pos_i(conj(B));
 }
+// The same on a bin's value p and its mirror's q, wherever they are (`self`: the bin is its own
+// mirror, bin 0 or d/2).
+template <typename T>
+CB_HD void merge_into(cplx<T>& p, cplx<T>& q, bool self, cplx<T> A, cplx<T> B) {
+  const cplx<T> mp = A + mul_pos_i(B), mq = conj(A) + mul_pos_i(conj(B));
+  p = mp;
+  if (!self) q = mq;
+}
+
+// A product phase's work on bin f of a transform in Z: bin(p, q, self, f) with the bin's value p
+// and its mirror's q (read both before writing either: at bins 0 and d/2 they are the same value),
+// which it may overwrite. unit_product runs the same on registers.
+template <typename T, class G, class Bin>
+CB_HD void each_bin(const G& g, cplx<T>* z, int64_t F, int64_t d, Bin bin) {
+  g.for_each(F, [=](int64_t f) {
+    const BinPair pq = bins(f, d);
+    bin(z[pq.p], z[pq.q], pq.q == pq.p, f);
+  });
+  g.sync();
+}
 
 // ---------------------------------------------------------------------------------------------
 // Balance. Two real signals that share a complex transform (x in Re, y in Im) both take rounding
@@ -1091,6 +1111,73 @@ CB_HD void inverse_to_rows(const G& g, const Args<T, In>& a, cplx<T>* z, In* out
   fft_inverse_dit(g, z, a.d, a.log2d, a.tw, store, unit_done);
 }
 
+// A product phase (each_bin's bin) fused with the transforms' passes of span 1 (a.unit_product,
+// where the forward's last pass is radix 16): that last pass and, where the product is merged into
+// Z for the inverse (Merged), the inverse's first. Both are R-point DFTs, without twiddles, of
+// blocks of R consecutive positions, and a bin's position and its mirror's (bins) lie in mirror
+// blocks: for j = R t + r with t >= 1, mirror(j) = R mirror(t) + (r ^ (R - 1)), and blocks 0 and 1
+// are their own. So virtual thread u holds blocks t0 = u + (u's highest bit) and t1 = mirror(t0)
+// (u = 0: blocks 0 and 1) in registers and finds all the bins of its 2R positions there: the bin
+// at each even position and, in block 0, the one at 1 (bin d/2). It runs the forward's last pass on
+// both blocks, `bin` on each bin and, Merged, the inverse's first pass, and stores only what the
+// inverse reads on: no round trip through Z between the three, and one barrier where there were
+// two (three for a merged product). The arithmetic is that of the passes and of each_bin, in the
+// same order: the results are bit-identical.
+template <bool Merged, typename T, class G, class Bin>
+CB_HD void unit_product(const G& g, cplx<T>* z, int d, Bin bin) {
+  constexpr int R = 16;
+  g.for_each(d / (2 * R), [=](int64_t u64) {
+    const uint32_t u = static_cast<uint32_t>(u64);
+    const bool u0 = u == 0;
+    const uint32_t t0 = u0 ? 0 : u + (u ^ mirror(u)) + 1, t1 = u0 ? 1 : mirror(t0);
+    const int b0 = zi(static_cast<int>(R * t0)), b1 = zi(static_cast<int>(R * t1));
+    cplx<T> x[R], y[R];
+    CB_UNROLL
+    for (int m = 0; m < R; ++m) {
+      x[m] = z[b0 + zi(m)];
+      y[m] = z[b1 + zi(m)];
+    }
+    dft<R, false>(x);
+    dft<R, false>(y);
+    const int64_t f0 = R / 2 * static_cast<int64_t>(t0), f1 = R / 2 * static_cast<int64_t>(t1);
+    CB_UNROLL
+    for (int r = 0; r < R; r += 2) {
+      // x[r]'s mirror: x[mirror(r)] in block 0 (itself at r = 0), else y[r ^ (R - 1)]; y[r]'s: in block
+      // 1 y[r ^ (R - 1)], else x[r ^ (R - 1)]. Selected by value: a register array indexed at run
+      // time would live in local memory.
+      const int rm = r ^ (R - 1), r0 = mirror_of(r);
+      cplx<T> q = u0 ? x[r0] : y[rm];
+      bin(x[r], q, u0 && r == 0, f0 + r / 2);
+      if constexpr (Merged) {
+        if (u0) {
+          if (r != 0) x[r0] = q;
+        } else {
+          y[rm] = q;
+        }
+      }
+      q = u0 ? y[rm] : x[rm];
+      bin(y[r], q, false, f1 + r / 2);
+      if constexpr (Merged) {
+        if (u0)
+          y[rm] = q;
+        else
+          x[rm] = q;
+      }
+    }
+    if (u0) bin(x[1], x[1], true, d / 2);  // bin d/2
+    if constexpr (Merged) {
+      dft<R, true>(x);
+      dft<R, true>(y);
+      CB_UNROLL
+      for (int m = 0; m < R; ++m) {
+        z[b0 + zi(m)] = x[m];
+        z[b1 + zi(m)] = y[m];
+      }
+    }
+  });
+  g.sync();
+}
+
 // The gather of a single map's rows r and r + 1 (flat, sample * L + location) of a chunk that
 // ends at r1: row r in Re, row r + 1, if the chunk has it, in Im.
 template <typename T, typename In>
@@ -1117,10 +1204,9 @@ CB_HD void forward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cp
     const Balance<T> bal = gathered(z);
     if (!acc) set_row_factors(g, z, bal);
     const T im = bal.im;
-    g.for_each(a.F, [=, &a](int64_t f) {
-      const BinPair pq = bins(f, a.d);
+    const auto bin = [=, &a](cplx<T>& p, cplx<T>& q, bool self, int64_t f) {
       cplx<T> A, B;
-      split(z[pq.p], z[pq.q], A, B);
+      split(p, q, A, B);
       if (a.nvec) {  // the vectors' product
         const cplx<T> v = vector_product(a, rb, f);
         A *= v;
@@ -1131,10 +1217,10 @@ CB_HD void forward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cp
         if (two) sum += B * im;
         acc[f] = sum;
       } else {  // the two rows' outputs, balanced as their sketches were (same vectors): B as it is
-        merge(z, pq, A, two ? B : cplx<T>(0, 0));
+        merge_into(p, q, self, A, two ? B : cplx<T>(0, 0));
       }
-    });
-    g.sync();
+    };
+    each_bin(g, z, a.F, a.d, bin);
     if (!acc) inverse_to_rows(g, a, z, a.out + r * a.d, two);
   }
 }
@@ -1200,11 +1286,10 @@ enum class Sink { Acc, Hold, Merge, MergePair };
 // merged and 62 where it is held (SASS, sm_90), now 44 and 37.
 template <bool Plain, Sink S, typename T, typename In, class G>
 CB_HD void map_product(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* P, cplx<T>* dst, int64_t rb, int gi,
-                       int kb, bool last, T c) {
-  g.for_each(a.F, [=, &a](int64_t f) {
-    const BinPair pq = bins(f, a.d);
+                       int kb, bool last, T c, bool unit) {
+  const auto bin = [=, &a](cplx<T>& p, cplx<T>& q, bool self, int64_t f) {
     cplx<T> A, B;
-    split(z[pq.p], z[pq.q], A, B);
+    split(p, q, A, B);
     cplx<T> prod = (Plain || kb >= 0 ? A * B : A) * c;
     if constexpr (!Plain) {
       if (gi > 0) prod *= P[f];
@@ -1219,119 +1304,26 @@ CB_HD void map_product(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* P,
     } else if constexpr (S == Sink::Hold) {
       dst[f] = prod;
     } else if constexpr (S == Sink::MergePair) {
-      merge(z, pq, dst[f], prod);
+      merge_into(p, q, self, dst[f], prod);
     } else {
-      merge(z, pq, prod, cplx<T>(0, 0));
+      merge_into(p, q, self, prod, cplx<T>(0, 0));
     }
-  });
-  g.sync();
+  };
+  // The plain product (the plan's unit_product) with the unit passes, in kernels of radix 16 and up.
+  if constexpr (Plain && G::kMaxPassBits >= 4) {
+    if (unit) return unit_product<S == Sink::Merge || S == Sink::MergePair>(g, z, static_cast<int>(a.d), bin);
+  }
+  each_bin(g, z, a.F, a.d, bin);
 }
 
 template <bool Plain, typename T, typename In, class G>
 CB_HD void map_product(const G& g, const Args<T, In>& a, Sink sink, cplx<T>* z, cplx<T>* P, cplx<T>* dst, int64_t rb,
-                       int gi, int kb, bool last, T c) {
+                       int gi, int kb, bool last, T c, bool unit = false) {
   switch (sink) {
-    case Sink::Acc: return map_product<Plain, Sink::Acc>(g, a, z, P, dst, rb, gi, kb, last, c);
-    case Sink::Hold: return map_product<Plain, Sink::Hold>(g, a, z, P, dst, rb, gi, kb, last, c);
-    case Sink::MergePair: return map_product<Plain, Sink::MergePair>(g, a, z, P, dst, rb, gi, kb, last, c);
-    case Sink::Merge: return map_product<Plain, Sink::Merge>(g, a, z, P, dst, rb, gi, kb, last, c);
-  }
-}
-
-// The plain product (two maps, no vectors: map_product<true>) fused with the transforms' passes of
-// span 1 (a.unit_product, where the forward's last pass is radix 16): that last pass and, where the
-// product goes into Z, the inverse's first. Both are R-point DFTs, without twiddles, of blocks of R
-// consecutive positions, and a bin's position and its mirror's (bins) lie in mirror blocks: for
-// j = R t + r with t >= 1, mirror(j) = R mirror(t) + (r ^ (R - 1)), and blocks 0 and 1 are their
-// own. So virtual thread u holds blocks t0 = u + (u's highest bit) and t1 = mirror(t0) (u = 0:
-// blocks 0 and 1) in registers and finds all the bins of its 2R positions there: the bin at each
-// even position and, in block 0, the one at 1 (bin d/2). It runs the forward's last pass on both
-// blocks, the product of each bin and, merged for the inverse, the inverse's first pass, and stores
-// only what the inverse reads on: no round trip through Z between the three, and one barrier where
-// there were two (three for a pair's second row). The arithmetic is map_product's and the passes',
-// in the same order: the results are bit-identical.
-template <Sink S, typename T>
-CB_HD void unit_bin(cplx<T>& p, cplx<T>& q, bool self, cplx<T>* dst, int64_t f, T c) {
-  cplx<T> A, B;
-  split(p, q, A, B);
-  const cplx<T> prod = A * B * c;
-  if constexpr (S == Sink::Acc) {
-    dst[f] += prod;
-  } else if constexpr (S == Sink::Hold) {
-    dst[f] = prod;
-  } else {  // merge(): p = A + i B, q = conj(A) + i conj(B), A the held row's (a pair) or this one's
-    const cplx<T> a = S == Sink::MergePair ? dst[f] : prod, b = S == Sink::MergePair ? prod : cplx<T>(0, 0);
-    const cplx<T> mp = a + mul_pos_i(b), mq = conj(a) + mul_pos_i(conj(b));
-    p = mp;
-    if (!self) q = mq;
-  }
-}
-
-template <Sink S, typename T, class G>
-CB_HD void unit_product(const G& g, cplx<T>* z, cplx<T>* dst, int d, T c) {
-  constexpr int R = 16;
-  constexpr bool merged = S == Sink::Merge || S == Sink::MergePair;
-  g.for_each(d / (2 * R), [=](int64_t u64) {
-    const uint32_t u = static_cast<uint32_t>(u64);
-    const bool u0 = u == 0;
-    const uint32_t t0 = u0 ? 0 : u + (u ^ mirror(u)) + 1, t1 = u0 ? 1 : mirror(t0);
-    const int b0 = zi(static_cast<int>(R * t0)), b1 = zi(static_cast<int>(R * t1));
-    cplx<T> x[R], y[R];
-    CB_UNROLL
-    for (int m = 0; m < R; ++m) {
-      x[m] = z[b0 + zi(m)];
-      y[m] = z[b1 + zi(m)];
-    }
-    dft<R, false>(x);
-    dft<R, false>(y);
-    const int64_t f0 = R / 2 * static_cast<int64_t>(t0), f1 = R / 2 * static_cast<int64_t>(t1);
-    CB_UNROLL
-    for (int r = 0; r < R; r += 2) {
-      // x[r]'s mirror: x[mirror(r)] in block 0 (itself at r = 0), else y[r ^ (R - 1)]; y[r]'s: in block
-      // 1 y[r ^ (R - 1)], else x[r ^ (R - 1)]. Selected by value: a register array indexed at run
-      // time would live in local memory.
-      const int rm = r ^ (R - 1), r0 = mirror_of(r);
-      cplx<T> q = u0 ? x[r0] : y[rm];
-      unit_bin<S>(x[r], q, u0 && r == 0, dst, f0 + r / 2, c);
-      if constexpr (merged) {
-        if (u0) {
-          if (r != 0) x[r0] = q;
-        } else {
-          y[rm] = q;
-        }
-      }
-      q = u0 ? y[rm] : x[rm];
-      unit_bin<S>(y[r], q, false, dst, f1 + r / 2, c);
-      if constexpr (merged) {
-        if (u0)
-          y[rm] = q;
-        else
-          x[rm] = q;
-      }
-    }
-    if (u0) unit_bin<S>(x[1], x[1], true, dst, d / 2, c);  // bin d/2
-    if constexpr (merged) {
-      dft<R, true>(x);
-      dft<R, true>(y);
-      CB_UNROLL
-      for (int m = 0; m < R; ++m) {
-        z[b0 + zi(m)] = x[m];
-        z[b1 + zi(m)] = y[m];
-      }
-    }
-  });
-  g.sync();
-}
-
-template <typename T, class G>
-CB_HD void unit_product(const G& g, Sink sink, cplx<T>* z, cplx<T>* dst, int d, T c) {
-  if constexpr (G::kMaxPassBits >= 4) {
-    switch (sink) {
-      case Sink::Acc: return unit_product<Sink::Acc>(g, z, dst, d, c);
-      case Sink::Hold: return unit_product<Sink::Hold>(g, z, dst, d, c);
-      case Sink::MergePair: return unit_product<Sink::MergePair>(g, z, dst, d, c);
-      case Sink::Merge: return unit_product<Sink::Merge>(g, z, dst, d, c);
-    }
+    case Sink::Acc: return map_product<Plain, Sink::Acc>(g, a, z, P, dst, rb, gi, kb, last, c, unit);
+    case Sink::Hold: return map_product<Plain, Sink::Hold>(g, a, z, P, dst, rb, gi, kb, last, c, unit);
+    case Sink::MergePair: return map_product<Plain, Sink::MergePair>(g, a, z, P, dst, rb, gi, kb, last, c, unit);
+    case Sink::Merge: return map_product<Plain, Sink::Merge>(g, a, z, P, dst, rb, gi, kb, last, c, unit);
   }
 }
 
@@ -1440,10 +1432,8 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
           set_row_factors(g, z, out);
           c *= out.up;  // 1 for a row alone
         }
-        if (unit)
-          unit_product(g, sink, z, dst, static_cast<int>(a.d), c);
-        else if (plain)
-          map_product<true>(g, a, sink, z, P, dst, rb, gi, kb, last, c);
+        if (plain)
+          map_product<true>(g, a, sink, z, P, dst, rb, gi, kb, last, c, unit);
         else
           map_product<false>(g, a, sink, z, P, dst, rb, gi, kb, last, c);
       }

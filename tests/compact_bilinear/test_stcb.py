@@ -698,9 +698,9 @@ def test_fused_prefetch_where_blocks_take_several_chunks(name, device, monkeypat
 
 
 # (d, spatial shapes, sum_pool, rows one by one): where the forward's last pass is radix 16 (radix-32
-# passes: d = 256, 512, 4096, 8192, 16384), the plain product in every sink: a pair's first and second
+# passes: d = 256, 512, 4096, 8192, 16384), two maps' product in every sink: a pair's first and second
 # row (even L), a row alone (odd L: a pair across two samples runs as two rows; pairs turned off),
-# the pooled accumulator; and 16 x 16 maps (256 virtual threads, a block's worth at d = 8192).
+# the pooled accumulator.
 UNIT_PRODUCT_CASES = {
     "pairs_256": (256, [(2, 3), (2, 3)], False, False),
     "pairs_512_odd_L": (512, [(3, 3), (3, 3)], False, False),
@@ -715,15 +715,14 @@ UNIT_PRODUCT_CASES = {
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", list(UNIT_PRODUCT_CASES))
 def test_fused_unit_product_matches_separate_passes(name, dtype, device, monkeypatch):
-    """The forward of two maps runs its product fused with the transforms' radix-16 passes of span
-    1 (fused.h unit_product: a thread holds a bin's block and its mirror's in registers). Same
+    """The forward of two maps runs its product fused with the transforms' radix-16 passes of span 1
+    (fused.h unit_product: a thread holds a bin's block and its mirror's in registers). Same
     arithmetic in the same order: the outputs are bit-identical to the separate passes and product
-    phase (COMPACT_BILINEAR_UNIT_PRODUCT=0), and match the definition. The plan engages it only for
-    two maps without vectors, in the forward, where the last pass is radix 16."""
+    phase (COMPACT_BILINEAR_UNIT_PRODUCT=0), and match the definition."""
     d, spatial, sum_pool, single = UNIT_PRODUCT_CASES[name]
     if single:
         monkeypatch.setenv("COMPACT_BILINEAR_ROW_PAIRS", "0")
-    xs, hs, ss, d, sum_pool = make(((6, 5), d, spatial, sum_pool), device, dtype=dtype, batch=2)
+    xs, hs, ss, d, sum_pool = make(((6, 5)[:len(spatial)], d, spatial, sum_pool), device, dtype=dtype, batch=2)
     assert fused_plan(xs, hs, ss, d, sum_pool)["unit_product"] == 1
     assert fused_plan(xs, hs, ss, d, sum_pool, backward=True)["unit_product"] == 0
     fused = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
@@ -739,13 +738,17 @@ def test_fused_unit_product_matches_separate_passes(name, dtype, device, monkeyp
 def test_fused_unit_product_only_where_the_last_pass_is_radix_16(monkeypatch):
     """Radix-32 passes end in radix 16 at d = 256, 512, 4096, 8192 and 16384 (fused.h Schedule), not
     at 1024 (two radix-32 passes) or 2048 (4, 4, 3 stages); radix-8 passes (float64, or
-    COMPACT_BILINEAR_FFT_RADIX=8) never. A vector input or a single map has a product of its own."""
-    def plan(d, spatial=((2, 2), (2, 2)), dtype=torch.float32):
-        xs, hs, ss, d, sum_pool = make(((6, 5), d, list(spatial), False), "cpu", dtype=dtype, batch=1)
-        return fused_plan(xs, hs, ss, d, sum_pool)["unit_product"]
+    COMPACT_BILINEAR_FFT_RADIX=8) never, nor the backward, nor a call whose product is not the plain
+    one of two maps (a vector input, more maps, a single map)."""
+    def plan(d, spatial=((2, 2), (2, 2)), dtype=torch.float32, backward=False):
+        xs, hs, ss, d, sum_pool = make(((6, 5, 4)[:len(spatial)], d, list(spatial), False), "cpu", dtype=dtype,
+                                       batch=1)
+        return fused_plan(xs, hs, ss, d, sum_pool, backward=backward)["unit_product"]
     assert [d for d in [2 ** e for e in range(15)] if plan(d)] == [256, 512, 4096, 8192, 16384]
     assert plan(8192, dtype=torch.float64) == 0
-    assert plan(8192, spatial=((2, 2), ())) == 0
+    assert plan(8192, backward=True) == 0
+    assert plan(8192, spatial=((2, 2), ())) == 0 and plan(8192, spatial=((2, 2),)) == 0
+    assert plan(8192, spatial=((2, 2), (2, 2), ())) == 0 and plan(8192, spatial=((2, 2),) * 3) == 0
     monkeypatch.setenv("COMPACT_BILINEAR_FFT_RADIX", "8")
     assert plan(8192) == 0
     monkeypatch.setenv("COMPACT_BILINEAR_UNIT_PRODUCT", "2")
