@@ -479,7 +479,7 @@ CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n, int log2n, const c
 // (f = d/2), and d - f at mirror(j).
 // In 32 bits (d <= 2^14): 64-bit index math and a third bit reversal had cost 9 of the forward
 // product phase's 51 instructions per bin (SASS, sm_90); two bit reversals, a subtraction and the
-// selects around them 20 of its 39 where mirror() takes 4.
+// selects around them about 11 more than mirror() takes (48 and 39 a bin, now 42 and 34).
 struct BinPair {
   int p, q;
 };
@@ -1283,7 +1283,8 @@ enum class Sink { Acc, Hold, Merge, MergePair };
 // Plain (one pair of maps, no vectors: K = 2 maps, the common case) and the sink fixed at compile
 // time, the loop does only its own case's work: with them as run-time conditions, the others'
 // work was predicated off but still issued: 77 instructions per bin where a pair's product is
-// merged and 62 where it is held (SASS, sm_90), now 44 and 37.
+// merged and 62 where it is held (SASS, sm_90), now 42 and 34; with the unit passes (`unit`, the
+// plan's unit_product, for Plain only) the loop is gone.
 template <bool Plain, Sink S, typename T, typename In, class G>
 CB_HD void map_product(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* P, cplx<T>* dst, int64_t rb, int gi,
                        int kb, bool last, T c, bool unit) {
