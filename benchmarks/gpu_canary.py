@@ -9,8 +9,8 @@ process's CUDA context: every later call in it fails. So the cases run in a chil
 each ending in a synchronizing comparison that prints its verdict; the parent gives a child's first
 case 60 s (the child's start and CUDA's), every other 20 s, all of them 200 s, and where the child
 hangs or dies it names the case it was on and starts a new child for the rest. Each case is a forward+backward on 4 samples of
-7 x 7 NCHW maps (C = 96 and 80, d = 1024: 196 rows, so the last cluster of 8 has 4), float32 and
-bfloat16, with an NCHW upstream gradient, against the float64 reference (`torch.fft` composite). It
+7 x 7 NCHW maps (C = 96 and 80, d = 1024: 196 rows, so the last cluster of 8 has 4; 4096 for the
+forward's product with the unit passes), float32 and bfloat16, with an NCHW upstream gradient, against the float64 reference (`torch.fft` composite). It
 checks first that the plan engages what the case is about, so a case cannot pass by not running.
 
 --env-out writes `export NAME=0` for each switch of a failed case (where the case of that switch
@@ -27,23 +27,31 @@ import threading
 import time
 
 STAGE = ("COMPACT_BILINEAR_STAGE_GRAD", "COMPACT_BILINEAR_STAGE_INPUTS", "COMPACT_BILINEAR_STAGE_INPUT_GRADS")
+SWITCHES = STAGE + ("COMPACT_BILINEAR_UNIT_PRODUCT",)
+FORWARD_KEYS = {"unit_product"}  # plan keys of the forward's plan (the others: the backward's)
 
-# name -> (what it runs, the plan's keys it must engage (value), the three cluster switches (0, 1,
-# or None: unset, the default), sum_pool, whether the second input is a vector). None of these has
-# run on a GPU: the clusters (commits 29d65d2, b735892, 190b8ba), the pooled chunks over all
-# samples' rows (2e3c3d3, c7cbb24), the backward's row pairs reading their gradient together
-# (35d5593), the balance of shared transforms (fa56940) in all of them.
+# name -> (what it runs, the plan's keys it must engage (value), the switches (0, 1, or None: unset,
+# the default; those left out: unset), sum_pool, whether the second input is a vector, d). None of
+# these has run on a GPU: the clusters (commits 29d65d2, b735892, 190b8ba), the pooled chunks over
+# all samples' rows (2e3c3d3, c7cbb24), the backward's row pairs reading their gradient together
+# (35d5593), the balance of shared transforms (fa56940) in all of them, the forward's product with
+# the unit passes (4226e9a; at d = 1024, whose last pass is radix 32, the other cases run without it).
 CASES = {
-    "plain": ("fused, no clusters", {"cluster": 0}, (0, 0, 0), False, False),
-    "grad_rows": ("clusters read the gradient's rows", {"cluster": 8, "stage_grad": 1}, (1, 0, 0), False, False),
-    "map_rows": ("clusters read the maps' rows", {"cluster": 8, "stage_x": 1}, (0, 1, 0), False, False),
-    "map_grads": ("clusters write the maps' gradients", {"cluster": 8, "stage_dx": 1}, (0, 0, 1), False, False),
-    "clusters": ("all three (the default)", {"stage_grad": 1, "stage_x": 1, "stage_dx": 1}, (1, 1, 1), False, False),
-    "pooled": ("pooled: chunks over all samples' rows", {"cluster": 0}, (None, None, None), True, False),
-    "map_vector": ("map x vector: row pairs read their gradient together", {"grad_pairs": 1}, (1, None, None), False,
-                   True),
+    "plain": ("fused, no clusters", {"cluster": 0}, (0, 0, 0), False, False, 1024),
+    "grad_rows": ("clusters read the gradient's rows", {"cluster": 8, "stage_grad": 1}, (1, 0, 0), False, False, 1024),
+    "map_rows": ("clusters read the maps' rows", {"cluster": 8, "stage_x": 1}, (0, 1, 0), False, False, 1024),
+    "map_grads": ("clusters write the maps' gradients", {"cluster": 8, "stage_dx": 1}, (0, 0, 1), False, False,
+                  1024),
+    "clusters": ("all three (the default)", {"stage_grad": 1, "stage_x": 1, "stage_dx": 1}, (1, 1, 1), False, False,
+                 1024),
+    "pooled": ("pooled: chunks over all samples' rows", {"cluster": 0}, (), True, False, 1024),
+    "map_vector": ("map x vector: row pairs read their gradient together", {"grad_pairs": 1}, (1,), False, True,
+                   1024),
+    "unit_product": ("forward: the product with the unit passes (d = 4096)", {"unit_product": 1}, (0, 0, 0, 1), False,
+                     False, 4096),
 }
-ALONE = dict(zip(STAGE, ("grad_rows", "map_rows", "map_grads")))  # each switch's case with it alone on
+# Each switch's case with it alone on.
+ALONE = dict(zip(SWITCHES, ("grad_rows", "map_rows", "map_grads", "unit_product")))
 PASSED = ("ok", "n/a")  # n/a: what the device cannot run, which its plans then never ask for
 TOL = {"float32": 1e-4, "bfloat16": 2e-2}  # of the largest reference value, on each input's gradient too
 
@@ -54,7 +62,7 @@ def switches_off(results):
     off = []
     for name, (verdict, _) in results.items():
         if verdict not in PASSED:
-            mine = [s for s, on in zip(STAGE, CASES[name][2]) if on]
+            mine = [s for s, on in zip(SWITCHES, CASES[name][2]) if on]
             blamed = [s for s in mine if results[ALONE[s]][0] not in PASSED] or mine
             off += [s for s in blamed if s not in off]
     return off
@@ -67,13 +75,13 @@ def run_case(name, device):
     import compact_bilinear as cb
     from compact_bilinear.reference import compact_bilinear_pooling_reference, random_hashes
 
-    _, engages, switches, sum_pool, vector = CASES[name]
-    for s, on in zip(STAGE, switches):
+    _, engages, switches, sum_pool, vector, d = CASES[name]
+    for s, on in zip(SWITCHES, switches + (None,) * len(SWITCHES)):
         if on is None:
             os.environ.pop(s, None)
         else:
             os.environ[s] = str(on)
-    C, d, batch = (96, 80), 1024, 4
+    C, batch = (96, 80), 4
     # Inputs of its own: a result that some write missed cannot pass on what an earlier case left in
     # the same memory (the caching allocator hands freed blocks out again).
     gen = torch.Generator().manual_seed(list(CASES).index(name))
@@ -83,12 +91,14 @@ def run_case(name, device):
     ref = compact_bilinear_pooling_reference([x.requires_grad_() for x in x64], hs, ss, d, sum_pool)
     g = torch.randn(ref.shape, generator=gen, dtype=torch.float64).to(device)  # NCHW, never zeros
     want = [ref, *torch.autograd.grad(ref, x64, g)]
-    words = torch.ops.compact_bilinear.plan([x.float() for x in x64], hs, ss, d, sum_pool, "fused", True).split()
-    plan = {k: int(v) for k, v in (w.split("=") for w in words[1:])}
-    if any(plan.get(k) != v for k, v in engages.items()):
-        if device != "cpu" and plan["cluster"] == 0 and torch.cuda.get_device_capability(device)[0] < 9:
+    plans = {}
+    for backward in (False, True):
+        words = torch.ops.compact_bilinear.plan([x.float() for x in x64], hs, ss, d, sum_pool, "fused", backward)
+        plans[backward] = {k: int(v) for k, v in (w.split("=") for w in words.split()[1:])}
+    if any(plans[k not in FORWARD_KEYS].get(k) != v for k, v in engages.items()):
+        if device != "cpu" and plans[True]["cluster"] == 0 and torch.cuda.get_device_capability(device)[0] < 9:
             return "n/a", "no clusters before sm_90"
-        return "wrong", f"the plan does not engage {engages}: {' '.join(words)}"
+        return "wrong", f"the plans do not engage {engages}: forward {plans[False]}, backward {plans[True]}"
     worst = []
     for dtype, tol in TOL.items():
         xs = [x.detach().to(getattr(torch, dtype)).requires_grad_() for x in x64]

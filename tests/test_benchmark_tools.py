@@ -375,3 +375,7 @@ def test_gpu_canary_passes_on_the_host_instance_and_switches_off_what_fails(tmp_
     failing = {"clusters": "crashed"}
     assert gpu_canary.main(["--env-out", str(env_out)]) == 1
     assert env_out.read_text() == "".join(f"export {s}=0\n" for s in gpu_canary.STAGE)
+    # The forward's unit product has a switch of its own.
+    failing = {"unit_product": "wrong"}
+    assert gpu_canary.main(["--env-out", str(env_out)]) == 1
+    assert env_out.read_text() == "export COMPACT_BILINEAR_UNIT_PRODUCT=0\n"
