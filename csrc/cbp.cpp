@@ -467,17 +467,20 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   plan.stage_dx = two_maps && stage_dx && map_channels <= 2 * p.F;
   plan.cluster = plan.stage_grad || plan.stage_x || plan.stage_dx ? static_cast<int>(dev.cluster_blocks) : 0;
   plan.grad_pairs = staged && plan.pair_rows && plan.rows_per_chunk > 1 && p.d >= fused::kStageLoads;
-  // The forward of two maps without vectors runs its product fused with the transforms' passes of
-  // span 1 where the last forward pass is radix 16 (fused.h unit_product; at d = 256, 512, 4096,
-  // 8192 and 16384 with radix-32 passes): a thread holds a bin's and its mirror's blocks of 16 in
-  // registers, and the product skips a round trip through shared memory and a barrier on each side.
+  // Two maps without vectors, in float, run their product (forward and backward) fused with the
+  // transforms' passes of span 1 where the last pass has the kernel's unit radix (fused.h
+  // unit_product, unit_bits: 16 with radix-32 passes, at d = 256, 512, 4096, 8192 and 16384; 8 with
+  // radix 8, at d >= 32): a thread holds a bin's and its mirror's blocks in registers, and the
+  // product skips a round trip through shared memory and a barrier on each side.
   // COMPACT_BILINEAR_UNIT_PRODUCT=0 turns it off (fused_ab.py). A single map's product (times its
   // vectors, if any) could run the same way, but took the forward kernels over their registers:
   // 88 bytes of spills instead of 40 in the one-map kernel (20 local accesses in the fused phase),
-  // 484 instead of 142 in the kernel without a prefetch buffer (ptxas, sm_90, float).
+  // 484 instead of 142 in the kernel without a prefetch buffer (ptxas, sm_90, float). Double's
+  // blocks would take a radix-8 kernel's 64 registers alone.
   const fused::Schedule sched(fused::ilog2(p.d), plan.max_pass_bits);
-  plan.unit_product = env_switch("COMPACT_BILINEAR_UNIT_PRODUCT") && !backward && nmap == 2 && nvec == 0 &&
-                      sched.passes >= 2 && sched.bits(sched.passes - 1) == 4;
+  plan.unit_product = env_switch("COMPACT_BILINEAR_UNIT_PRODUCT") && nmap == 2 && nvec == 0 &&
+                      p.acc_dtype == at::kFloat && sched.passes >= 2 &&
+                      sched.bits(sched.passes - 1) == fused::unit_bits(plan.max_pass_bits);
   return plan;
 }
 

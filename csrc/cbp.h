@@ -101,8 +101,8 @@ struct FusedPlan {
   // write_cluster_rows).
   int cluster = 0;
   bool stage_grad = false, stage_x = false, stage_dx = false, grad_pairs = false;
-  // Forward of two maps and no vectors whose last FFT pass is radix 16: the product fused with the
-  // transforms' passes of span 1 (fused.h unit_product).
+  // Two maps and no vectors, in float, whose last FFT pass has the kernel's unit radix: the product
+  // fused with the transforms' passes of span 1 (fused.h unit_product), forward and backward.
   bool unit_product = false;
 };
 // What the fused kernel's plan needs to know of a GPU: shared memory a block may have (opt-in), an

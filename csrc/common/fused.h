@@ -126,8 +126,8 @@ struct Args {
   bool stage_dx = false;         // ... the two maps' gradients, from each group's first slot
                                  // (write_cluster_rows)
   bool grad_pairs = false;       // backward, one map: a row pair's two rows staged together in G0 and G1
-  bool unit_product = false;     // forward, two maps, no vectors: the product fused with the radix-16
-                                 // passes of span 1 (unit_product)
+  bool unit_product = false;     // two maps, no vectors, float: the product fused with the passes of
+                                 // span 1 (unit_product)
   In* grad_x[kMaxInputs] = {};   // (B, C_k, L_k) contiguous
 };
 
@@ -203,6 +203,10 @@ struct Schedule {
 // The plan (cbp.cpp) reads them to tell what an SM holds.
 constexpr int kMaxGroupThreads = 512;
 CB_HD constexpr int min_blocks_per_sm(int max_pass_bits) { return max_pass_bits >= 5 ? 1 : 2; }
+// The radix of the passes of span 1 that a product phase runs with (unit_product): 16 in kernels
+// of radix-32 passes (d = 8192: 32, 16, 16), 8 in those of radix 8 (d = 8192: 4, 4, 8, 8, 8). The
+// plan (cbp.cpp) engages it where a transform's last pass has this radix.
+CB_HD constexpr int unit_bits(int max_pass_bits) { return max_pass_bits >= 4 ? 4 : 3; }
 CB_HD constexpr int group_threads(int64_t d, int max_pass_bits) {
   const int64_t n = d >> Schedule(ilog2(d), max_pass_bits).max_bits();
   return static_cast<int>(n < 32 ? 32 : n > kMaxGroupThreads ? kMaxGroupThreads : n);
@@ -1112,8 +1116,9 @@ CB_HD void inverse_to_rows(const G& g, const Args<T, In>& a, cplx<T>* z, In* out
 }
 
 // A product phase (each_bin's bin) fused with the transforms' passes of span 1 (a.unit_product,
-// where the forward's last pass is radix 16): that last pass and, where the product is merged into
-// Z for the inverse (Merged), the inverse's first. Both are R-point DFTs, without twiddles, of
+// where a transform's last pass has radix R = 2^unit_bits): the last pass of the transform the
+// product reads and, where the product is merged into Z for the inverse (Merged), the inverse's
+// first. Both are R-point DFTs, without twiddles, of
 // blocks of R consecutive positions, and a bin's position and its mirror's (bins) lie in mirror
 // blocks: for j = R t + r with t >= 1, mirror(j) = R mirror(t) + (r ^ (R - 1)), and blocks 0 and 1
 // are their own. So virtual thread u holds blocks t0 = u + (u's highest bit) and t1 = mirror(t0)
@@ -1125,7 +1130,7 @@ CB_HD void inverse_to_rows(const G& g, const Args<T, In>& a, cplx<T>* z, In* out
 // same order: the results are bit-identical.
 template <bool Merged, typename T, class G, class Bin>
 CB_HD void unit_product(const G& g, cplx<T>* z, int d, Bin bin) {
-  constexpr int R = 16;
+  constexpr int R = 1 << unit_bits(G::kMaxPassBits);
   g.for_each(d / (2 * R), [=](int64_t u64) {
     const uint32_t u = static_cast<uint32_t>(u64);
     const bool u0 = u == 0;
@@ -1176,6 +1181,16 @@ CB_HD void unit_product(const G& g, cplx<T>* z, int d, Bin bin) {
     }
   });
   g.sync();
+}
+
+// each_bin(bin), or, where `unit` (the plan's unit_product: two maps' product, in float),
+// unit_product(bin).
+template <bool Merged, typename T, typename In, class G, class Bin>
+CB_HD void product_phase(const G& g, const Args<T, In>& a, cplx<T>* z, bool unit, Bin bin) {
+  if constexpr (sizeof(T) == 4) {
+    if (unit) return unit_product<Merged>(g, z, static_cast<int>(a.d), bin);
+  }
+  each_bin(g, z, a.F, a.d, bin);
 }
 
 // The gather of a single map's rows r and r + 1 (flat, sample * L + location) of a chunk that
@@ -1310,11 +1325,11 @@ CB_HD void map_product(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* P,
       merge_into(p, q, self, prod, cplx<T>(0, 0));
     }
   };
-  // The plain product (the plan's unit_product) with the unit passes, in kernels of radix 16 and up.
-  if constexpr (Plain && G::kMaxPassBits >= 4) {
-    if (unit) return unit_product<S == Sink::Merge || S == Sink::MergePair>(g, z, static_cast<int>(a.d), bin);
-  }
-  each_bin(g, z, a.F, a.d, bin);
+  // Only the plain product runs with the unit passes (the plan's unit_product): compiled for it alone.
+  if constexpr (Plain)
+    product_phase<S == Sink::Merge || S == Sink::MergePair>(g, a, z, unit, bin);
+  else
+    each_bin(g, z, a.F, a.d, bin);
 }
 
 template <bool Plain, typename T, typename In, class G>
@@ -1762,7 +1777,7 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
         load_sketches<true>(g, a, z, at);
       else
         load_sketches<false>(g, a, z, at);
-      fft_forward_sketches(g, z, a.d, a.log2d, a.tw);
+      fft_forward_sketches(g, z, a.d, a.log2d, a.tw, a.unit_product);
       if (gi == groups - 1) break;
       const Balance<T> bal = gathered(z);
       g.for_each(a.F, [=, &a](int64_t f) {
@@ -1785,14 +1800,15 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
     // inverse FFT, as their real gradients. Two maps, the common case, have a loop of their own:
     // each Q is G times the other map's conjugate spectrum (SASS, sm_90: 54 instructions per bin,
     // 68 in one loop with the general case below).
+    const bool unit = a.unit_product;  // two maps (the plan's unit_product)
     if (a.K == 2) {
-      g.for_each(a.F, [=, &a](int64_t f) {
-        const BinPair pq = bins(f, a.d);
+      const auto bin = [=](cplx<T>& p, cplx<T>& q, bool self, int64_t f) {
         cplx<T> A, B;
-        split(z[pq.p], z[pq.q], A, B);
+        split(p, q, A, B);
         const cplx<T> gf = Gs[f];
-        merge(z, pq, gf * conj(B), gf * conj(A));
-      });
+        merge_into(p, q, self, gf * conj(B), gf * conj(A));
+      };
+      product_phase<true>(g, a, z, unit, bin);
     } else {
       const Balance<T> bal = gathered(z);
       g.for_each(a.F, [=, &a](int64_t f) {
@@ -1825,9 +1841,9 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
         }
         merge(z, pq, qa, qb);
       });
+      g.sync();
     }
-    g.sync();
-    fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
+    fft_inverse_dit(g, z, a.d, a.log2d, a.tw, ZStore<T>{z}, unit);
     // Where the cluster writes its rows' gradients together (two maps, a row a chunk), into slot G,
     // which the product was the last to read.
     scatter_grads(g, a, z, ka, b, l, kb, b, l, out(), a.stage_dx ? reinterpret_cast<T*>(Gs) : nullptr);

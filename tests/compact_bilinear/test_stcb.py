@@ -715,42 +715,54 @@ UNIT_PRODUCT_CASES = {
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", list(UNIT_PRODUCT_CASES))
 def test_fused_unit_product_matches_separate_passes(name, dtype, device, monkeypatch):
-    """The forward of two maps runs its product fused with the transforms' radix-16 passes of span 1
-    (fused.h unit_product: a thread holds a bin's block and its mirror's in registers). Same
-    arithmetic in the same order: the outputs are bit-identical to the separate passes and product
-    phase (COMPACT_BILINEAR_UNIT_PRODUCT=0), and match the definition."""
+    """Two maps' product runs fused with the transforms' passes of span 1 (fused.h unit_product: a
+    thread holds a bin's block and its mirror's in registers): the forward's (radix 16) and the
+    backward's (radix 8). Same arithmetic in the same order: the outputs and the gradients are
+    bit-identical to the separate passes and product phases (COMPACT_BILINEAR_UNIT_PRODUCT=0), and
+    match the definition."""
     d, spatial, sum_pool, single = UNIT_PRODUCT_CASES[name]
     if single:
         monkeypatch.setenv("COMPACT_BILINEAR_ROW_PAIRS", "0")
-    xs, hs, ss, d, sum_pool = make(((6, 5)[:len(spatial)], d, spatial, sum_pool), device, dtype=dtype, batch=2)
+    xs, hs, ss, d, sum_pool = make(((6, 5), d, spatial, sum_pool), device, dtype=dtype, batch=2, requires_grad=True)
     assert fused_plan(xs, hs, ss, d, sum_pool)["unit_product"] == 1
-    assert fused_plan(xs, hs, ss, d, sum_pool, backward=True)["unit_product"] == 0
-    fused = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
+    assert fused_plan(xs, hs, ss, d, sum_pool, backward=True)["unit_product"] == 1
+    ref = explicit_outer_product_sketch([x.detach().double() for x in xs], hs, ss, d, sum_pool)
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device, dtype)
+    fused = lambda x: cb.compact_bilinear_pooling(x, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
+    unit = forward_and_grads(fused, xs, w)
     monkeypatch.setenv("COMPACT_BILINEAR_UNIT_PRODUCT", "0")
     assert fused_plan(xs, hs, ss, d, sum_pool)["unit_product"] == 0
-    separate = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fused")
-    assert torch.equal(fused, separate)
-    ref = explicit_outer_product_sketch([x.double() for x in xs], hs, ss, d, sum_pool)
+    separate = forward_and_grads(fused, xs, w)
+    for a, b in zip(unit, separate):
+        assert torch.equal(a, b)
     tol = TOL[dtype]
-    torch.testing.assert_close(fused.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+    torch.testing.assert_close(unit[0].double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+    x64 = [x.detach().double().requires_grad_() for x in xs]
+    expect = forward_and_grads(lambda x: compact_bilinear_pooling_reference(x, hs, ss, d, sum_pool), x64, w.double())
+    for a, b in zip(unit[1:], expect[1:]):
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * b.abs().max().item())
 
 
-def test_fused_unit_product_only_where_the_last_pass_is_radix_16(monkeypatch):
-    """Radix-32 passes end in radix 16 at d = 256, 512, 4096, 8192 and 16384 (fused.h Schedule), not
-    at 1024 (two radix-32 passes) or 2048 (4, 4, 3 stages); radix-8 passes (float64, or
-    COMPACT_BILINEAR_FFT_RADIX=8) never, nor the backward, nor a call whose product is not the plain
-    one of two maps (a vector input, more maps, a single map)."""
+def test_fused_unit_product_only_where_the_last_pass_has_its_radix(monkeypatch):
+    """The unit passes are radix 16 in kernels of radix-32 passes (the forward's: d = 256, 512, 4096,
+    8192 and 16384, not 1024, two radix-32 passes, or 2048, 4, 4, 3 stages) and radix 8 in those of
+    radix 8 (the backward's, or COMPACT_BILINEAR_FFT_RADIX=8: d = 32 and up; 16 is 4, 4 stages).
+    Float only (a double's 16 values of a block would take the radix-8 kernel's 64 registers), and
+    only the plain product of two maps (not with a vector, more maps or a single map)."""
     def plan(d, spatial=((2, 2), (2, 2)), dtype=torch.float32, backward=False):
         xs, hs, ss, d, sum_pool = make(((6, 5, 4)[:len(spatial)], d, list(spatial), False), "cpu", dtype=dtype,
                                        batch=1)
         return fused_plan(xs, hs, ss, d, sum_pool, backward=backward)["unit_product"]
-    assert [d for d in [2 ** e for e in range(15)] if plan(d)] == [256, 512, 4096, 8192, 16384]
-    assert plan(8192, dtype=torch.float64) == 0
-    assert plan(8192, backward=True) == 0
-    assert plan(8192, spatial=((2, 2), ())) == 0 and plan(8192, spatial=((2, 2),)) == 0
-    assert plan(8192, spatial=((2, 2), (2, 2), ())) == 0 and plan(8192, spatial=((2, 2),) * 3) == 0
+    sizes = [2 ** e for e in range(15)]
+    assert [d for d in sizes if plan(d)] == [256, 512, 4096, 8192, 16384]
+    assert [d for d in sizes if plan(d, backward=True)] == sizes[5:]
+    assert plan(8192, dtype=torch.float64) == 0 and plan(8192, dtype=torch.float64, backward=True) == 0
+    for backward in (False, True):
+        assert plan(8192, spatial=((2, 2), ()), backward=backward) == 0
+        assert plan(8192, spatial=((2, 2),), backward=backward) == 0
+        assert plan(8192, spatial=((2, 2),) * 3, backward=backward) == 0
     monkeypatch.setenv("COMPACT_BILINEAR_FFT_RADIX", "8")
-    assert plan(8192) == 0
+    assert [d for d in sizes if plan(d)] == sizes[5:]
     monkeypatch.setenv("COMPACT_BILINEAR_UNIT_PRODUCT", "2")
     with pytest.raises(ValueError, match="COMPACT_BILINEAR_UNIT_PRODUCT must be '0' or '1'"):
         plan(8192)
