@@ -7,7 +7,8 @@ COMPACT_BILINEAR_FFT_RADIX=8 or 32 sets both: five or three passes at d = 8192);
 with rows in pairs and one at a time (COMPACT_BILINEAR_ROW_PAIRS), pooled forward at several rows
 per chunk (the plan's, 6 at the canonical size, and others by COMPACT_BILINEAR_SUM_ROWS), both
 with and without the prefetch of the next gather's input values (COMPACT_BILINEAR_PREFETCH=0),
-and with the product apart from the transforms' unit passes (COMPACT_BILINEAR_UNIT_PRODUCT=0),
+and with the products apart from the transforms' unit passes (COMPACT_BILINEAR_UNIT_PRODUCT=0,
+also forward+backward),
 pooled forward+backward at the plan's rows per chunk and at 7 (a sample's 7 x 7 rows in 7 chunks),
 forward+backward with an NCHW-contiguous (its rows read by clusters of blocks, and one by one:
 COMPACT_BILINEAR_STAGE_GRAD=0) and a location-major upstream gradient, each with the NCHW maps'
@@ -126,7 +127,9 @@ def main():
                      ("unpooled fwd+bwd", f"fused, {layout} grad", {}, fwd_bwd("fused", g), ref, sets),
                      ("unpooled fwd+bwd", f"fused, {layout} grad, radix 8", radix8, fwd_bwd("fused", g), ref, sets),
                      ("unpooled fwd+bwd", f"fused, {layout} grad, radix 32", radix32, fwd_bwd("fused", g), ref,
-                      sets)]
+                      sets),
+                     ("unpooled fwd+bwd", f"fused, {layout} grad, unit passes apart", no_unit, fwd_bwd("fused", g),
+                      ref, sets)]
     # The NCHW gradient's rows and the NCHW maps' rows read by clusters of 8 blocks (the default on
     # sm_90), and the maps' gradients written by them, against each block reading or writing its
     # own row at stride L: the gradient's one by one, the maps' (STAGE_INPUTS=0), the maps'
