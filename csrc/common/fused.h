@@ -1797,9 +1797,10 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
     };
     // Every spectrum at bin f is now in a slot, in z (last pair) or in vspec: form all Q_k, each
     // G times the conjugate product of the other inputs' spectra; the last pair's two Q share one
-    // inverse FFT, as their real gradients. Two maps, the common case, have a loop of their own:
-    // each Q is G times the other map's conjugate spectrum (SASS, sm_90: 54 instructions per bin,
-    // 68 in one loop with the general case below).
+    // inverse FFT, as their real gradients. Two maps, the common case, have a phase of their own:
+    // each Q is G times the other map's conjugate spectrum (SASS, sm_90: 54 instructions per bin
+    // where one loop with the general case below took 68), run with the unit passes where the plan
+    // has them (unit_product: no loop over Z at all).
     const bool unit = a.unit_product;  // two maps (the plan's unit_product)
     if (a.K == 2) {
       const auto bin = [=](cplx<T>& p, cplx<T>& q, bool self, int64_t f) {
