@@ -8,10 +8,11 @@ A cluster barrier that a block never meets hangs its kernel, and an illegal addr
 process's CUDA context: every later call in it fails. So the cases run in a child process, in turn,
 each ending in a synchronizing comparison that prints its verdict; the parent gives a child's first
 case 60 s (the child's start and CUDA's), every other 20 s, all of them 200 s, and where the child
-hangs or dies it names the case it was on and starts a new child for the rest. Each case is a forward+backward on 4 samples of
-7 x 7 NCHW maps (C = 96 and 80, d = 1024: 196 rows, so the last cluster of 8 has 4; 4096 for the
-forward's product with the unit passes), float32 and bfloat16, with an NCHW upstream gradient, against the float64 reference (`torch.fft` composite). It
-checks first that the plan engages what the case is about, so a case cannot pass by not running.
+hangs or dies it names the case it was on and starts a new child for the rest. Each case is a
+forward+backward on 4 samples of 7 x 7 NCHW maps (C = 96 and 80, d = 1024: 196 rows, so the last
+cluster of 8 has 4; 4096 for the forward's product with the unit passes), float32 and bfloat16,
+with an NCHW upstream gradient, against the float64 reference (`torch.fft` composite). It checks
+first that the plan engages what the case is about, so a case cannot pass by not running.
 
 --env-out writes `export NAME=0` for each switch of a failed case (where the case of that switch
 alone failed too, or all of them where none did): gpu_check.sh sources it, and the run's tests and

@@ -69,12 +69,6 @@ CB_HD uint32_t mirror(uint32_t j) {
 #endif
   return j ^ (0x7fffffffu >> lz);
 }
-// mirror() at compile time (a register's index).
-CB_HD constexpr int mirror_of(int j) {
-  int below = j >> 1;
-  for (int s = 1; s < 32; s *= 2) below |= below >> s;
-  return j ^ below;
-}
 
 template <typename T>
 CB_HD cplx<T> mul_neg_i(cplx<T> z) { return cplx<T>(z.imag(), -z.real()); }
@@ -502,18 +496,17 @@ CB_HD void split(cplx<T> zf, cplx<T> zmf, cplx<T>& A, cplx<T>& B) {
 
 // The inverse of split: Z at bin f and at its mirror from the spectra A, B of two real signals,
 // so one inverse transform returns the first signal in Re and the second in Im.
-template <typename T>
-CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
-  z[pq.p] = A + mul_pos_i(B);
-  if (pq.q != pq.p) z[pq.q] = conj(A) + mul_pos_i(conj(B));
-}
-// The same on a bin's value p and its mirror's q, wherever they are (`self`: the bin is its own
-// mirror, bin 0 or d/2).
+// merge_into works on a bin's value p and its mirror's q wherever they are (`self`: the bin is its
+// own mirror, bin 0 or d/2); merge on Z's.
 template <typename T>
 CB_HD void merge_into(cplx<T>& p, cplx<T>& q, bool self, cplx<T> A, cplx<T> B) {
   const cplx<T> mp = A + mul_pos_i(B), mq = conj(A) + mul_pos_i(conj(B));
   p = mp;
   if (!self) q = mq;
+}
+template <typename T>
+CB_HD void merge(cplx<T>* z, BinPair pq, cplx<T> A, cplx<T> B) {
+  merge_into(z[pq.p], z[pq.q], pq.q == pq.p, A, B);
 }
 
 // A product phase's work on bin f of a transform in Z: bin(p, q, self, f) with the bin's value p
@@ -1150,7 +1143,7 @@ CB_HD void unit_product(const G& g, cplx<T>* z, int d, Bin bin) {
       // x[r]'s mirror: x[mirror(r)] in block 0 (itself at r = 0), else y[r ^ (R - 1)]; y[r]'s: in block
       // 1 y[r ^ (R - 1)], else x[r ^ (R - 1)]. Selected by value: a register array indexed at run
       // time would live in local memory.
-      const int rm = r ^ (R - 1), r0 = mirror_of(r);
+      const int rm = r ^ (R - 1), r0 = static_cast<int>(mirror(r));  // constants once unrolled
       cplx<T> q = u0 ? x[r0] : y[rm];
       bin(x[r], q, u0 && r == 0, f0 + r / 2);
       if constexpr (Merged) {

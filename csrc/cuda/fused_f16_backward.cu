@@ -1,6 +1,6 @@
 // The fused kernel's backward, c10::Half inputs (fused_kernel.cuh). An input dtype's kernels are
 // compiled in two files, this one and fused_f16_forward.cu, which a build runs in parallel: in one
-// file, float's took 129-137 s, here 80 and the forward phases 73 (nvcc, sm_90, one core).
+// file, float's took 129-137 s, here 80 and the forward phases 79 (nvcc, sm_90, one core).
 #include "cuda/fused_kernel.cuh"
 
 namespace compact_bilinear {
