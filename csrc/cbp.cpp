@@ -476,9 +476,10 @@ static FusedPlan fused_plan(const Problem& p, bool backward, const DeviceLimits&
   // vectors, if any) could run the same way, but took the forward kernels over their registers:
   // 88 bytes of spills instead of 40 in the one-map kernel (20 local accesses in the fused phase),
   // 484 instead of 142 in the kernel without a prefetch buffer (ptxas, sm_90, float). Double's
-  // blocks would take a radix-8 kernel's 64 registers alone.
+  // blocks would take a radix-8 kernel's 64 registers alone. The kernels with slots in global memory
+  // are compiled without it (fused_kernel.cuh BlockGroup).
   const fused::Schedule sched(fused::ilog2(p.d), plan.max_pass_bits);
-  plan.unit_product = env_switch("COMPACT_BILINEAR_UNIT_PRODUCT") && nmap == 2 && nvec == 0 &&
+  plan.unit_product = env_switch("COMPACT_BILINEAR_UNIT_PRODUCT") && nmap == 2 && nvec == 0 && !plan.global_slots &&
                       p.acc_dtype == at::kFloat && sched.passes >= 2 &&
                       sched.bits(sched.passes - 1) == fused::unit_bits(plan.max_pass_bits);
   return plan;

@@ -1177,10 +1177,11 @@ CB_HD void unit_product(const G& g, cplx<T>* z, int d, Bin bin) {
 }
 
 // each_bin(bin), or, where `unit` (the plan's unit_product: two maps' product, in float),
-// unit_product(bin).
+// unit_product(bin). A group type without G::kUnitProduct (the kernels with slots in global
+// memory, which the plan never gives it) compiles only each_bin.
 template <bool Merged, typename T, typename In, class G, class Bin>
 CB_HD void product_phase(const G& g, const Args<T, In>& a, cplx<T>* z, bool unit, Bin bin) {
-  if constexpr (sizeof(T) == 4) {
+  if constexpr (sizeof(T) == 4 && G::kUnitProduct) {
     if (unit) return unit_product<Merged>(g, z, static_cast<int>(a.d), bin);
   }
   each_bin(g, z, a.F, a.d, bin);

@@ -228,6 +228,7 @@ enum class Order { Immediate, Threads, ThreadsReverse };
 template <int MaxPassBits>
 struct HostGroup {
   static constexpr int kMaxPassBits = MaxPassBits;
+  static constexpr bool kUnitProduct = true;  // whatever the slots (fused.h product_phase)
   Order order = Order::Immediate;
   mutable std::vector<std::pair<int64_t, std::function<void(int64_t)>>> pending;  // up to the next sync
 

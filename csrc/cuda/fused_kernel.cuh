@@ -27,9 +27,13 @@ namespace fused_detail {
 // memory each), which caps the registers: with radix-8 passes 512 threads of 64 registers, with
 // radix-32 passes 256 threads of 128 (launch bounds of 512 threads and one block per SM allow 128
 // registers; at d = 16384 a block has 512 threads, and shared memory allows one per SM anyway).
-template <int MaxPassBits>
+// UnitProduct: whether the product phases fused with the unit passes (fused.h unit_product) are
+// compiled in; not in the kernels with slots in global memory, whose plans never have them (in
+// their radix-8 backward the dead code took 8 bytes of spills).
+template <int MaxPassBits, bool UnitProduct = true>
 struct BlockGroup {
   static constexpr int kMaxPassBits = MaxPassBits;
+  static constexpr bool kUnitProduct = UnitProduct;
   static constexpr int kMinBlocksPerSM = fused::min_blocks_per_sm(MaxPassBits);
   template <class F>
   __device__ __forceinline__ void for_each(int64_t n, F&& f) const {
@@ -126,7 +130,7 @@ __global__ void __launch_bounds__(fused::kMaxGroupThreads, BlockGroup<MaxPassBit
     fused_kernel(const fused::Args<T, In> a, int64_t ny, int64_t groups, fused::cplx<T>* workspace) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto* z = reinterpret_cast<fused::cplx<T>*>(smem_raw) + fused::kCodeValues;  // the codes first (fused.h zi)
-  const BlockGroup<MaxPassBits> g;
+  const BlockGroup<MaxPassBits, !GlobalSlots> g;
   if constexpr (GlobalSlots || fused::in_turn(Ph)) {
     fused::cplx<T>* slots = GlobalSlots ? workspace + blockIdx.x * a.slots * a.F : z + fused::z_size(a.d);
     for (int64_t i = blockIdx.x; i < groups; i += gridDim.x) {
@@ -247,8 +251,10 @@ void launch_phase(int64_t groups, int64_t ny, int64_t smem, const fused::Args<T,
                                         static_cast<fused::cplx<T>*>(workspace.get())));
     };
     // Slots in global memory: compiled for the two phases that have slots, with radix-8 passes
-    // (cbp.cpp fused_plan; no prefetch buffer beside them).
+    // (cbp.cpp fused_plan; no prefetch buffer beside them) and without unit products (BlockGroup).
     if constexpr (kBits == 3 && (Ph == fused::Phase::Forward || Ph == fused::Phase::Backward)) {
+      TORCH_CHECK(!(a.global_slots && a.unit_product),
+                  "compact_bilinear: the fused kernels with slots in global memory have no unit products");
       if (a.global_slots) return launch(fused_detail::fused_kernel<T, In, Ph, kBits, true>, true);
     }
     TORCH_CHECK(!a.global_slots, "compact_bilinear: no fused kernel keeps its slots in global memory with FFT passes of ",

@@ -20,6 +20,7 @@ namespace f = compact_bilinear::fused;
 template <int Bits>
 struct Group {  // the thread-group interface fused.h uses (cpu/cbp_kernel.cpp's HostGroup)
   static constexpr int kMaxPassBits = Bits;
+  static constexpr bool kUnitProduct = true;
   template <class F> void for_each(int64_t n, F&& body) const { for (int64_t i = 0; i < n; ++i) body(i); }
   void sync() const {}
   static void max_into(int* word, int v) { *word = v > *word ? v : *word; }
