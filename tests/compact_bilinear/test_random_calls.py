@@ -4,13 +4,14 @@ drawn together, so that combinations no hand-written case names still meet the d
 Each case draws K inputs (maps or vectors, one to three spatial dims, channels from 1 to 257), an
 output_dim (powers of two up to 16384 and others), a dtype, a batch (0 included), sum_pool, each
 input's memory layout (contiguous, channels-last, transposed, a strided slice), hashes (random, all
-in one bin, all in the last bin) and signs, and any of the fused plan's A/B switches
-(row pairs, unit products, prefetch, radix, staged inputs, rows per summing chunk). Both algorithms
-run forward and backward; values and input gradients are compared with the composite reference in
-float64 (autograd for the gradients), within a bound on the scale of the sums the kernels round
-(in float32, or the output's half type), which cancellation can make far larger than the result:
-the same computation on |x| and |s| with |grad| where a row's sketch sits in a few bins, and the
-rows' sketch norms where the transforms spread its rounding over all bins (`spread_bounds`).
+in one bin, all in the last bin) and signs, and any of the fused plan's A/B switches (row pairs,
+unit products, prefetch, radix, staged inputs, rows per summing chunk) and the host instance's
+thread order. Both algorithms run forward and backward; values and input gradients are compared
+with the composite reference in float64 (autograd for the gradients), within a bound on the scale
+of the sums the kernels round (in float32, or the output's half type), which cancellation can make
+far larger than the result: the same computation on |x| and |s| with |grad| where a row's sketch
+sits in a few bins, and the rows' sketch norms where the transforms spread its rounding over all
+bins (`spread_bounds`).
 
 Cases are seeded and small (rows x d below 2^17); a failure prints the case that reproduces it.
 """
@@ -34,6 +35,9 @@ SWITCHES = {
     "COMPACT_BILINEAR_FFT_RADIX": ("8", "32"),
     "COMPACT_BILINEAR_STAGE_INPUTS": ("0", "1"),
     "COMPACT_BILINEAR_SUM_ROWS": ("1", "2", "3", "5", "8"),
+    # The host instance's thread order (cpu/cbp_kernel.cpp HostGroup; the device ignores it): a
+    # missing barrier gives wrong values under these.
+    "COMPACT_BILINEAR_HOST_ORDER": ("threads", "threads-reverse"),
 }
 # Error bound per unit of the absolute computation, before the transform's log2(d) growth: about
 # 100 ulps of the accumulation (float32 inside for the half types) or of the output's rounding.
