@@ -76,19 +76,19 @@ def cases(seed):
     return out
 
 
-def make_input(g, case, c, is_map, layout):
+def make_input(g, case, c, is_map, layout, device):
     batch, dtype = case["batch"], case["dtype"]
     shape = (batch, c, *case["spatial"]) if is_map else (batch, c)
     # Scales from 1e-3 to 1e3 (1e-1 to 1e1 in float16, whose products would overflow).
     span = 1 if dtype == torch.float16 else 3
     x = torch.randn(*shape, generator=g, dtype=torch.float64) * 10 ** (span * (2 * torch.rand(1, generator=g).item() - 1))
-    x = x.to(dtype)
+    x = x.to(device=device, dtype=dtype)  # the layout made on the device: .to() would not keep a slice's strides
     if layout == "channels_last" and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "transposed" and x.dim() >= 3:
         x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
     elif layout == "slice":
-        wide = torch.zeros(shape[0], 2 * c + 1, *shape[2:], dtype=dtype)
+        wide = x.new_zeros(shape[0], 2 * c + 1, *shape[2:])
         wide[:, 1::2] = x
         x = wide[:, 1::2]
     return x
@@ -106,7 +106,7 @@ def make(case, device):
             h = torch.randint(0, d, (c,), generator=g)
         hs.append(h.to(device))
         ss.append((torch.randint(0, 2, (c,), generator=g) * 2 - 1).float().to(device))
-    xs = [make_input(g, case, c, m, lay).to(device) for c, m, lay in zip(case["channels"], case["maps"], case["layouts"])]
+    xs = [make_input(g, case, c, m, lay, device) for c, m, lay in zip(case["channels"], case["maps"], case["layouts"])]
     return xs, hs, ss, g
 
 
@@ -142,13 +142,13 @@ def spread_bounds(xs, hs, ss, d, pool, grad):
         sk = xl.new_zeros(*xl.shape[:-1], d).index_add_(-1, h, xl * s.abs())
         n = sk.norm(dim=-1)
         norms.append(n.reshape(n.shape[0], *([1] * len(spatial))) if x.dim() == 2 else n)
-    rows = torch.ones(xs[0].shape[0], *spatial, dtype=torch.float64, device=xs[0].device)
+    ones = torch.ones(xs[0].shape[0], *spatial, dtype=torch.float64, device=xs[0].device)  # a value a row
     over = tuple(range(1, 1 + len(spatial)))
     per_sample = (lambda t: t.sum(dim=over)) if over else (lambda t: t)
-    out = rows * math.prod(norms)
+    out = ones * math.prod(norms)
     out_bound = (per_sample(out) if pool else out).amax().item()
     gn = grad.norm(dim=1)
-    gn = rows * (gn.reshape(gn.shape[0], *([1] * len(spatial))) if pool else gn)
+    gn = ones * (gn.reshape(gn.shape[0], *([1] * len(spatial))) if pool else gn)
     grad_bounds = []
     for k, x in enumerate(xs):
         w = gn * math.prod(n for j, n in enumerate(norms) if j != k)
@@ -160,7 +160,7 @@ def check(case, device):
     xs, hs, ss, g = make(case, device)
     d, pool, dtype = case["d"], case["sum_pool"], case["dtype"]
     # The reference on the inputs as given (rounded to their dtype), in float64, and its absolute
-    # counterpart: |x|, |s| and |grad| bound every sum the kernels round.
+    # counterpart: |x|, |s| and |grad| bound the sums at each bin (spread_bounds the rest).
     x64 = [x.detach().double().requires_grad_() for x in xs]
     xabs = [x.detach().double().abs().requires_grad_() for x in xs]
     s64 = [s.double() for s in ss]
