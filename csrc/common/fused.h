@@ -822,37 +822,41 @@ CB_HD void gather_sketches(const G& g, T* zr, int* codes, const Sketches<T, In, 
     const Sketch<T, In>* sk = all.s;
     const int q0 = static_cast<int>(i64) * U;
     GatherCode c[N][U + 1];  // positions q0 .. q0 + U: the thread's and the next one
-    T v[N][U + 1];           // their signs, then a head's signed value
+    T v[N][U + 1];           // their signs
     CB_UNROLL
     for (int s = 0; s < N; ++s) load_codes<U>(sk[s], q0, c[s], v[s]);
-    T x2[N][U];  // the input value of a run's second channel
+    // The input value of every position, a head's or not (past C, channel 0's, times a sign of 0),
+    // and the next thread's first: no branch per position. Loading only the heads' values and the
+    // second channels of runs made a branch with its convergence barrier of each (SASS, sm_90: 103
+    // of the canonical forward's 447 instructions a trip were branches and BSSY/BSYNC).
+    T x[N][U + 1];
     CB_UNROLL
-    for (int s = 0; s < N; ++s)  // the input values of the runs' heads and of their second channels
+    for (int s = 0; s < N; ++s)
       CB_UNROLL
-      for (int u = 0; u < U; ++u) {
-        const bool head = !(c[s][u].word & kNotHead), two = head && (c[s][u].word & kRunContinues);
-        if (head) v[s][u] = T(0) + v[s][u] * sk[s].template value<Prefetched>(c[s][u].channel);
-        x2[s][u] = two ? sk[s].template value<Prefetched>(c[s][u + 1].channel) : T(0);
-      }
+      for (int u = 0; u <= U; ++u) x[s][u] = sk[s].template value<Prefetched>(c[s][u].channel);
     CB_UNROLL
     for (int s = 0; s < N; ++s) {
       MagBits<T> largest = 0;  // of the thread's values of sketch s (Balance)
       CB_UNROLL
       for (int u = 0; u < U; ++u) {
-        if (c[s][u].word & kNotHead) continue;
-        T sum = v[s][u];
-        if (c[s][u].word & kRunContinues) {
-          sum += v[s][u + 1] * x2[s][u];  // position u + 1 continues the run, so heads none: its sign
+        const uint32_t w = c[s][u].word;
+        const bool head = !(w & kNotHead), two = head && (w & kRunContinues);
+        const T one = T(0) + v[s][u] * x[s][u];
+        // Position u + 1 continues the run, so heads none: v holds its sign.
+        T sum = two ? one + v[s][u + 1] * x[s][u + 1] : one;
+        if (two && (c[s][u + 1].word & kRunContinues)) {  // the rest of a run of three or more
           int q = q0 + u + 1;
-          for (uint32_t w = c[s][u + 1].word; w & kRunContinues;) {  // the rest of a run of three or more
+          for (uint32_t wq = c[s][u + 1].word; wq & kRunContinues;) {
             const GatherCode next = sk[s].code[++q];
             sum += sk[s].sign[q] * sk[s].template value<Prefetched>(next.channel);
-            w = next.word;
+            wq = next.word;
           }
         }
-        zr[2 * zi(static_cast<int>(c[s][u].word & kBucketMask)) + sk[s].part] = sum;
-        const MagBits<T> m = mag_bits(sum);
-        largest = m > largest ? m : largest;
+        if (head) {
+          zr[2 * zi(static_cast<int>(w & kBucketMask)) + sk[s].part] = sum;
+          const MagBits<T> m = mag_bits(sum);
+          largest = m > largest ? m : largest;
+        }
       }
       G::max_into(codes + sk[s].part, code_of_bits<T>(largest));
     }
