@@ -705,7 +705,8 @@ template <typename In>
 CB_HD void copy_async(PrefetchWord<In>* dst, const char* src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int kBytes = sizeof(PrefetchWord<In>);
-  const uintptr_t from = reinterpret_cast<uintptr_t>(src) & ~uintptr_t{kBytes - 1};
+  // A 16-bit value's word starts at the 4-byte boundary below it; a wider value is its own word.
+  const uintptr_t from = reinterpret_cast<uintptr_t>(src) & ~uintptr_t{sizeof(In) < 4 ? kBytes - 1 : 0};
   const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(to), "l"(from), "n"(kBytes));
 #else
@@ -918,16 +919,18 @@ template <typename T, typename In, class G>
 CB_HD void prefetch_values(const G& g, const Args<T, In>& a, PrefetchWord<In>* pv, GatherAt at) {
   const Sketch<T, In> sa = sketch_of(a, at.ka, 0, at.b, at.l, pv),
                       sb = sketch_of(a, at.kb >= 0 ? at.kb : at.ka, 1, at.bb, at.lb, pv);
-  const char *x0 = sa.x, *x1 = sb.x;
-  const uint32_t sc0 = sa.sc, sc1 = sb.sc;
-  PrefetchWord<In>* v1 = pv + a.prefetch_half;
-  const int c0 = sa.C, n = c0 + (at.kb >= 0 ? sb.C : 0);
-  g.for_each(n, [=](int64_t i64) {
-    const int i = static_cast<int>(i64);
-    const bool first = i < c0;
-    const uint32_t ch = static_cast<uint32_t>(first ? i : i - c0);
-    copy_async<In>((first ? pv : v1) + ch, (first ? x0 : x1) + static_cast<uint64_t>(ch) * (first ? sc0 : sc1));
-  });
+  // A loop for each input: one loop over both chose the input's pointers, stride and channel per
+  // channel (SASS, sm_90: 20 instructions a channel, of them 5 selects; now about half).
+  const auto copy = [&](const Sketch<T, In>& sk, PrefetchWord<In>* dst) {
+    const char* x = sk.x;
+    const uint32_t sc = sk.sc;
+    g.for_each(sk.C, [=](int64_t i) {
+      const uint32_t ch = static_cast<uint32_t>(i);  // unsigned: no sign extension in the address
+      copy_async<In>(dst + ch, x + static_cast<uint64_t>(ch) * sc);
+    });
+  };
+  copy(sa, pv);
+  if (at.kb >= 0) copy(sb, pv + a.prefetch_half);
 }
 
 // The sketches of gather `at` into Z (zeroed), their values read from global memory or, where
