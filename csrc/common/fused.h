@@ -826,10 +826,11 @@ CB_HD void gather_sketches(const G& g, T* zr, int* codes, const Sketches<T, In, 
     T v[N][U + 1];           // their signs
     CB_UNROLL
     for (int s = 0; s < N; ++s) load_codes<U>(sk[s], q0, c[s], v[s]);
-    // The input value of every position, a head's or not (past C, channel 0's, times a sign of 0),
-    // and the next thread's first: no branch per position. Loading only the heads' values and the
-    // second channels of runs made a branch with its convergence barrier of each (SASS, sm_90: 103
-    // of the canonical forward's 447 instructions a trip were branches and BSSY/BSYNC).
+    // The input value of every position, a head's or not (past C, channel 0's, times a sign of 0:
+    // every input here has a channel, gather_pair), and the next thread's first: no branch per
+    // position. Loading only the heads' values and the second channels of runs made a branch with
+    // its convergence barrier of each (SASS, sm_90: 103 of the canonical forward's 447
+    // instructions a trip were branches and BSSY/BSYNC).
     T x[N][U + 1];
     CB_UNROLL
     for (int s = 0; s < N; ++s)
@@ -946,13 +947,17 @@ CB_HD void gather_pair(const G& g, const Args<T, In>& a, cplx<T>* z, GatherAt at
   // codes); two positions keep every thread of 512 busy at C = 1024.
   constexpr bool wide = G::kMaxPassBits >= 5;  // 128 registers a thread
   constexpr int U = wide ? 4 : 2;
+  // An input without channels sketches to zero and is not gathered at all: the gather reads a
+  // value at every position of a thread's, channel 0's past C, and such an input's row may have no
+  // memory (an empty tensor's data pointer is null).
   int* codes = codes_of(z);
   const Sketch<T, In> sa = sketch_of(a, at.ka, 0, at.b, at.l, pv);
-  if (at.kb >= 0 && wide) {
+  const bool has_a = sa.C > 0, has_b = at.kb >= 0 && a.C[at.kb] > 0;
+  if (has_a && has_b && wide) {
     gather_sketches<U, Prefetched>(g, zr, codes, Sketches<T, In, 2>{{sa, sketch_of(a, at.kb, 1, at.bb, at.lb, pv)}});
   } else {
-    gather_sketches<U, Prefetched>(g, zr, codes, Sketches<T, In, 1>{{sa}});
-    if (at.kb >= 0)
+    if (has_a) gather_sketches<U, Prefetched>(g, zr, codes, Sketches<T, In, 1>{{sa}});
+    if (has_b)
       gather_sketches<U, Prefetched>(g, zr, codes, Sketches<T, In, 1>{{sketch_of(a, at.kb, 1, at.bb, at.lb, pv)}});
   }
 }

@@ -1038,6 +1038,24 @@ def test_empty_map(sum_pool, device):
         assert gx.shape == x.shape and torch.equal(gv, torch.zeros_like(v))
 
 
+@pytest.mark.parametrize("prefetch", ["0", "1"])
+@pytest.mark.parametrize("sum_pool", [False, True])
+@pytest.mark.parametrize("shapes", [[(0, 3, 3), (5, 3, 3)], [(5, 3, 3), (0, 3, 3)], [(0,), (7,)], [(0, 3, 3), (6,)]])
+def test_inputs_without_channels(shapes, sum_pool, prefetch, device, monkeypatch):
+    """An input of no channels sketches to zero: outputs and gradients are zero, by both
+    algorithms, with and without the fused forward's prefetch buffer. Its row may have no memory at
+    all (an empty tensor's data pointer is null), so no kernel may read a value of it."""
+    monkeypatch.setenv("COMPACT_BILINEAR_PREFETCH", prefetch)
+    hs, ss = random_hashes([s[0] for s in shapes], 64, device=device)
+    for algo in ALGOS:
+        xs = [torch.randn(2, *s, device=device, requires_grad=True) for s in shapes]
+        out = cb.compact_bilinear_pooling(xs, hs, ss, 64, sum_pool=sum_pool, algorithm=algo)
+        ref = compact_bilinear_pooling_reference(xs, hs, ss, 64, sum_pool=sum_pool)
+        assert out.shape == ref.shape and torch.equal(out, torch.zeros_like(ref))
+        grads = torch.autograd.grad(out.sum(), xs)
+        assert all(g.shape == x.shape and torch.equal(g, torch.zeros_like(x)) for g, x in zip(grads, xs))
+
+
 @pytest.mark.skipif(not (sys.platform.startswith("linux") and torch._C.has_openmp),
                     reason="the library uses OpenMP where torch does, on Linux")
 def test_cpu_kernels_are_built_with_openmp():

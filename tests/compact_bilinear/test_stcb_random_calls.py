@@ -1,7 +1,7 @@
 """Random calls against the reference: shapes, layouts, dtypes, hashes and the fused plan's switches
 drawn together, so that combinations no hand-written case names still meet the definition.
 
-Each case draws K inputs (maps or vectors, one to three spatial dims, channels from 1 to 257), an
+Each case draws K inputs (maps or vectors, one to three spatial dims, channels from 0 to 257), an
 output_dim (powers of two up to 16384 and others), a dtype, a batch (0 included), sum_pool, each
 input's memory layout (contiguous, channels-last, transposed, a strided slice), hashes (random, all
 in one bin, all in the last bin) and signs, and any of the fused plan's A/B switches (row pairs,
@@ -51,7 +51,7 @@ def draw(rng):
     return dict(
         maps=[bool(spatial) and rng.random() < 0.7 for _ in range(k)],
         spatial=spatial,
-        channels=[rng.choice([1, 2, 3, 5, 8, 16, 31, 64, 100, 257]) for _ in range(k)],
+        channels=[rng.choice([0, 1, 2, 3, 5, 8, 16, 31, 64, 100, 257]) for _ in range(k)],
         d=rng.choice([1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 3, 12, 100]),
         dtype=rng.choice([torch.float32, torch.float32, torch.float64, torch.bfloat16, torch.float16]),
         batch=rng.choice([0, 1, 1, 2, 3, 5, 9]),
@@ -227,6 +227,7 @@ def test_the_cases_cover_every_class():
     assert {c["hashes"] for c in drawn} == {"random", "one bin", "last bin"}
     assert {lay for c in drawn for lay in c["layouts"]} == {"contiguous", "channels_last", "transposed", "slice"}
     assert {len(c["channels"]) for c in drawn} == {1, 2, 3, 4}
+    assert any(0 in c["channels"] and c["batch"] and "COMPACT_BILINEAR_PREFETCH" in c["env"] for c in drawn)
     assert any(c["batch"] == 0 for c in drawn) and any(c["d"] == 16384 for c in drawn)
     assert any(c["d"] & (c["d"] - 1) for c in drawn)
     assert any(c["sum_pool"] and any(c["maps"]) for c in drawn) and any(not any(c["maps"]) for c in drawn)
