@@ -1747,17 +1747,15 @@ CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, c
     fft_forward_sketches(g, z, a.d, a.log2d, a.tw);
     const Balance<T> bal = gathered(z);
     const T up = out().up;
-    g.for_each(a.F, [=, &a](int64_t f) {
-      const BinPair pq = bins(f, a.d);
+    each_bin(g, z, a.F, a.d, [=, &a](cplx<T>& p, cplx<T>& q, bool self, int64_t f) {
       cplx<T> A, B;
-      split(z[pq.p], z[pq.q], A, B);
+      split(p, q, A, B);
       const cplx<T> g0 = G0[f], g1 = a.out_map ? (two ? G1[f] : cplx<T>(0, 0)) : g0;
       cplx<T> h = g0 * conj(A * bal.re);
       if (two) h += g1 * conj(B * bal.im);
       const cplx<T> V = add_vector_grads(a, vslot, b, f, h);
-      merge(z, pq, g0 * conj(V), g1 * conj(V) * up);
+      merge_into(p, q, self, g0 * conj(V), g1 * conj(V) * up);
     });
-    g.sync();
     fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
     scatter_grads(g, a, z, k, b, l, two ? k : -1, b, l + 1, out());
   }
@@ -1818,10 +1816,9 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
       product_phase<true>(g, a, z, unit, bin);
     } else {
       const Balance<T> bal = gathered(z);
-      g.for_each(a.F, [=, &a](int64_t f) {
-        const BinPair pq = bins(f, a.d);
+      each_bin(g, z, a.F, a.d, [=, &a](cplx<T>& p, cplx<T>& q, bool self, int64_t f) {
         cplx<T> A, Bs;
-        split(z[pq.p], z[pq.q], A, Bs);
+        split(p, q, A, Bs);
         const cplx<T> B = Bs * bal.im;  // the true spectra
         A *= bal.re;
         const cplx<T> gf = Gs[f];
@@ -1846,9 +1843,8 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
           mslot[i * a.F + f] = gf * conj(left * right);
           left *= vi;
         }
-        merge(z, pq, qa, qb);
+        merge_into(p, q, self, qa, qb);
       });
-      g.sync();
     }
     fft_inverse_dit(g, z, a.d, a.log2d, a.tw, ZStore<T>{z}, unit);
     // Where the cluster writes its rows' gradients together (two maps, a row a chunk), into slot G,
