@@ -918,8 +918,6 @@ CB_HD GatherAt maps_of_row(const Args<T, In>& a, int64_t b, int64_t l, int gi) {
 // Starts copying the input values of gather `at` into the prefetch buffer pv (see PrefetchWord).
 template <typename T, typename In, class G>
 CB_HD void prefetch_values(const G& g, const Args<T, In>& a, PrefetchWord<In>* pv, GatherAt at) {
-  const Sketch<T, In> sa = sketch_of(a, at.ka, 0, at.b, at.l, pv),
-                      sb = sketch_of(a, at.kb >= 0 ? at.kb : at.ka, 1, at.bb, at.lb, pv);
   // A loop for each input: one loop over both chose the input's pointers, stride and channel per
   // channel (SASS, sm_90: 20 instructions a channel, of them 5 selects; now about half).
   const auto copy = [&](const Sketch<T, In>& sk, PrefetchWord<In>* dst) {
@@ -930,8 +928,8 @@ CB_HD void prefetch_values(const G& g, const Args<T, In>& a, PrefetchWord<In>* p
       copy_async<In>(dst + ch, x + static_cast<uint64_t>(ch) * sc);
     });
   };
-  copy(sa, pv);
-  if (at.kb >= 0) copy(sb, pv + a.prefetch_half);
+  copy(sketch_of(a, at.ka, 0, at.b, at.l, pv), pv);
+  if (at.kb >= 0) copy(sketch_of(a, at.kb, 1, at.bb, at.lb, pv), pv + a.prefetch_half);
 }
 
 // The sketches of gather `at` into Z (zeroed), their values read from global memory or, where
