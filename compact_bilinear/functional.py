@@ -62,7 +62,7 @@ def compact_bilinear_pooling(
             broadcast over every location. float32/float64/float16/bfloat16 (half types
             accumulate in float32 and return their own dtype).
         hash_indices: K int64 ``Tensor[C_k]`` with values in ``[0, output_dim)``.
-        hash_signs: K ``Tensor[C_k]`` of +-1.
+        hash_signs: K ``Tensor[C_k]`` of +-1 (any real dtype; other values raise).
         output_dim: d >= 1 (any size; the fused kernel takes powers of two up to 16384).
         sum_pool: sum the output over the locations (default False).
         signed_sqrt: apply ``sign(z) sqrt(|z|)`` (default False; see :func:`signed_sqrt`).

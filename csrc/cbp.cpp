@@ -67,10 +67,18 @@ HashTables build_hash_tables(const at::Tensor& h_in, const at::Tensor& s_in, int
   // Copies, so the cache never holds the caller's tensors alive (its weak references expire).
   t.hash = h_in.to(at::kLong, /*non_blocking=*/false, /*copy=*/true).contiguous();
   if (t.hash.numel()) {
-    auto b = at::stack({t.hash.min(), t.hash.max()}).cpu();
-    const int64_t lo = b[0].item<int64_t>(), hi = b[1].item<int64_t>();
+    // Both checks in one transfer (one device sync): the hash's range, and how many signs are not
+    // exactly +-1 (a 0/1 draw, a NaN), which every algorithm would otherwise take as weights.
+    const auto not_unit = (s_in != 1).logical_and_(s_in != -1);
+    auto b = at::stack({t.hash.min(), t.hash.max(), not_unit.sum()}).cpu();
+    const int64_t lo = b[0].item<int64_t>(), hi = b[1].item<int64_t>(), bad = b[2].item<int64_t>();
     TORCH_CHECK_VALUE(lo >= 0 && hi < d, "compact_bilinear: hash_indices[", k, "] must lie in [0, output_dim) = [0, ",
                       d, "), found values in [", lo, ", ", hi, "]");
+    if (bad) {
+      const int64_t c = not_unit.nonzero()[0][0].item<int64_t>();
+      TORCH_CHECK_VALUE(false, "compact_bilinear: hash_signs[", k, "] must hold only +1 and -1, found ", bad,
+                        " other value(s), the first ", s_in[c].item<double>(), " at channel ", c);
+    }
   }
   t.sign = s_in.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
   // Stable, so each bucket sums its channels in channel order.

@@ -1280,6 +1280,12 @@ def _ok(device):
         (lambda xs, hs, ss: (xs, hs, ss + ss), ValueError, r"hash_signs must hold one tensor per input \(2\), got 4"),
         (lambda xs, hs, ss: ([xs[0], xs[1][0]], hs, ss), ValueError, r"inputs\[1\] must have shape \(B, C\) or \(B, C, \*S\)"),
         (lambda xs, hs, ss: (xs, [hs[0].float(), hs[1]], ss), TypeError, r"hash_indices\[0\] must be an integer tensor"),
+        # Signs drawn as 0/1 instead of -1/+1: every algorithm would take them as weights.
+        (lambda xs, hs, ss: (xs, hs, [ss[0], (ss[1] > 0).float()]), ValueError,
+         r"hash_signs\[1\] must hold only \+1 and -1, found \d+ other value\(s\), the first 0 at channel \d+"),
+        (lambda xs, hs, ss: (xs, hs, [ss[0].index_fill(0, torch.tensor([2], device=ss[0].device), float("nan")), ss[1]]),
+         ValueError, r"hash_signs\[0\] must hold only \+1 and -1, found 1 other value\(s\), the first nan at channel 2"),
+        (lambda xs, hs, ss: (xs, hs, [ss[0], ss[1] * 2]), ValueError, r"hash_signs\[1\] must hold only \+1 and -1"),
     ],
 )
 def test_bad_input(mutate, exc, match, device):
@@ -1398,4 +1404,10 @@ def test_in_place_hash_change_is_seen(device):
     with torch.no_grad():
         layer.hash_indices_1[2] = 16
     with pytest.raises(ValueError, match=r"hash_indices\[1\] must lie in"):
+        layer(x, v)
+    with torch.no_grad():
+        layer.hash_indices_1[2] = 0
+        layer.hash_signs_0[5] = 0.5
+    with pytest.raises(ValueError, match=r"hash_signs\[0\] must hold only \+1 and -1, found 1 other value\(s\), "
+                                         r"the first 0.5 at channel 5"):
         layer(x, v)
