@@ -177,6 +177,7 @@ constexpr int64_t kCodeValues = 2;
 struct Schedule {
   int passes = 0, q = 0, big = 0;  // `big` passes of q + 1 stages, the others q
   bool small_first = false;
+  CB_HD constexpr Schedule() = default;
   CB_HD constexpr Schedule(int log2n, int max_bits) {
     // At n = 1, one pass of radix 1: no stages, but the pass still loads and stores.
     passes = log2n == 0 ? 1 : (log2n + max_bits - 1) / max_bits;
@@ -190,6 +191,45 @@ struct Schedule {
   }
   CB_HD constexpr int max_bits() const { return big > 0 ? q + 1 : q; }
 };
+
+// Schedule(log2n, MaxBits) for a transform of the kernel, without the constructor's division and
+// remainder by `passes`, which a run-time log2n made about 25 SASS instructions each (sm_90; a
+// transform's set-up took 57-84): each field for every log2n <= kMaxLog2d sits in 4 bits of a
+// compile-time 64-bit word, so a field is a shift and a mask.
+template <int MaxBits>
+struct PackedSchedule {
+  enum Field { kPasses, kQ, kBig, kSmallFirst };
+  CB_HD static constexpr uint64_t pack(Field f) {
+    uint64_t w = 0;
+    for (int l = kMaxLog2d; l >= 0; --l) {
+      const Schedule s(l, MaxBits);
+      const int v = f == kPasses ? s.passes : f == kQ ? s.q : f == kBig ? s.big : s.small_first;
+      w = w << 4 | static_cast<uint64_t>(v);
+    }
+    return w;
+  }
+  static_assert(Schedule(kMaxLog2d, 1).passes < 16, "a field must fit in 4 bits");
+  CB_HD static constexpr Schedule of(int log2n) {
+    constexpr uint64_t passes = pack(kPasses), q = pack(kQ), big = pack(kBig), small_first = pack(kSmallFirst);
+    const int at = 4 * log2n;
+    Schedule s;
+    s.passes = static_cast<int>(passes >> at & 15);
+    s.q = static_cast<int>(q >> at & 15);
+    s.big = static_cast<int>(big >> at & 15);
+    s.small_first = (small_first >> at & 1) != 0;
+    return s;
+  }
+  CB_HD static constexpr bool exact() {
+    for (int l = 0; l <= kMaxLog2d; ++l) {
+      const Schedule a = of(l), b(l, MaxBits);
+      if (a.passes != b.passes || a.q != b.q || a.big != b.big || a.small_first != b.small_first) return false;
+    }
+    return true;
+  }
+};
+static_assert(PackedSchedule<1>::exact() && PackedSchedule<2>::exact() && PackedSchedule<3>::exact() &&
+                  PackedSchedule<4>::exact() && PackedSchedule<5>::exact(),
+              "the packed schedule must be the constructor's");
 
 // A thread group on the GPU (fused_kernel.cuh): one butterfly of the FFT's largest radix per
 // thread, at least a warp and at most kMaxGroupThreads, under launch bounds of kMaxGroupThreads
@@ -431,7 +471,7 @@ template <typename T, class G, class Load>
 CB_HD void fft_forward_dif(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw, Load load,
                            bool unit_left = false) {
   const int n = static_cast<int>(n64);
-  const Schedule s(log2n, G::kMaxPassBits);
+  const Schedule s = PackedSchedule<G::kMaxPassBits>::of(log2n);
   int top = log2n;  // stages left; the next pass's largest span is 2^(top - 1)
   for (int i = 0; i < s.passes - (unit_left ? 1 : 0); ++i) {
     top -= s.bits(i);
@@ -455,7 +495,7 @@ template <typename T, class G, class Store>
 CB_HD void fft_inverse_dit(const G& g, cplx<T>* z, int64_t n64, int log2n, const cplx<T>* tw, Store store,
                            bool unit_done = false) {
   const int n = static_cast<int>(n64);
-  const Schedule s(log2n, G::kMaxPassBits);
+  const Schedule s = PackedSchedule<G::kMaxPassBits>::of(log2n);
   int lh = unit_done ? s.bits(s.passes - 1) : 0;
   for (int i = s.passes - (unit_done ? 2 : 1); i >= 0; --i) {
     if (i == 0)
