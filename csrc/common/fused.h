@@ -371,9 +371,10 @@ CB_HD constexpr bool pass_used(int max_bits, int bits, Span sp) {
   return false;
 }
 
-// Element base + off of a transform; its padded position in Z is zi(base) + zoff.
+// Element base + off of a transform, off = m h (the pass's value m < R at span h); its padded
+// position in Z is zi(base) + zoff.
 struct Elem {
-  int base, off, zoff;
+  int base, off, zoff, m, h;
 };
 
 template <typename T>
@@ -415,7 +416,7 @@ CB_HD_PASS void fft_pass(const G& g, int n, int lh, const cplx<T>* tw, Load load
     const int t = static_cast<int>(t64), h = unit ? 1 : 1 << lh, k = unit ? 0 : t & (h - 1),
               base = unit ? t << r : ((t >> lh) << (lh + r)) + k, zh = h + (h >> 4);
     const auto elem = [=](int m) {
-      return Elem{base, m * h, unit ? zi(m) : Sp == Span::Wide ? m * zh : zi(m * h)};
+      return Elem{base, m * h, unit ? zi(m) : Sp == Span::Wide ? m * zh : zi(m * h), m, h};
     };
     cplx<T> a[R];
     CB_UNROLL
@@ -1129,16 +1130,20 @@ CB_HD cplx<T> vector_product(const Args<T, In>& a, int64_t b, int64_t f) {
 // The inverse transform of Z, whose last pass writes output rows from `out` on (location-major
 // output: whole contiguous rows): Re as the first row and, for a pair, Im as the second, each
 // times its row factor (set_row_factors) and 1 / d.
+// A value's address is its row's plus base and m times the span in bytes, unsigned 32-bit (a
+// row pair is at most 2^15 values), which ptxas walks as one 64-bit add per value; the int index
+// base + m h took a shift, a sign extension and two LEAs (sm_90). And Im goes first, to row1,
+// which without a pair is row 0 itself: Re's store then overwrites it (one thread, one address: in
+// program order), so there is no branch per value on `pair`.
 template <typename T, typename In>
 struct RowStore {
-  In* out;
-  int d;
-  bool pair;
+  char *row0, *row1;
   T s0, s1;  // the row factors over d
   CB_HD void operator()(Elem e, cplx<T> v) const {
-    In* row = out + e.base;  // per thread; `e.off` is the same for the whole warp
-    row[e.off] = static_cast<In>(v.real() * s0);
-    if (pair) row[d + e.off] = static_cast<In>(v.imag() * s1);
+    constexpr uint32_t S = sizeof(In);
+    const uint64_t at = uint64_t{static_cast<uint32_t>(e.m)} * static_cast<uint32_t>(e.h * S);
+    *reinterpret_cast<In*>(row1 + static_cast<uint32_t>(e.base) * S + at) = static_cast<In>(v.imag() * s1);
+    *reinterpret_cast<In*>(row0 + static_cast<uint32_t>(e.base) * S + at) = static_cast<In>(v.real() * s0);
   }
 };
 template <typename T, typename In>
@@ -1149,7 +1154,8 @@ struct RowStoreAt {
   const T* f;
   CB_HD RowStore<T, In> bind() const {
     const T inv_d = pow2<T>(-log2d);  // exactly, without a division
-    return RowStore<T, In>{out, d, pair, f[0] * inv_d, f[1] * inv_d};
+    char* row0 = reinterpret_cast<char*>(out);
+    return RowStore<T, In>{row0, pair ? reinterpret_cast<char*>(out + d) : row0, f[0] * inv_d, f[1] * inv_d};
   }
 };
 template <typename T, typename In, class G>
