@@ -371,10 +371,9 @@ CB_HD constexpr bool pass_used(int max_bits, int bits, Span sp) {
   return false;
 }
 
-// Element base + off of a transform, off = m h (the pass's value m < R at span h); its padded
-// position in Z is zi(base) + zoff.
+// Element base + off of a transform; its padded position in Z is zi(base) + zoff.
 struct Elem {
-  int base, off, zoff, m, h;
+  int base, off, zoff;
 };
 
 template <typename T>
@@ -416,7 +415,7 @@ CB_HD_PASS void fft_pass(const G& g, int n, int lh, const cplx<T>* tw, Load load
     const int t = static_cast<int>(t64), h = unit ? 1 : 1 << lh, k = unit ? 0 : t & (h - 1),
               base = unit ? t << r : ((t >> lh) << (lh + r)) + k, zh = h + (h >> 4);
     const auto elem = [=](int m) {
-      return Elem{base, m * h, unit ? zi(m) : Sp == Span::Wide ? m * zh : zi(m * h), m, h};
+      return Elem{base, m * h, unit ? zi(m) : Sp == Span::Wide ? m * zh : zi(m * h)};
     };
     cplx<T> a[R];
     CB_UNROLL
@@ -1130,18 +1129,18 @@ CB_HD cplx<T> vector_product(const Args<T, In>& a, int64_t b, int64_t f) {
 // The inverse transform of Z, whose last pass writes output rows from `out` on (location-major
 // output: whole contiguous rows): Re as the first row and, for a pair, Im as the second, each
 // times its row factor (set_row_factors) and 1 / d.
-// A value's address is its row's plus base and m times the span in bytes, unsigned 32-bit (a
-// row pair is at most 2^15 values), which ptxas walks as one 64-bit add per value; the int index
-// base + m h took a shift, a sign extension and two LEAs (sm_90). And Im goes first, to row1,
-// which without a pair is row 0 itself: Re's store then overwrites it (one thread, one address: in
-// program order), so there is no branch per value on `pair`.
+// A value's address is its row's plus base and off in bytes, unsigned 32-bit (a row pair is at
+// most 2^15 values), which ptxas walks as one 64-bit add per value; the int index base + off took
+// a shift, a sign extension and two LEAs (sm_90). And Im goes first, to row1, which without a pair
+// is row 0 itself: Re's store then overwrites it (one thread, one address: in program order), so
+// there is no branch per value on `pair`.
 template <typename T, typename In>
 struct RowStore {
   char *row0, *row1;
   T s0, s1;  // the row factors over d
   CB_HD void operator()(Elem e, cplx<T> v) const {
     constexpr uint32_t S = sizeof(In);
-    const uint64_t at = uint64_t{static_cast<uint32_t>(e.m)} * static_cast<uint32_t>(e.h * S);
+    const uint64_t at = uint64_t{static_cast<uint32_t>(e.off)} * S;
     *reinterpret_cast<In*>(row1 + static_cast<uint32_t>(e.base) * S + at) = static_cast<In>(v.imag() * s1);
     *reinterpret_cast<In*>(row0 + static_cast<uint32_t>(e.base) * S + at) = static_cast<In>(v.real() * s0);
   }
