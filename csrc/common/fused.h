@@ -1711,15 +1711,18 @@ CB_HD void write_cluster_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int 
 template <typename T, typename In, class G>
 CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* Gs, int64_t b, int64_t l,
                          bool staged, int* code = nullptr) {
-  const In* src = a.grad + b * a.grad_stride_b + l * a.grad_stride_l;
-  const int64_t sj = a.grad_stride_j;
+  const char* src = reinterpret_cast<const char*>(a.grad + b * a.grad_stride_b + l * a.grad_stride_l);
+  // The stride in bytes, below 2^32 (fused_driver.h backward): value j at src + j sjb, one
+  // IMAD.WIDE.U32 an address, where the 64-bit element stride took about eight (sm_90).
+  const uint32_t sjb = static_cast<uint32_t>(a.grad_stride_j * static_cast<int64_t>(sizeof(In)));
   const int d = static_cast<int>(a.d), m = d > 1 ? d / 2 : 1, log2m = a.log2d > 0 ? a.log2d - 1 : 0;
   if (code) g.for_each(1, [=](int64_t) { *code = 0; });
   const cplx<T>* row = staged ? Gs : nullptr;  // g[2n] + i g[2n + 1] at n
   fft_forward_dif(g, z, m, log2m, a.tw, [=](Elem e) {
     if (row) return row[e.base + e.off];
-    const In* p = (src + 2 * e.base * sj) + 2 * e.off * sj;  // `off` is the same for the whole warp
-    return cplx<T>(static_cast<T>(p[0]), d > 1 ? static_cast<T>(p[sj]) : T(0));
+    const char* p = src + uint64_t{2 * static_cast<uint32_t>(e.base + e.off)} * sjb;
+    return cplx<T>(static_cast<T>(*reinterpret_cast<const In*>(p)),
+                   d > 1 ? static_cast<T>(*reinterpret_cast<const In*>(p + sjb)) : T(0));
   });
   const cplx<T>* slot_tw = a.tw + tw_slot_offset(a.d);
   g.for_each(a.F, [=](int64_t t64) {

@@ -114,7 +114,10 @@ std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, c
                                  Launch&& launch) {
   auto grads = empty_input_grads(p);
   auto a = make_args<T, In>(p, plan);
-  const auto g3 = grad_out.to(p.in_dtype).reshape({p.B, p.d, p.out_map ? p.L : 1});
+  auto g3 = grad_out.to(p.in_dtype).reshape({p.B, p.d, p.out_map ? p.L : 1});
+  // fused.h grad_spectrum steps through a row with a 32-bit byte stride: a gradient whose row
+  // values lie 4 GiB or more apart is read from a location-major copy.
+  if (g3.stride(1) * g3.element_size() >= (int64_t{1} << 32)) g3 = g3.transpose(1, 2).contiguous().transpose(1, 2);
   a.grad = g3.data_ptr<In>();
   a.grad_stride_b = g3.stride(0);
   a.grad_stride_j = g3.stride(1);

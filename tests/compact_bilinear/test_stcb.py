@@ -576,6 +576,28 @@ def test_fused_sums_over_chunks_of_locations(spatial, rows, second, device, monk
             assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
 
 
+def test_fused_backward_gradient_values_4_gib_apart(device):
+    """The fused backward steps through an output gradient's row with a 32-bit byte stride; a
+    gradient whose values lie 4 GiB or more apart is read from a location-major copy. Its storage is
+    4 GiB of address space, of which only the values read are ever touched on the CPU."""
+    if device.type == "cuda" and torch.cuda.mem_get_info(device)[0] < 8 << 30:
+        pytest.skip("needs 4 GiB of free device memory")
+    hs, ss = random_hashes((5, 3), 2, torch.Generator().manual_seed(0), device=device)
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(3, c, generator=g).to(device).requires_grad_() for c in (5, 3)]
+    out = cb.compact_bilinear_pooling(xs, hs, ss, 2, algorithm="fused")
+    far = torch.empty((1 << 30) + 3, device=device).as_strided(out.shape, (1, 1 << 30))
+    far.copy_(torch.randn(out.shape, generator=g).to(device) + 2)  # never 0
+    assert far.stride(1) * far.element_size() == 1 << 32
+    got = torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs, ss, 2, algorithm="fused"), xs, far)
+    near = torch.autograd.grad(cb.compact_bilinear_pooling(xs, hs, ss, 2, algorithm="fused"), xs, far.contiguous())
+    x64 = [x.detach().double().requires_grad_() for x in xs]
+    truth = torch.autograd.grad(explicit_outer_product_sketch(x64, hs, ss, 2), x64, far.double())
+    for a, b, want in zip(got, near, truth):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
 def test_fused_backward_single_rows_where_a_row_pair_does_not_fit(device, monkeypatch):
     """A single map's backward keeps a second gradient spectrum for its rows in pairs. With three
     vectors beside the map at d = 8192 (float32) that slot does not fit beside the vectors'
