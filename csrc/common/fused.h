@@ -158,6 +158,11 @@ CB_HD constexpr int ilog2(int64_t n) {
 // the bin f = bitrev(2t) of each half-spectrum slot t < d/2 (grad_spectrum).
 CB_HD constexpr int64_t tw_slot_offset(int64_t d) { return d > 1 ? d : 2; }
 
+// Value i of a strided row at p, its stride in bytes below 2^32 (the plan's and the driver's
+// checks): one 32 x 32 -> 64-bit multiply-add on the GPU (IMAD.WIDE.U32), where an index times a
+// 64-bit element stride took seven or eight instructions, sign extensions among them (SASS, sm_90).
+CB_HD const char* byte_at(const char* p, uint32_t i, uint32_t stride) { return p + uint64_t{i} * stride; }
+
 // Position of element i of Z in the padded buffer, and the buffer's size in complex values. Just
 // before Z, kCodeValues more values hold the group's magnitude codes (codes_of): a thread group's
 // shared memory is kCodeValues + z_size(d) values, then its slots. Before Z rather than after it,
@@ -775,12 +780,11 @@ struct Sketch {
   const T* sign;
   int C, part;                    // channels; Re or Im
   const PrefetchWord<In>* v;      // the values, prefetched by channel (nullptr: none)
-  // Channel `ch`'s value: its address is one 32 x 32 -> 64-bit multiply-add on the GPU, where the
-  // channel times a 64-bit element stride took seven instructions (SASS, sm_90). Prefetched, a
-  // 16-bit value's address says which half of its word it is.
+  // Channel `ch`'s value (byte_at). Prefetched, a 16-bit value's address says which half of its
+  // word it is.
   template <bool Prefetched>
   CB_HD T value(int32_t ch) const {
-    const char* p = x + static_cast<uint64_t>(static_cast<uint32_t>(ch)) * sc;
+    const char* p = byte_at(x, static_cast<uint32_t>(ch), sc);
     if constexpr (!Prefetched) {
       return static_cast<T>(*reinterpret_cast<const In*>(p));
     } else if constexpr (sizeof(In) >= 4) {
@@ -964,8 +968,8 @@ CB_HD void prefetch_values(const G& g, const Args<T, In>& a, PrefetchWord<In>* p
     const char* x = sk.x;
     const uint32_t sc = sk.sc;
     g.for_each(sk.C, [=](int64_t i) {
-      const uint32_t ch = static_cast<uint32_t>(i);  // unsigned: no sign extension in the address
-      copy_async<In>(dst + ch, x + static_cast<uint64_t>(ch) * sc);
+      const uint32_t ch = static_cast<uint32_t>(i);
+      copy_async<In>(dst + ch, byte_at(x, ch, sc));
     });
   };
   copy(sketch_of(a, at.ka, 0, at.b, at.l, pv), pv);
@@ -1712,15 +1716,14 @@ template <typename T, typename In, class G>
 CB_HD void grad_spectrum(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* Gs, int64_t b, int64_t l,
                          bool staged, int* code = nullptr) {
   const char* src = reinterpret_cast<const char*>(a.grad + b * a.grad_stride_b + l * a.grad_stride_l);
-  // The stride in bytes, below 2^32 (fused_driver.h backward): value j at src + j sjb, one
-  // IMAD.WIDE.U32 an address, where the 64-bit element stride took about eight (sm_90).
+  // The stride in bytes, below 2^32 (fused_driver.h backward), for byte_at.
   const uint32_t sjb = static_cast<uint32_t>(a.grad_stride_j * static_cast<int64_t>(sizeof(In)));
   const int d = static_cast<int>(a.d), m = d > 1 ? d / 2 : 1, log2m = a.log2d > 0 ? a.log2d - 1 : 0;
   if (code) g.for_each(1, [=](int64_t) { *code = 0; });
   const cplx<T>* row = staged ? Gs : nullptr;  // g[2n] + i g[2n + 1] at n
   fft_forward_dif(g, z, m, log2m, a.tw, [=](Elem e) {
     if (row) return row[e.base + e.off];
-    const char* p = src + uint64_t{2 * static_cast<uint32_t>(e.base + e.off)} * sjb;
+    const char* p = byte_at(src, 2 * static_cast<uint32_t>(e.base + e.off), sjb);
     return cplx<T>(static_cast<T>(*reinterpret_cast<const In*>(p)),
                    d > 1 ? static_cast<T>(*reinterpret_cast<const In*>(p + sjb)) : T(0));
   });
