@@ -50,4 +50,4 @@ def _backward_fake(grad_out, inputs, hash_indices, hash_signs, output_dim, sum_p
 
 
 # Autograd of both ops is registered in C++ (csrc/autograd.cpp): the forward saves the inputs and
-# hashes and its backward calls ops.backward; differentiating ops.backward raises.
+# hashes and its backward calls ops.backward; ops.backward's own backward calls the two ops again.

@@ -32,50 +32,93 @@ Tensors call_backward(const at::Tensor& grad, at::TensorList xs, at::TensorList 
   return op.call(grad, xs, hs, ss, d, pool, algorithm);
 }
 
-// The forward saves the inputs and the hashes, nothing of size d: the backward recomputes
-// sketches and spectra.
+// What the two Functions save for their backward: the tensors they take before the inputs (the
+// backward op's output gradient), the inputs, the hashes and the options; nothing of size d, the
+// backward recomputes sketches and spectra.
+struct Saved {
+  Tensors head, xs, hs, ss;
+  int64_t d;
+  bool pool;
+  std::string algorithm;
+
+  static void save(AutogradContext* ctx, Tensors tensors, at::TensorList xs, at::TensorList hs, at::TensorList ss,
+                   int64_t d, bool pool, c10::string_view algorithm) {
+    ctx->saved_data["head"] = static_cast<int64_t>(tensors.size());
+    ctx->saved_data["k"] = static_cast<int64_t>(xs.size());
+    for (const auto list : {xs, hs, ss}) tensors.insert(tensors.end(), list.begin(), list.end());
+    ctx->save_for_backward(tensors);
+    ctx->saved_data["d"] = d;
+    ctx->saved_data["pool"] = pool;
+    ctx->saved_data["algorithm"] = std::string(algorithm);
+  }
+
+  static Saved load(AutogradContext* ctx) {
+    const auto t = ctx->get_saved_variables();
+    const int64_t h = ctx->saved_data["head"].toInt(), k = ctx->saved_data["k"].toInt();
+    return {Tensors(t.begin(), t.begin() + h),
+            Tensors(t.begin() + h, t.begin() + h + k),
+            Tensors(t.begin() + h + k, t.begin() + h + 2 * k),
+            Tensors(t.begin() + h + 2 * k, t.end()),
+            ctx->saved_data["d"].toInt(),
+            ctx->saved_data["pool"].toBool(),
+            ctx->saved_data["algorithm"].toStringRef()};
+  }
+};
+
 class Stcb : public torch::autograd::Function<Stcb> {
  public:
   static at::Tensor forward(AutogradContext* ctx, at::TensorList xs, at::TensorList hs, at::TensorList ss,
                             int64_t d, bool pool, c10::string_view algorithm) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    Tensors saved(xs.begin(), xs.end());
-    saved.insert(saved.end(), hs.begin(), hs.end());
-    saved.insert(saved.end(), ss.begin(), ss.end());
-    ctx->save_for_backward(saved);
-    ctx->saved_data["k"] = static_cast<int64_t>(xs.size());
-    ctx->saved_data["d"] = d;
-    ctx->saved_data["pool"] = pool;
-    ctx->saved_data["algorithm"] = std::string(algorithm);
+    Saved::save(ctx, {}, xs, hs, ss, d, pool, algorithm);
     return call_forward(xs, hs, ss, d, pool, algorithm);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const int64_t k = ctx->saved_data["k"].toInt();
-    const Tensors xs(saved.begin(), saved.begin() + k), hs(saved.begin() + k, saved.begin() + 2 * k),
-        ss(saved.begin() + 2 * k, saved.end());
-    const auto gx = call_backward(grads[0], xs, hs, ss, ctx->saved_data["d"].toInt(),
-                                  ctx->saved_data["pool"].toBool(), ctx->saved_data["algorithm"].toStringRef());
+    const Saved s = Saved::load(ctx);
+    const auto gx = call_backward(grads[0], s.xs, s.hs, s.ss, s.d, s.pool, s.algorithm);
     variable_list out(gx.begin(), gx.end());
-    out.resize(3 * k + 3);  // no gradient for the hashes, the signs and the three options
+    out.resize(3 * s.xs.size() + 3);  // no gradient for the hashes, the signs and the three options
     return out;
   }
 };
 
-// The backward op is differentiable only in the sense that differentiating it says it is not.
+// The backward op, differentiable through the forward's multilinearity. The forward F(x_1..x_K)
+// is linear in each input, so its backward, B_j(g; x) = dF/dx_j^T g, is linear in g and in every
+// x_i with i != j, and <v_j, B_j(g; x)> = <g, F(x with x_j := v_j)>. Differentiating
+// sum_j <v_j, B_j(g; x)> for the upstream gradients v_j therefore takes the two ops again:
+//   d/dg   = sum_j F(x with x_j := v_j),
+//   d/dx_i = sum_{j != i} B_i(g; x with x_j := v_j),
+// one forward and one backward call per defined v_j, through the dispatcher, so with
+// create_graph they are recorded in turn and every order of derivative works.
 class StcbBackward : public torch::autograd::Function<StcbBackward> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& grad, at::TensorList xs, at::TensorList hs,
                                at::TensorList ss, int64_t d, bool pool, c10::string_view algorithm) {
     at::AutoDispatchBelowADInplaceOrView guard;
+    Saved::save(ctx, {grad}, xs, hs, ss, d, pool, algorithm);
     return call_backward(grad, xs, hs, ss, d, pool, algorithm);
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(false,
-                "compact_bilinear: double backward (differentiating the gradient, e.g. a gradient penalty) is "
-                "not supported; compute such terms with compact_bilinear.reference instead");
+  static variable_list backward(AutogradContext* ctx, variable_list vs) {
+    const Saved s = Saved::load(ctx);
+    const size_t k = s.xs.size();
+    // Edges: 0 the output gradient, 1 + i input i; none for the hashes, the signs and the options.
+    variable_list out(3 * k + 4);
+    const auto add = [](at::Tensor& acc, const at::Tensor& t) { acc = acc.defined() ? acc.add(t) : t; };
+    for (size_t j = 0; j < k; ++j) {
+      if (!vs[j].defined()) continue;
+      Tensors with_v = s.xs;
+      with_v[j] = vs[j];
+      if (ctx->needs_input_grad(0)) add(out[0], call_forward(with_v, s.hs, s.ss, s.d, s.pool, s.algorithm));
+      bool others = false;
+      for (size_t i = 0; i < k; ++i) others |= i != j && ctx->needs_input_grad(1 + i);
+      if (!others) continue;
+      const auto gx = call_backward(s.head[0], with_v, s.hs, s.ss, s.d, s.pool, s.algorithm);
+      for (size_t i = 0; i < k; ++i)
+        if (i != j && ctx->needs_input_grad(1 + i)) add(out[1 + i], gx[i]);
+    }
+    return out;
   }
 };
 
