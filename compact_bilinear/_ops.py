@@ -51,3 +51,42 @@ def _backward_fake(grad_out, inputs, hash_indices, hash_signs, output_dim, sum_p
 
 # Autograd of both ops is registered in C++ (csrc/autograd.cpp): the forward saves the inputs and
 # hashes and its backward calls ops.backward; ops.backward's own backward calls the two ops again.
+
+
+# Batching rules (torch.func.vmap): the ops already take a batch of samples, so a vmapped
+# dimension is folded into it, B -> N B, and split off the results again: one kernel call. Inputs
+# (or an output gradient) that are not vmapped are repeated N times. Hashes vmapped too (a
+# different hash per vmapped slice) take one call per slice.
+def _fold(x, bdim, n):
+    return (x.expand(n, *x.shape) if bdim is None else x.movedim(bdim, 0)).flatten(0, 1)
+
+
+def _pick(arg, bdim, i):
+    if isinstance(arg, (list, tuple)):
+        return [_pick(t, b, i) for t, b in zip(arg, bdim)]
+    return arg if bdim is None else arg.select(bdim, i)
+
+
+def _vmap_rule(op, lead):
+    """The batching rule of `op`, whose arguments are `lead` tensors with the batch at dim 0 (the
+    backward's grad_out), the inputs, hash_indices and hash_signs lists, and the options; it
+    returns a tensor (the forward) or a list of them (the backward)."""
+
+    def rule(info, in_dims, *args):
+        n, xs, x_dims = info.batch_size, args[lead], in_dims[lead]
+        if any(b is not None for b in [*in_dims[lead + 1], *in_dims[lead + 2]]):
+            outs = [op(*[_pick(a, b, i) for a, b in zip(args, in_dims)]) for i in range(n)]
+            stacked = [torch.stack(o) for o in zip(*outs)] if lead else torch.stack(outs)
+        else:
+            batch = xs[0].shape[0] if x_dims[0] is None else xs[0].movedim(x_dims[0], 0).shape[1]
+            folded = [_fold(t, b, n) for t, b in zip(args[:lead], in_dims[:lead])]
+            out = op(*folded, [_fold(x, b, n) for x, b in zip(xs, x_dims)], *args[lead + 1 :])
+            split = lambda t: t.unflatten(0, (n, batch))
+            stacked = [split(g) for g in out] if lead else split(out)
+        return stacked, [0] * len(stacked) if lead else 0
+
+    return rule
+
+
+torch.library.register_vmap("compact_bilinear::forward", _vmap_rule(ops.forward, 0))
+torch.library.register_vmap("compact_bilinear::backward", _vmap_rule(ops.backward, 1))

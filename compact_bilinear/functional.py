@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _func
 from ._ops import ops
 
 __all__ = ["compact_bilinear_pooling", "signed_sqrt"]
@@ -98,7 +99,12 @@ def compact_bilinear_pooling(
         inputs = [x.to(dtype) for x in inputs]
     # The autocast-off context only where autocast is on: entering it costs about 3 us per call.
     with torch.autocast(inputs[0].device.type, enabled=False) if autocast else contextlib.nullcontext():
-        out = ops.forward(inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm)
+        # The ops' autograd is C++, which torch.func transforms and forward-mode AD cannot use;
+        # under those the same ops run through Python Functions (_func.py).
+        if torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0:
+            out = _func.forward(inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm)
+        else:
+            out = ops.forward(inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm)
     if signed_sqrt or l2_normalize:
         # In float32 for float16 and bfloat16 outputs: both eps (1e-8, and F.normalize's 1e-12) are 0
         # in float16, so an output of 0 (a zero location, an empty bucket) gave NaN values and
