@@ -379,3 +379,28 @@ def test_gpu_canary_passes_on_the_host_instance_and_switches_off_what_fails(tmp_
     failing = {"unit_product": "wrong"}
     assert gpu_canary.main(["--env-out", str(env_out)]) == 1
     assert env_out.read_text() == "export COMPACT_BILINEAR_UNIT_PRODUCT=0\n"
+
+
+def test_penalty_benchmark_checks_every_implementation_before_timing(tmp_path, monkeypatch, capsys):
+    """benchmarks.penalty: the gradient-penalty step of each implementation against the float64
+    reference; an implementation whose penalty gradients are off by 0.2 % is a mismatch and is not
+    timed."""
+    import json
+
+    from benchmarks import impls, penalty
+
+    out = tmp_path / "penalty.json"
+    assert penalty.main(["--quick", "--device", "cpu", "--impls", "reference,fft,fused", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["impl"] for r in rows] == ["reference", "fft", "fused"]
+    assert all(r["status"] == "ok" and r["rel_err"] < 1e-5 and r["time"]["median_s"] > 0 for r in rows)
+    assert "| fft |" in capsys.readouterr().out
+
+    def wrong(case, idx, signs, device, **_):
+        fft = impls.IMPLS["fft"].build(case, idx, signs, device)
+        return lambda xs: fft(xs) * 1.001
+
+    monkeypatch.setitem(impls.IMPLS, "wrong", impls.Impl("wrong", "wrong", True, wrong))
+    assert penalty.main(["--quick", "--device", "cpu", "--impls", "wrong", "--json", str(out)]) == 1
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["status"] == "mismatch" and "time" not in row
