@@ -44,12 +44,11 @@ def _cross_terms(options, g, xs, hs, ss, vs, acc):
     return acc
 
 
-class _Forward(torch.autograd.Function):
-    generate_vmap_rule = True
+class _Op(torch.autograd.Function):
+    """Both Functions take the options (k, d, pool, algorithm), then tensors; they save the tensors
+    for either mode of AD and get None, not zeros, for an output without a gradient."""
 
-    @staticmethod
-    def forward(k, d, pool, algorithm, *tensors):
-        return ops.forward(*_split(k, tensors), d, pool, algorithm)
+    generate_vmap_rule = True
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -57,6 +56,12 @@ class _Forward(torch.autograd.Function):
         ctx.save_for_backward(*inputs[4:])
         ctx.save_for_forward(*inputs[4:])
         ctx.set_materialize_grads(False)
+
+
+class _Forward(_Op):
+    @staticmethod
+    def forward(k, d, pool, algorithm, *tensors):
+        return ops.forward(*_split(k, tensors), d, pool, algorithm)
 
     @staticmethod
     def backward(ctx, g):
@@ -80,19 +85,10 @@ class _Forward(torch.autograd.Function):
         return out
 
 
-class _Backward(torch.autograd.Function):
-    generate_vmap_rule = True
-
+class _Backward(_Op):
     @staticmethod
     def forward(k, d, pool, algorithm, g, *tensors):
         return tuple(ops.backward(g, *_split(k, tensors), d, pool, algorithm))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.options = inputs[:4]
-        ctx.save_for_backward(*inputs[4:])
-        ctx.save_for_forward(*inputs[4:])
-        ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, *vs):
