@@ -5,10 +5,11 @@
 # the rest of the run), the CUDA tests,
 # the gpu-canonical preset (issue 3's targets), the fused kernel's A/B timings and Nsight Compute
 # profiles with the stall reasons (the default build and an A/B build, GPU_CHECK_AB_ENV; then the
-# forward's stall samples by source line) and, if time is left, the default grid on CUDA.
+# forward's stall samples by source line) and, if time is left, a gradient-penalty step (the
+# double backward, benchmarks/penalty.py) and the default grid on CUDA.
 # $OUT gets at most 8 files (the device tool returns no more): log.txt (everything printed,
 # tables included), tests.txt, gpu-canonical.json, ncu.txt
-# (Nsight Compute on the fused kernel), grid-cuda.json and the grid's two plots.
+# (Nsight Compute on the fused kernel), penalty.json, grid-cuda.json and the grid's two plots.
 #
 #   bash benchmarks/gpu_check.sh
 #
@@ -238,6 +239,12 @@ if [ -n "$NCU" ]; then
     grep -E "#####|fused_kernel|Duration|Hit Rate|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Memory Throughput|Compute \(SM\)|wavefronts_mem_shared|bank_conflicts|op_local|smsp__inst_executed.sum|rel err|Stall|Warp Cycles Per Issued|issue_stalled|warp stall samples|warp instructions executed|^ +[0-9]+ +[0-9.]+%  " "$OUT/ncu.txt" | head -330
 else
     echo "no ncu on this machine"
+fi
+
+if [ "$(left)" -gt 60 ]; then
+    step "gradient-penalty step: the double backward, library vs reference (benchmarks/penalty.py)"
+    timeout 60 $PY -m benchmarks.penalty --device cuda --json "$OUT/penalty.json" 2>/dev/null \
+        || { echo "penalty FAILED"; status=1; }
 fi
 
 if [ "$(left)" -gt 90 ]; then
