@@ -1459,6 +1459,23 @@ def test_gradient_penalty_matches_reference(algo, dtype, device):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
 
 
+@pytest.mark.parametrize("algo", ALGOS)
+def test_double_backward_of_sums(algo, device):
+    """`out.sum()` and `grad.sum()` hand the backward ops expanded cotangents (every stride 0):
+    the second derivatives against the reference's."""
+    xs, hs, ss, d, _ = make(CASES["k2_map_x_vector"], device, requires_grad=True)
+
+    def second(fn):
+        g = torch.autograd.grad(fn(xs).sum(), xs, create_graph=True)
+        return torch.autograd.grad(g[0].sum() + 2 * g[1].sum(), xs)
+
+    got = second(lambda x: cb.compact_bilinear_pooling(x, hs, ss, d, algorithm=algo))
+    want = second(lambda x: compact_bilinear_pooling_reference(x, hs, ss, d))
+    for a, b in zip(got, want):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * b.abs().max().item())
+
+
 def test_in_place_hash_change_is_seen(device):
     """Hash tables are cached per tensor; an in-place write must invalidate the cache."""
     layer = cb.STCB((6, 5), 16, seed=1).to(device)
