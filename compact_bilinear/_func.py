@@ -7,7 +7,8 @@ F(x_1..x_K) the forward, linear in each input, and B_i(g; x) = dF/dx_i^T g its b
   jvp of F:          sum_j F(x with x_j := t_j)
   vjp of B (v_i):    d/dg = sum_j F(x with x_j := v_j), d/dx_i = sum_{j != i} B_i(g; x with x_j := v_j)
   jvp of B:          B_i(t_g; x) + sum_{j != i} B_i(g; x with x_j := t_j)
-Each is computed by the Functions themselves, so derivatives of every order compose. vmap comes
+(the sums over j != i in one backward call for two inputs, _cross_terms). Each is computed by the
+Functions themselves, so derivatives of every order compose. vmap comes
 from the ops' batching rules (_ops.py), which fold the vmapped dimension into the batch.
 """
 from __future__ import annotations
@@ -33,13 +34,14 @@ def _sum(terms):
 
 
 def _cross_terms(options, g, xs, hs, ss, vs, acc):
-    """Adds sum_{j != i} B_i(g; x with x_j := v_j) to acc[i] for every i, over the defined v_j."""
-    for j, v in enumerate(vs):
-        if v is None:
-            continue
-        gx = _Backward.apply(*options, g, *_replace(xs, j, v), *hs, *ss)
+    """Adds sum_{j != i} B_i(g; x with x_j := v_j) to acc[i] for every i, over the defined v_j. A
+    call with x_j := v_j for the j in J gives B_i's term of (i, j) where J without i is {j} (B_i
+    does not read x_i): one call for two inputs, one per defined v_j for more."""
+    defined = [j for j, v in enumerate(vs) if v is not None]
+    for js in [defined] if len(xs) == 2 and defined else [[j] for j in defined]:
+        gx = _Backward.apply(*options, g, *[vs[i] if i in js else x for i, x in enumerate(xs)], *hs, *ss)
         for i in range(len(xs)):
-            if i != j:
+            if len(set(js) - {i}) == 1:
                 acc[i] = gx[i] if acc[i] is None else acc[i] + gx[i]
     return acc
 

@@ -4,6 +4,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -89,8 +90,9 @@ class Stcb : public torch::autograd::Function<Stcb> {
 // sum_j <v_j, B_j(g; x)> for the upstream gradients v_j therefore takes the two ops again:
 //   d/dg   = sum_j F(x with x_j := v_j),
 //   d/dx_i = sum_{j != i} B_i(g; x with x_j := v_j),
-// one forward and one backward call per defined v_j, through the dispatcher, so with
-// create_graph they are recorded in turn and every order of derivative works.
+// a forward call per defined v_j and a backward call per defined v_j (one in all for two inputs,
+// below), through the dispatcher, so with create_graph they are recorded in turn and every order
+// of derivative works.
 class StcbBackward : public torch::autograd::Function<StcbBackward> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& grad, at::TensorList xs, at::TensorList hs,
@@ -106,17 +108,39 @@ class StcbBackward : public torch::autograd::Function<StcbBackward> {
     // Edges: 0 the output gradient, 1 + i input i; none for the hashes, the signs and the options.
     variable_list out(3 * k + 4);
     const auto add = [](at::Tensor& acc, const at::Tensor& t) { acc = acc.defined() ? acc.add(t) : t; };
-    for (size_t j = 0; j < k; ++j) {
-      if (!vs[j].defined()) continue;
-      Tensors with_v = s.xs;
-      with_v[j] = vs[j];
-      if (ctx->needs_input_grad(0)) add(out[0], call_forward(with_v, s.hs, s.ss, s.d, s.pool, s.algorithm));
-      bool others = false;
-      for (size_t i = 0; i < k; ++i) others |= i != j && ctx->needs_input_grad(1 + i);
-      if (!others) continue;
-      const auto gx = call_backward(s.head[0], with_v, s.hs, s.ss, s.d, s.pool, s.algorithm);
+    const auto with = [&](const std::vector<size_t>& js) {
+      Tensors x = s.xs;
+      for (const size_t j : js) x[j] = vs[j];
+      return x;
+    };
+    // d/dg: a forward call per defined v_j.
+    std::vector<size_t> defined;
+    for (size_t j = 0; j < k; ++j)
+      if (vs[j].defined()) defined.push_back(j);
+    if (ctx->needs_input_grad(0))
+      for (const size_t j : defined) add(out[0], call_forward(with({j}), s.hs, s.ss, s.d, s.pool, s.algorithm));
+    // d/dx_i: a backward call with x_j := v_j for the j in a set J gives B_i(g; x with x_J := v_J),
+    // which is the term of (i, j) where J without i is {j}: B_i does not read x_i. So two inputs
+    // take one call with every defined v_j in place (each i's one term has j = 1 - i), more inputs
+    // a call per defined v_j.
+    std::vector<std::vector<size_t>> calls;
+    for (const size_t j : defined) {
+      if (k == 2 && !calls.empty())
+        calls[0].push_back(j);
+      else
+        calls.push_back({j});
+    }
+    for (const auto& js : calls) {
+      const auto term = [&](size_t i) {
+        const auto others = js.size() - std::count(js.begin(), js.end(), i);
+        return others == 1 && ctx->needs_input_grad(1 + i);
+      };
+      bool any = false;
+      for (size_t i = 0; i < k; ++i) any |= term(i);
+      if (!any) continue;
+      const auto gx = call_backward(s.head[0], with(js), s.hs, s.ss, s.d, s.pool, s.algorithm);
       for (size_t i = 0; i < k; ++i)
-        if (i != j && ctx->needs_input_grad(1 + i)) add(out[1 + i], gx[i]);
+        if (term(i)) add(out[1 + i], gx[i]);
     }
     return out;
   }
