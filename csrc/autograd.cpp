@@ -99,6 +99,7 @@ class StcbBackward : public torch::autograd::Function<StcbBackward> {
                                at::TensorList ss, int64_t d, bool pool, c10::string_view algorithm) {
     at::AutoDispatchBelowADInplaceOrView guard;
     Saved::save(ctx, {grad}, xs, hs, ss, d, pool, algorithm);
+    ctx->set_materialize_grads(false);  // an input gradient nobody differentiates costs no calls
     return call_backward(grad, xs, hs, ss, d, pool, algorithm);
   }
 

@@ -1476,6 +1476,41 @@ def test_double_backward_of_sums(algo, device):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * b.abs().max().item())
 
 
+def test_double_backward_makes_only_the_calls_it_needs():
+    """The double backward's cost, counted in kernel calls (what the dispatcher runs below
+    autograd): a two-input gradient-penalty step is one forward and two backward calls (one for
+    the first gradients, one in all for the second); with three inputs, differentiating one input's
+    gradient in one other input takes one backward call, and no call is made for the gradients
+    nobody differentiates."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n[func.name()] += 1
+            return func(*args, **(kwargs or {}))
+
+    xs, hs, ss, d, _ = make(CASES["k2_maps"], "cpu", requires_grad=True)
+    critic = torch.randn(3, d, 3, 4, dtype=torch.float64)
+    with Calls() as calls:
+        out = cb.compact_bilinear_pooling(xs, hs, ss, d)
+        g = torch.autograd.grad((out * critic).sum(), xs, create_graph=True)
+        torch.autograd.grad(sum(t.square().sum() for t in g), xs)
+    assert (calls.n["compact_bilinear::forward"], calls.n["compact_bilinear::backward"]) == (1, 2)
+
+    xs, hs, ss, d, _ = make(CASES["k3_map_vec_map"], "cpu", requires_grad=True)
+    out = cb.compact_bilinear_pooling(xs, hs, ss, d)
+    g = torch.autograd.grad((out * torch.randn_like(out)).sum(), xs, create_graph=True)
+    with Calls() as calls:
+        torch.autograd.grad(g[0].square().sum(), xs[1])
+    assert (calls.n["compact_bilinear::forward"], calls.n["compact_bilinear::backward"]) == (0, 1)
+
+
 def test_in_place_hash_change_is_seen(device):
     """Hash tables are cached per tensor; an in-place write must invalidate the cache."""
     layer = cb.STCB((6, 5), 16, seed=1).to(device)
