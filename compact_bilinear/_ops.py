@@ -78,7 +78,12 @@ def _vmap_rule(op, lead):
             outs = [op(*[_pick(a, b, i) for a, b in zip(args, in_dims)]) for i in range(n)]
             stacked = [torch.stack(o) for o in zip(*outs)] if lead else torch.stack(outs)
         else:
-            batch = xs[0].shape[0] if x_dims[0] is None else xs[0].movedim(x_dims[0], 0).shape[1]
+            sizes = [x.shape[0] if b is None else x.movedim(b, 0).shape[1] for x, b in zip(xs, x_dims)]
+            for k, size in enumerate(sizes):
+                if size != sizes[0]:  # checked before folding, so the message gives a slice's sizes
+                    raise ValueError(f"compact_bilinear: batch size mismatch: inputs[{k}] has {size} samples but "
+                                     f"inputs[0] has {sizes[0]} (in each vmapped slice)")
+            batch = sizes[0]
             folded = [_fold(t, b, n) for t, b in zip(args[:lead], in_dims[:lead])]
             out = op(*folded, [_fold(x, b, n) for x, b in zip(xs, x_dims)], *args[lead + 1 :])
             split = lambda t: t.unflatten(0, (n, batch))

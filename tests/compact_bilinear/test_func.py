@@ -153,3 +153,14 @@ def test_plain_calls_keep_the_cpp_autograd():
     xs, _, _, _, _, lib, _ = make("k2_maps", "cpu", "fft")
     out = lib(xs[0].requires_grad_(), xs[1])
     assert "CppNode<compact_bilinear::" in out.grad_fn.name()
+
+
+def test_bad_input_under_vmap():
+    """Errors name what a user wrote, per vmapped slice, not the folded batch."""
+    layer = cb.STCB((4, 3), 16)
+    x, v = torch.randn(5, 2, 4), torch.randn(5, 3, 3)
+    with pytest.raises(ValueError, match=r"inputs\[1\] has 3 samples but inputs\[0\] has 2 \(in each vmapped slice\)"):
+        torch.func.vmap(layer)(x, v)
+    hs = [layer.hash_indices[0] + 16, layer.hash_indices[1]]
+    with pytest.raises(ValueError, match=r"hash_indices\[0\]"):
+        torch.func.vmap(lambda a, b: cb.compact_bilinear_pooling([a, b], hs, layer.hash_signs, 16))(x, v[:, :2])
