@@ -1,9 +1,9 @@
 """torch.func transforms (vmap, grad, jacrev, jacfwd, jvp, hessian) and forward-mode AD.
 
 Truth is the composite torch.fft reference under the same transform (plain torch ops, which
-functorch differentiates and batches itself) and finite differences (gradcheck's forward-mode,
-batched-gradient and second-order checks). Every case runs both algorithms: "fused" on the CPU is
-the host instance of the CUDA kernel.
+functorch differentiates and batches itself), finite differences (gradcheck's forward-mode and
+forward-over-reverse checks) and, for batched gradients, one autograd.grad call per cotangent.
+Every case runs both algorithms: "fused" on the CPU is the host instance of the CUDA kernel.
 """
 import pytest
 import torch
