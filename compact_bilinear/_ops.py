@@ -38,15 +38,24 @@ def _shape(s):
 
 
 @torch.library.register_fake("compact_bilinear::backward")
-def _backward_fake(grad_out, inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm):
-    # The checks of the compiled op (cbp.cpp check_grad_out), so a traced call fails as an eager one.
+def _backward_fake(grad_out, inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm, input_grads=None):
+    # The checks of the compiled op (cbp.cpp check_backward_args), so a traced call fails as an eager one.
     out = _forward_fake(inputs, hash_indices, hash_signs, output_dim, sum_pool, algorithm)
     if grad_out.shape != out.shape:
         raise ValueError(f"compact_bilinear: grad_out must have the output's shape {_shape(out.shape)}, "
                          f"got {_shape(grad_out.shape)}")
     if grad_out.device != inputs[0].device:
         raise ValueError(f"compact_bilinear: grad_out must be on {inputs[0].device}, got {grad_out.device}")
-    return [torch.empty_like(x, memory_format=torch.contiguous_format) for x in inputs]
+    for i, k in enumerate(input_grads or []):
+        if not 0 <= k < len(inputs):
+            raise ValueError(f"compact_bilinear: input_grads[{i}] must be an input index in [0, {len(inputs)}), got {k}")
+    # A gradient not asked for is a zero expanded to the input's shape, as the op returns it.
+    return [
+        torch.empty_like(x, memory_format=torch.contiguous_format)
+        if input_grads is None or k in input_grads
+        else x.new_zeros(()).expand(x.shape)
+        for k, x in enumerate(inputs)
+    ]
 
 
 # Autograd of both ops is registered in C++ (csrc/autograd.cpp): the forward saves the inputs and
@@ -62,9 +71,11 @@ def _fold(x, bdim, n):
 
 
 def _pick(arg, bdim, i):
+    if bdim is None:  # not vmapped, or not a tensor (an option, the backward's input_grads)
+        return arg
     if isinstance(arg, (list, tuple)):
         return [_pick(t, b, i) for t, b in zip(arg, bdim)]
-    return arg if bdim is None else arg.select(bdim, i)
+    return arg.select(bdim, i)
 
 
 def _vmap_rule(op, lead):

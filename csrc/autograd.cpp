@@ -24,13 +24,14 @@ at::Tensor call_forward(at::TensorList xs, at::TensorList hs, at::TensorList ss,
   return op.call(xs, hs, ss, d, pool, algorithm);
 }
 
+// The input gradients of the indices in `want`; the others come back as expanded zeros.
 Tensors call_backward(const at::Tensor& grad, at::TensorList xs, at::TensorList hs, at::TensorList ss, int64_t d,
-                      bool pool, c10::string_view algorithm) {
+                      bool pool, c10::string_view algorithm, at::OptionalIntArrayRef want) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("compact_bilinear::backward", "")
                              .typed<Tensors(const at::Tensor&, at::TensorList, at::TensorList, at::TensorList,
-                                            int64_t, bool, c10::string_view)>();
-  return op.call(grad, xs, hs, ss, d, pool, algorithm);
+                                            int64_t, bool, c10::string_view, at::OptionalIntArrayRef)>();
+  return op.call(grad, xs, hs, ss, d, pool, algorithm, want);
 }
 
 // What the two Functions save for their backward: the tensors they take before the inputs (the
@@ -77,7 +78,10 @@ class Stcb : public torch::autograd::Function<Stcb> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const Saved s = Saved::load(ctx);
-    const auto gx = call_backward(grads[0], s.xs, s.hs, s.ss, s.d, s.pool, s.algorithm);
+    std::vector<int64_t> want;  // the inputs autograd needs a gradient for (a frozen one costs nothing)
+    for (size_t i = 0; i < s.xs.size(); ++i)
+      if (ctx->needs_input_grad(i)) want.push_back(static_cast<int64_t>(i));
+    const auto gx = call_backward(grads[0], s.xs, s.hs, s.ss, s.d, s.pool, s.algorithm, want);
     variable_list out(gx.begin(), gx.end());
     out.resize(3 * s.xs.size() + 3);  // no gradient for the hashes, the signs and the three options
     return out;
@@ -96,18 +100,19 @@ class Stcb : public torch::autograd::Function<Stcb> {
 class StcbBackward : public torch::autograd::Function<StcbBackward> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& grad, at::TensorList xs, at::TensorList hs,
-                               at::TensorList ss, int64_t d, bool pool, c10::string_view algorithm) {
+                               at::TensorList ss, int64_t d, bool pool, c10::string_view algorithm,
+                               at::OptionalIntArrayRef want) {
     at::AutoDispatchBelowADInplaceOrView guard;
     Saved::save(ctx, {grad}, xs, hs, ss, d, pool, algorithm);
     ctx->set_materialize_grads(false);  // an input gradient nobody differentiates costs no calls
-    return call_backward(grad, xs, hs, ss, d, pool, algorithm);
+    return call_backward(grad, xs, hs, ss, d, pool, algorithm, want);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list vs) {
     const Saved s = Saved::load(ctx);
     const size_t k = s.xs.size();
-    // Edges: 0 the output gradient, 1 + i input i; none for the hashes, the signs and the options.
-    variable_list out(3 * k + 4);
+    // Edges: 0 the output gradient, 1 + i input i; none for the hashes, the signs and the four options.
+    variable_list out(3 * k + 5);
     const auto add = [](at::Tensor& acc, const at::Tensor& t) { acc = acc.defined() ? acc.add(t) : t; };
     const auto with = [&](const std::vector<size_t>& js) {
       Tensors x = s.xs;
@@ -136,10 +141,11 @@ class StcbBackward : public torch::autograd::Function<StcbBackward> {
         const auto others = js.size() - std::count(js.begin(), js.end(), i);
         return others == 1 && ctx->needs_input_grad(1 + i);
       };
-      bool any = false;
-      for (size_t i = 0; i < k; ++i) any |= term(i);
-      if (!any) continue;
-      const auto gx = call_backward(s.head[0], with(js), s.hs, s.ss, s.d, s.pool, s.algorithm);
+      std::vector<int64_t> want;
+      for (size_t i = 0; i < k; ++i)
+        if (term(i)) want.push_back(static_cast<int64_t>(i));
+      if (want.empty()) continue;
+      const auto gx = call_backward(s.head[0], with(js), s.hs, s.ss, s.d, s.pool, s.algorithm, want);
       for (size_t i = 0; i < k; ++i)
         if (term(i)) add(out[1 + i], gx[i]);
     }
@@ -153,8 +159,8 @@ at::Tensor forward_autograd(at::TensorList xs, at::TensorList hs, at::TensorList
 }
 
 Tensors backward_autograd(const at::Tensor& grad, at::TensorList xs, at::TensorList hs, at::TensorList ss, int64_t d,
-                          bool pool, c10::string_view algorithm) {
-  return StcbBackward::apply(grad, xs, hs, ss, d, pool, algorithm);
+                          bool pool, c10::string_view algorithm, at::OptionalIntArrayRef want) {
+  return StcbBackward::apply(grad, xs, hs, ss, d, pool, algorithm, want);
 }
 
 }  // namespace

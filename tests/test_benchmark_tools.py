@@ -404,3 +404,12 @@ def test_penalty_benchmark_checks_every_implementation_before_timing(tmp_path, m
     assert penalty.main(["--quick", "--device", "cpu", "--impls", "wrong", "--json", str(out)]) == 1
     (row,) = json.loads(out.read_text())["rows"]
     assert row["status"] == "mismatch" and "time" not in row
+
+
+def test_frozen_input_benchmark_runs_and_checks(capsys):
+    """benchmarks.frozen_input at a tiny size: it checks the vector's gradient (identical in both
+    calls, and against float64) before it prints the two times."""
+    from benchmarks import frozen_input
+
+    assert frozen_input.main(["--batch", "2", "--channels", "8", "--side", "3", "--d", "40", "--device", "cpu"]) == 0
+    assert "the vector's only" in capsys.readouterr().out

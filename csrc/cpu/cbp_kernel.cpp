@@ -345,11 +345,11 @@ at::Tensor forward_cpu(at::TensorList inputs, at::TensorList hash_indices, at::T
 
 std::vector<at::Tensor> backward_cpu(const at::Tensor& grad_out, at::TensorList inputs, at::TensorList hash_indices,
                                      at::TensorList hash_signs, int64_t output_dim, bool sum_pool,
-                                     c10::string_view algorithm) {
-  const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
-  check_grad_out(p, grad_out);
+                                     c10::string_view algorithm, at::OptionalIntArrayRef input_grads) {
+  Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
+  check_backward_args(p, grad_out, input_grads);
   const auto fused = fused_choice(p, std::string(algorithm), true, kCpuBackend);
-  return shape_like_inputs(run_backward(p, grad_out, fused, kCpuBackend, HostLaunch{}), inputs);
+  return shape_like_inputs(p, run_backward(p, grad_out, fused, kCpuBackend, HostLaunch{}), inputs);
 }
 
 std::string plan_cpu(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs, int64_t output_dim,

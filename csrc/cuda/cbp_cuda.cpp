@@ -17,12 +17,12 @@ at::Tensor forward_cuda(at::TensorList inputs, at::TensorList hash_indices, at::
 
 std::vector<at::Tensor> backward_cuda(const at::Tensor& grad_out, at::TensorList inputs, at::TensorList hash_indices,
                                       at::TensorList hash_signs, int64_t output_dim, bool sum_pool,
-                                      c10::string_view algorithm) {
-  const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
-  check_grad_out(p, grad_out);
+                                      c10::string_view algorithm, at::OptionalIntArrayRef input_grads) {
+  Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
+  check_backward_args(p, grad_out, input_grads);
   const c10::cuda::CUDAGuard guard(p.x[0].device());
-  return shape_like_inputs(cuda_backward(p, grad_out, fused_choice(p, std::string(algorithm), true, cuda_backend())),
-                           inputs);
+  return shape_like_inputs(
+      p, cuda_backward(p, grad_out, fused_choice(p, std::string(algorithm), true, cuda_backend())), inputs);
 }
 
 std::string plan_cuda(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs, int64_t output_dim,

@@ -957,6 +957,50 @@ def test_opcheck(name, device):
             (grad, [x.detach() for x in xs], hs, ss, d, sum_pool, algo),
             test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"),
         )
+        torch.library.opcheck(  # one input's gradient; the others are expanded zeros, in fake mode too
+            torch.ops.compact_bilinear.backward.default,
+            (grad, [x.detach() for x in xs], hs, ss, d, sum_pool, algo, [1]),
+            test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"),
+        )
+
+
+@pytest.mark.parametrize("name", ["k2_map_x_vector", "k3_map_vec_map", "k2_maps_pooled"])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_backward_computes_only_the_gradients_asked_for(name, algo, device):
+    """input_grads: the backward op returns the listed inputs' gradients, equal to those of a call
+    for all of them, and a zero expanded to each other input's shape (no memory). Autograd asks
+    only for the inputs that need a gradient, so a frozen input (precomputed image features, a
+    frozen stream) costs the `fft` path no inverse FFT and no scatter: one c2r FFT fewer here."""
+    xs, hs, ss, d, sum_pool = make(CASES[name], device)
+    out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm=algo)
+    grad = torch.randn_like(out)
+    every = torch.ops.compact_bilinear.backward(grad, xs, hs, ss, d, sum_pool, algo)
+    for want in ([0], [1], [len(xs) - 1, 0]):
+        got = torch.ops.compact_bilinear.backward(grad, xs, hs, ss, d, sum_pool, algo, want)
+        for k, (g, e) in enumerate(zip(got, every)):
+            assert g.shape == e.shape
+            if k in want:
+                assert torch.equal(g, e)
+            else:
+                assert not g.any() and all(s == 0 for s in g.stride())
+    for bad in (-1, len(xs)):
+        with pytest.raises(ValueError, match=rf"input_grads\[1\] must be an input index in \[0, {len(xs)}\), got {bad}"):
+            torch.ops.compact_bilinear.backward(grad, xs, hs, ss, d, sum_pool, algo, [0, bad])
+
+    if algo != "fft":
+        return
+
+    def c2r_ffts(requires):
+        leaves = [x.detach().requires_grad_(r) for x, r in zip(xs, requires)]
+        out = cb.compact_bilinear_pooling(leaves, hs, ss, d, sum_pool=sum_pool, algorithm=algo)
+        with torch.profiler.profile() as prof:
+            grads = torch.autograd.grad(out, [x for x in leaves if x.requires_grad], grad)
+        return sum(e.name == "aten::_fft_c2r" for e in prof.events()), grads
+
+    n_all, _ = c2r_ffts([True] * len(xs))
+    n_frozen, (g_last,) = c2r_ffts([False] * (len(xs) - 1) + [True])
+    assert n_frozen == n_all - (len(xs) - 1)
+    assert torch.equal(g_last, every[-1])
 
 
 def test_compile_fullgraph(device):

@@ -1,0 +1,66 @@
+"""The backward with a frozen input, side by side in one run: every input gradient (what the
+backward computed before it took `input_grads`) against only the trained input's.
+
+    python -m benchmarks.frozen_input [--batch 8] [--channels 2048] [--side 14] [--d 16000]
+
+MCB-style VQA: an image feature map (B, C, side, side) that is not trained, times a question
+vector (B, C) that is. The `fft` path, which runs every d that is not a power of two (MCB's
+16000) on CUDA too. Inputs are standard normal; the trained input's gradient must be identical
+in both calls, and is checked against the composite reference before anything is timed. Calls
+alternate; the median of 6 after one warm-up each.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import compact_bilinear as cb
+from compact_bilinear.reference import compact_bilinear_pooling_reference, random_hashes
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--channels", type=int, default=2048)
+    p.add_argument("--side", type=int, default=14)
+    p.add_argument("--d", type=int, default=16000)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args(argv)
+    g = torch.Generator().manual_seed(0)
+    hs, ss = random_hashes((a.channels, a.channels), a.d, g, device=a.device)
+    x = torch.randn(a.batch, a.channels, a.side, a.side, generator=g).to(a.device)
+    v = torch.randn(a.batch, a.channels, generator=g).to(a.device)
+    # Location-major, as the output (and the gradient of elementwise ops on it) is laid out.
+    grad = torch.randn(a.batch, a.side, a.side, a.d, generator=g).to(a.device).movedim(-1, 1)
+    op = torch.ops.compact_bilinear.backward
+    calls = {"every gradient": None, "the vector's only": [1]}
+    got = {name: op(grad, [x, v], hs, ss, a.d, False, "fft", want)[1] for name, want in calls.items()}
+    assert torch.equal(*got.values()), "the trained input's gradient differs"
+    v64 = v.double().requires_grad_()
+    ref = compact_bilinear_pooling_reference([x.double(), v64], hs, [s.double() for s in ss], a.d)
+    (truth,) = torch.autograd.grad(ref, v64, grad.double())
+    err = ((got["every gradient"].double() - truth).abs().max() / truth.abs().max()).item()
+    assert err < 1e-4, f"error {err:.1e} against the float64 reference"
+    times = {name: [] for name in calls}
+    for _ in range(7):
+        for name, want in calls.items():
+            if a.device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            op(grad, [x, v], hs, ss, a.d, False, "fft", want)
+            if a.device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(t[1:]) for name, t in times.items()}
+    every, one = med.values()
+    print(f"{a.device}, B={a.batch} C={a.channels}x2 {a.side}x{a.side} map x vector, d={a.d}, fft backward: "
+          f"every gradient {every * 1e3:.1f} ms, the vector's only {one * 1e3:.1f} ms ({every / one:.2f}x); "
+          f"max rel err {err:.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
