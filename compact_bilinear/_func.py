@@ -22,8 +22,9 @@ def _split(k, tensors):
     return list(tensors[:k]), list(tensors[k : 2 * k]), list(tensors[2 * k :])
 
 
-def _replace(xs, j, t):
-    return [t if i == j else x for i, x in enumerate(xs)]
+def _replace(xs, subs):
+    """xs with x_j := subs[j] for each j in subs."""
+    return [subs.get(i, x) for i, x in enumerate(xs)]
 
 
 def _sum(terms):
@@ -39,7 +40,7 @@ def _cross_terms(options, g, xs, hs, ss, vs, acc):
     does not read x_i): one call for two inputs, one per defined v_j for more."""
     defined = [j for j, v in enumerate(vs) if v is not None]
     for js in [defined] if len(xs) == 2 and defined else [[j] for j in defined]:
-        gx = _Backward.apply(*options, g, *[vs[i] if i in js else x for i, x in enumerate(xs)], *hs, *ss)
+        gx = _Backward.apply(*options, g, *_replace(xs, {j: vs[j] for j in js}), *hs, *ss)
         for i in range(len(xs)):
             if len(set(js) - {i}) == 1:
                 acc[i] = gx[i] if acc[i] is None else acc[i] + gx[i]
@@ -78,7 +79,7 @@ class _Forward(_Op):
         k = ctx.options[0]
         xs, hs, ss = _split(k, ctx.saved_tensors)
         out = _sum(
-            _Forward.apply(*ctx.options, *_replace(xs, j, t), *hs, *ss)
+            _Forward.apply(*ctx.options, *_replace(xs, {j: t}), *hs, *ss)
             for j, t in enumerate(tangents[4 : 4 + k])
             if t is not None
         )
@@ -97,7 +98,7 @@ class _Backward(_Op):
         k = ctx.options[0]
         g, *tensors = ctx.saved_tensors
         xs, hs, ss = _split(k, tensors)
-        grad_g = _sum(_Forward.apply(*ctx.options, *_replace(xs, j, v), *hs, *ss) for j, v in enumerate(vs) if v is not None)
+        grad_g = _sum(_Forward.apply(*ctx.options, *_replace(xs, {j: v}), *hs, *ss) for j, v in enumerate(vs) if v is not None)
         grad_x = _cross_terms(ctx.options, g, xs, hs, ss, vs, [None] * k)
         return (None,) * 4 + (grad_g, *grad_x) + (None,) * (2 * k)
 

@@ -213,19 +213,19 @@ void check_backward_args(Problem& p, const at::Tensor& grad_out, at::OptionalInt
   TORCH_CHECK_VALUE(grad_out.device() == p.x[0].device(), "compact_bilinear: grad_out must be on ", p.x[0].device(),
                     ", got ", grad_out.device());
   if (!input_grads.has_value()) return;
-  p.want_grad.fill(false);
+  p.skip_grad.fill(true);
   for (size_t i = 0; i < input_grads->size(); ++i) {
     const int64_t k = (*input_grads)[i];
     TORCH_CHECK_VALUE(k >= 0 && k < p.K, "compact_bilinear: input_grads[", i, "] must be an input index in [0, ", p.K,
                       "), got ", k);
-    p.want_grad[k] = true;
+    p.skip_grad[k] = false;
   }
 }
 
 std::vector<at::Tensor> shape_like_inputs(const Problem& p, std::vector<at::Tensor> grads, at::TensorList inputs) {
   for (size_t k = 0; k < grads.size(); ++k)
-    grads[k] = p.want_grad[k] ? grads[k].view(inputs[k].sizes())
-                              : at::zeros({}, inputs[k].options()).expand(inputs[k].sizes());
+    grads[k] = p.skip_grad[k] ? at::zeros({}, inputs[k].options()).expand(inputs[k].sizes())
+                              : grads[k].view(inputs[k].sizes());
   return grads;
 }
 
@@ -292,7 +292,7 @@ at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk) 
 std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_out, const FftKernels& kern,
                                      int64_t chunk) {
   std::vector<at::Tensor> grads;
-  for (int k = 0; k < p.K; ++k) grads.push_back(p.want_grad[k] ? at::empty(p.x[k].sizes(), p.x[k].options()) : at::Tensor());
+  for (int k = 0; k < p.K; ++k) grads.push_back(p.skip_grad[k] ? at::Tensor() : at::empty(p.x[k].sizes(), p.x[k].options()));
   const int64_t Lout = p.out_map ? p.L : 1;
   for_each_chunk(p, chunk, [&](int64_t b0, int64_t bc) {
     // Per chunk, so an expanded or differently laid out gradient is materialised a chunk at a time.
@@ -315,7 +315,7 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
     }
     spectra.clear();
     for (int k = 0; k < p.K; ++k) {
-      if (!p.want_grad[k]) continue;  // its product Q[k] is computed with the others, then dropped
+      if (p.skip_grad[k]) continue;  // its product Q[k] is computed with the others, then dropped
       auto gcs = at::fft_irfft(Q[k], p.d, -1, kUnscaled);
       auto gx = grads[k].narrow(0, b0, bc);
       RECORD_FUNCTION("compact_bilinear::sketch_backward", {});

@@ -27,12 +27,8 @@ struct Problem {
   // The same as the fused gather reads it: int32 [C_k, 2] (fused.h GatherCode), for d <= 2^14.
   std::vector<at::Tensor> gather;
   at::ScalarType in_dtype = at::kFloat, acc_dtype = at::kFloat;
-  // The backward's input gradients to compute (input_grads); the others are returned as zeros.
-  std::array<bool, kMaxInputs> want_grad = [] {
-    std::array<bool, kMaxInputs> all{};
-    all.fill(true);
-    return all;
-  }();
+  // The backward's input gradients not asked for (input_grads): returned as zeros, not computed.
+  std::array<bool, kMaxInputs> skip_grad{};
 
   int64_t out_rows() const { return out_map ? B * L : B; }
 };
@@ -45,7 +41,7 @@ Problem make_problem(at::TensorList inputs, at::TensorList hash_indices, at::Ten
 // Checks grad_out against the problem (shape and device) for the backward op, and sets which input
 // gradients it computes (input_grads: their indices; none given: all).
 void check_backward_args(Problem& p, const at::Tensor& grad_out, at::OptionalIntArrayRef input_grads);
-// Views each input gradient (B, C_k, L_k) as its input's shape; one not wanted (p.want_grad) is a
+// Views each input gradient (B, C_k, L_k) as its input's shape; one skipped (p.skip_grad) is a
 // zero expanded to that shape, which costs no memory.
 std::vector<at::Tensor> shape_like_inputs(const Problem& p, std::vector<at::Tensor> grads, at::TensorList inputs);
 
