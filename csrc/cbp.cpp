@@ -291,23 +291,36 @@ at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk) 
 
 std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_out, const FftKernels& kern,
                                      int64_t chunk) {
+  // Input k's gradient needs the spectra of the other inputs, not its own: a spectrum is computed
+  // where another input's gradient is asked for. A frozen map times a trained vector thus skips the
+  // map's Q (a spectrum per location) and its inverse FFTs; a trained map times a frozen vector, the
+  // map's sketches and forward FFTs as well.
   std::vector<at::Tensor> grads;
-  for (int k = 0; k < p.K; ++k) grads.push_back(p.skip_grad[k] ? at::Tensor() : at::empty(p.x[k].sizes(), p.x[k].options()));
+  std::array<bool, kMaxInputs> need_spectrum{};
+  int wanted = 0;
+  for (int k = 0; k < p.K; ++k) {
+    grads.push_back(p.skip_grad[k] ? at::Tensor() : at::empty(p.x[k].sizes(), p.x[k].options()));
+    wanted += !p.skip_grad[k];
+  }
+  for (int k = 0; k < p.K; ++k) need_spectrum[k] = wanted > (p.skip_grad[k] ? 0 : 1);
+  if (wanted == 0) return grads;
   const int64_t Lout = p.out_map ? p.L : 1;
   for_each_chunk(p, chunk, [&](int64_t b0, int64_t bc) {
     // Per chunk, so an expanded or differently laid out gradient is materialised a chunk at a time.
     auto grows = grad_out.narrow(0, b0, bc).movedim(1, -1).reshape({bc * Lout, p.d}).to(p.acc_dtype).contiguous();
     auto G = at::fft_rfft(grows, std::nullopt, -1);
-    std::vector<at::Tensor> spectra, Q;
+    std::vector<at::Tensor> spectra(p.K), Q(p.K);  // undefined where not needed
     for (int k = 0; k < p.K; ++k) {
       const int64_t rows = bc * (p.is_map[k] ? p.L : 1);
-      auto cs = at::empty({rows, p.d}, grows.options());
-      {
-        RECORD_FUNCTION("compact_bilinear::sketch", {});
-        kern.sketch(p, k, p.x[k].narrow(0, b0, bc), sketch_scale(p, k), cs);
+      if (need_spectrum[k]) {
+        auto cs = at::empty({rows, p.d}, grows.options());
+        {
+          RECORD_FUNCTION("compact_bilinear::sketch", {});
+          kern.sketch(p, k, p.x[k].narrow(0, b0, bc), sketch_scale(p, k), cs);
+        }
+        spectra[k] = at::fft_rfft(cs, std::nullopt, -1);
       }
-      spectra.push_back(at::fft_rfft(cs, std::nullopt, -1));
-      Q.push_back(at::empty({rows, p.F}, G.options()));
+      if (!p.skip_grad[k]) Q[k] = at::empty({rows, p.F}, G.options());
     }
     {
       RECORD_FUNCTION("compact_bilinear::spectral_product_backward", {});
@@ -315,7 +328,7 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
     }
     spectra.clear();
     for (int k = 0; k < p.K; ++k) {
-      if (p.skip_grad[k]) continue;  // its product Q[k] is computed with the others, then dropped
+      if (p.skip_grad[k]) continue;
       auto gcs = at::fft_irfft(Q[k], p.d, -1, kUnscaled);
       auto gx = grads[k].narrow(0, b0, bc);
       RECORD_FUNCTION("compact_bilinear::sketch_backward", {});

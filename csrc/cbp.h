@@ -76,7 +76,8 @@ SpectralArgs<T> spectral_args(const Problem& p, const std::vector<at::Tensor>& s
   a.out_map = p.out_map;
   for (int k = 0; k < a.K; ++k) {
     a.is_map[k] = p.is_map[k];
-    a.spec[k] = reinterpret_cast<const c10::complex<T>*>(spectra[k].data_ptr());
+    // A spectrum no gradient needs (fft_backward) is not computed: null.
+    a.spec[k] = spectra[k].defined() ? reinterpret_cast<const c10::complex<T>*>(spectra[k].data_ptr()) : nullptr;
   }
   return a;
 }

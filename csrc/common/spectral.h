@@ -57,32 +57,35 @@ CB_HD void spectral_product_k(const SpectralArgs<T>& a, int64_t b, int64_t f0, i
 
 // Q_k = G * conj(prod_{m != k} F_m): the spectrum of the circular cross-correlation of the output
 // gradient with the other inputs' sketches, i.e. the adjoint of the circular convolution. Vector
-// inputs sum Q_k over the sample's locations. Same calling convention as spectral_product.
+// inputs sum Q_k over the sample's locations. Same calling convention as spectral_product. Only
+// the Q_k whose grad_spec is set are written; a spectrum that none of them needs may be null
+// (fft_backward), and counts as 1 in the products of the Q_k that are not written.
 template <int K, typename T>
 CB_HD void spectral_product_backward_k(const SpectralArgs<T>& a, int64_t b, int64_t f0, int64_t f1) {
   using C = c10::complex<T>;
   for (int k = 0; k < K; ++k)
-    if (!a.is_map[k])
+    if (!a.is_map[k] && a.grad_spec[k])
       for (int64_t f = f0; f < f1; ++f) a.grad_spec[k][b * a.F + f] = C(0, 0);
   for (int64_t l = 0; l < a.L; ++l) {
     const C* rows[K];
     C* dst[K];
     for (int k = 0; k < K; ++k) {
-      rows[k] = spec_row(a, k, b, l);
-      dst[k] = a.grad_spec[k] + (a.is_map[k] ? b * a.L + l : b) * a.F;
+      rows[k] = a.spec[k] ? spec_row(a, k, b, l) : nullptr;
+      dst[k] = a.grad_spec[k] ? a.grad_spec[k] + (a.is_map[k] ? b * a.L + l : b) * a.F : nullptr;
     }
     const C* g = a.grad + (a.out_map ? b * a.L + l : b) * a.F;
     for (int64_t f = f0; f < f1; ++f) {
       C v[K], prefix[K + 1];
       prefix[0] = C(1, 0);
       for (int k = 0; k < K; ++k) {
-        v[k] = rows[k][f];
+        v[k] = rows[k] ? rows[k][f] : C(1, 0);
         prefix[k + 1] = prefix[k] * v[k];
       }
       C suffix(1, 0);
       for (int k = K - 1; k >= 0; --k) {
         const C q = g[f] * conj(prefix[k] * suffix);
         suffix *= v[k];
+        if (!dst[k]) continue;
         if (a.is_map[k])
           dst[k][f] = q;
         else

@@ -138,12 +138,33 @@ const T* bin_ptr(const c10::complex<T>* row, int64_t f0) {
   return reinterpret_cast<const T*>(row + f0);
 }
 
+// COMPACT_BILINEAR_HOST_PRODUCT=per-bin runs the GPU's per-bin forms (common/spectral.h) here, a
+// sample per task, so the tests check the CUDA kernel's products on the CPU.
+static bool host_product_per_bin() {
+  const char* env = std::getenv("COMPACT_BILINEAR_HOST_PRODUCT");
+  const std::string how = env ? env : "blocks";
+  TORCH_CHECK_VALUE(how == "blocks" || how == "per-bin",
+                    "COMPACT_BILINEAR_HOST_PRODUCT must be 'blocks' or 'per-bin', got '", how, "'");
+  return how == "per-bin";
+}
+
+template <class Fn>
+void for_each_sample(int64_t batch, const Fn& fn) {
+  at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) fn(b);
+  });
+}
+
 // P[b, l] = prod_k F_k[b, l] (vectors broadcast), or its sum over l when pooling.
 void product_cpu(const Problem& p, int64_t batch, const std::vector<at::Tensor>& spectra, at::Tensor& P) {
   AT_DISPATCH_FLOATING_TYPES(P.scalar_type() == at::kComplexDouble ? at::kDouble : at::kFloat,
                              "compact_bilinear_product_cpu", [&] {
     using T = scalar_t;
     auto a = spectral_args<T>(p, spectra);
+    if (host_product_per_bin()) {
+      a.out = reinterpret_cast<c10::complex<T>*>(P.data_ptr());
+      return for_each_sample(batch, [&](int64_t b) { spectral_product(a, b, 0, a.F); });
+    }
     auto* P0 = reinterpret_cast<T*>(P.data_ptr());
     for_each_bin_block<T>(batch, a.F, [&](int64_t b, int64_t f0, int64_t f1, T* scratch) {
       const int64_t n = f1 - f0;
@@ -157,7 +178,8 @@ void product_cpu(const Problem& p, int64_t batch, const std::vector<at::Tensor>&
   });
 }
 
-// Q_k[b, l] = G[b, l] * conj(prod_{m != k} F_m[b, l]), summed over l for vector inputs.
+// Q_k[b, l] = G[b, l] * conj(prod_{m != k} F_m[b, l]), summed over l for vector inputs, for the
+// inputs whose Q_k is defined.
 void product_backward_cpu(const Problem& p, int64_t batch, const at::Tensor& G, const std::vector<at::Tensor>& spectra,
                           std::vector<at::Tensor>& Q) {
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type() == at::kComplexDouble ? at::kDouble : at::kFloat,
@@ -165,11 +187,18 @@ void product_backward_cpu(const Problem& p, int64_t batch, const at::Tensor& G, 
     using T = scalar_t;
     auto a = spectral_args<T>(p, spectra);
     const auto* G0 = reinterpret_cast<const c10::complex<T>*>(G.data_ptr());
+    if (host_product_per_bin()) {
+      a.grad = G0;
+      for (int k = 0; k < a.K; ++k)
+        a.grad_spec[k] = Q[k].defined() ? reinterpret_cast<c10::complex<T>*>(Q[k].data_ptr()) : nullptr;
+      return for_each_sample(batch, [&](int64_t b) { spectral_product_backward(a, b, 0, a.F); });
+    }
     for_each_bin_block<T>(batch, a.F, [&](int64_t b, int64_t f0, int64_t f1, T* scratch) {
       const int64_t n = f1 - f0;
       for (int64_t l = 0; l < a.L; ++l) {
         const T* g = bin_ptr(G0 + (a.out_map ? b * a.L + l : b) * a.F, f0);
         for (int k = 0; k < a.K; ++k) {
+          if (!Q[k].defined()) continue;  // a skipped gradient (fft_backward)
           const T* others[kMaxInputs];
           int m = 0;
           for (int j = 0; j < a.K; ++j)

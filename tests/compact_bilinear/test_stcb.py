@@ -4,6 +4,7 @@ Ground truth is the explicit outer product (reference.explicit_outer_product_ske
 gradients are checked with float64 gradcheck. Every test runs on the CPU and, where a device
 exists, on CUDA; algorithm="fused" on the CPU runs the host instance of the CUDA kernel.
 """
+import functools
 import math
 import sys
 from pathlib import Path
@@ -419,6 +420,34 @@ def test_fft_sketch_gather_matches_the_scatter(name, dtype, monkeypatch):
     if dtype == torch.float64:
         ref = explicit_outer_product_sketch([x.detach() for x in xs], hs, ss, d, sum_pool)
         torch.testing.assert_close(gather[0], ref, rtol=1e-10, atol=1e-10 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fft_per_bin_products_match_the_blocks(name, monkeypatch):
+    """The CUDA kernel's spectral products (spectral.h, a bin per thread) against the CPU's block
+    loops, on the CPU through COMPACT_BILINEAR_HOST_PRODUCT=per-bin, in float64: the output and
+    every input gradient, and each input's gradient alone (input_grads), where the per-bin
+    backward writes only that input's product and may lack its spectrum."""
+    xs, hs, ss, d, sum_pool = make(CASES[name], "cpu")
+    run = functools.partial(cb.compact_bilinear_pooling, xs, hs, ss, d, sum_pool=sum_pool, algorithm="fft")
+    grad = torch.randn(run().shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def calls():
+        bwd = functools.partial(torch.ops.compact_bilinear.backward, grad, xs, hs, ss, d, sum_pool, "fft")
+        return [run(), *bwd(), *(bwd([k])[k] for k in range(len(xs)))]
+
+    blocks = calls()
+    monkeypatch.setenv("COMPACT_BILINEAR_HOST_PRODUCT", "per-bin")
+    per_bin = calls()
+    for a, b in zip(blocks, per_bin):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12 * max(a.abs().max().item(), 1e-300))
+
+
+def test_host_product_rejects_other_values(monkeypatch):
+    xs, hs, ss, d, _ = make(CASES["k2_maps"], "cpu")
+    monkeypatch.setenv("COMPACT_BILINEAR_HOST_PRODUCT", "scalar")
+    with pytest.raises(ValueError, match="COMPACT_BILINEAR_HOST_PRODUCT must be 'blocks' or 'per-bin', got 'scalar'"):
+        cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="fft")
 
 
 def test_host_sketch_rejects_other_values(monkeypatch):
@@ -964,18 +993,21 @@ def test_opcheck(name, device):
         )
 
 
-@pytest.mark.parametrize("name", ["k2_map_x_vector", "k3_map_vec_map", "k2_maps_pooled"])
+@pytest.mark.parametrize("name", ["k2_map_x_vector", "k3_map_vec_map", "k2_maps_pooled", "k1_count_sketch"])
 @pytest.mark.parametrize("algo", ALGOS)
 def test_backward_computes_only_the_gradients_asked_for(name, algo, device):
     """input_grads: the backward op returns the listed inputs' gradients, equal to those of a call
     for all of them, and a zero expanded to each other input's shape (no memory). Autograd asks
     only for the inputs that need a gradient, so a frozen input (precomputed image features, a
-    frozen stream) costs the `fft` path no inverse FFT and no scatter: one c2r FFT fewer here."""
+    frozen stream) costs the `fft` path no inverse FFT and no scatter, and an input whose spectrum
+    no asked-for gradient needs (input k's gradient needs the others' spectra, not its own) no
+    sketch and no forward FFT: the profiler counts the c2r and r2c FFTs."""
     xs, hs, ss, d, sum_pool = make(CASES[name], device)
+    K = len(xs)
     out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm=algo)
     grad = torch.randn_like(out)
     every = torch.ops.compact_bilinear.backward(grad, xs, hs, ss, d, sum_pool, algo)
-    for want in ([0], [1], [len(xs) - 1, 0]):
+    for want in ([0], [K - 1], [K - 1, 0], []):
         got = torch.ops.compact_bilinear.backward(grad, xs, hs, ss, d, sum_pool, algo, want)
         for k, (g, e) in enumerate(zip(got, every)):
             assert g.shape == e.shape
@@ -983,23 +1015,27 @@ def test_backward_computes_only_the_gradients_asked_for(name, algo, device):
                 assert torch.equal(g, e)
             else:
                 assert not g.any() and all(s == 0 for s in g.stride())
-    for bad in (-1, len(xs)):
-        with pytest.raises(ValueError, match=rf"input_grads\[1\] must be an input index in \[0, {len(xs)}\), got {bad}"):
+    for bad in (-1, K):
+        with pytest.raises(ValueError, match=rf"input_grads\[1\] must be an input index in \[0, {K}\), got {bad}"):
             torch.ops.compact_bilinear.backward(grad, xs, hs, ss, d, sum_pool, algo, [0, bad])
 
     if algo != "fft":
         return
 
-    def c2r_ffts(requires):
+    def ffts(requires):
         leaves = [x.detach().requires_grad_(r) for x, r in zip(xs, requires)]
         out = cb.compact_bilinear_pooling(leaves, hs, ss, d, sum_pool=sum_pool, algorithm=algo)
         with torch.profiler.profile() as prof:
             grads = torch.autograd.grad(out, [x for x in leaves if x.requires_grad], grad)
-        return sum(e.name == "aten::_fft_c2r" for e in prof.events()), grads
+        names = [e.name for e in prof.events()]
+        return names.count("aten::_fft_c2r"), names.count("aten::_fft_r2c"), grads
 
-    n_all, _ = c2r_ffts([True] * len(xs))
-    n_frozen, (g_last,) = c2r_ffts([False] * (len(xs) - 1) + [True])
-    assert n_frozen == n_all - (len(xs) - 1)
+    # Every gradient: the output gradient's spectrum, every input's (with one input, none: its
+    # gradient needs no other spectrum), an inverse per input.
+    assert ffts([True] * K)[:2] == (K, 1 + (K if K > 1 else 0))
+    # Only the last input's: no spectrum of its own, one inverse.
+    c2r, r2c, (g_last,) = ffts([False] * (K - 1) + [True])
+    assert (c2r, r2c) == (1, K)
     assert torch.equal(g_last, every[-1])
 
 
