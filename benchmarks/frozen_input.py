@@ -1,12 +1,14 @@
 """The backward with a frozen input, side by side in one run: every input gradient (what the
 backward computed before it took `input_grads`) against only the trained input's.
 
-    python -m benchmarks.frozen_input [--batch 8] [--channels 2048] [--side 14] [--d 16000]
+    python -m benchmarks.frozen_input [--batch 8] [--channels 2048] [--side 14] [--d 16000] [--algorithm fft]
 
 MCB-style VQA: an image feature map (B, C, side, side) times a question vector (B, C), one of
 them frozen: the map (precomputed image features), whose gradient needs no inverse FFTs, or the
-vector, whose gradient is the only one that needs the map's spectrum. The `fft` path, which runs
-every d that is not a power of two (MCB's 16000) on CUDA too. Inputs are standard normal; each
+vector, whose gradient is the only one that needs the map's spectrum. By default the `fft` path,
+which runs every d that is not a power of two (MCB's 16000) on CUDA too; `--algorithm fused` (a
+power of two d) the fused kernel, which leaves out a frozen map's product, inverse FFT and scatter
+and a frozen vector's inverse FFT and scatter. Inputs are standard normal; each
 trained input's gradient must be identical to that of the call for every gradient, which is
 checked against the float64 reference before anything is timed. Calls alternate; the median of 6
 after one warm-up each.
@@ -28,6 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--channels", type=int, default=2048)
     p.add_argument("--side", type=int, default=14)
     p.add_argument("--d", type=int, default=16000)
+    p.add_argument("--algorithm", choices=("fft", "fused"), default="fft")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
     g = torch.Generator().manual_seed(0)
@@ -38,7 +41,7 @@ def main(argv=None) -> int:
     grad = torch.randn(a.batch, a.side, a.side, a.d, generator=g).to(a.device).movedim(-1, 1)
     op = torch.ops.compact_bilinear.backward
     calls = {"every gradient": None, "map frozen": [1], "vector frozen": [0]}
-    got = {name: op(grad, [x, v], hs, ss, a.d, False, "fft", want) for name, want in calls.items()}
+    got = {name: op(grad, [x, v], hs, ss, a.d, False, a.algorithm, want) for name, want in calls.items()}
     for name, want in calls.items():
         for k in want or ():
             assert torch.equal(got[name][k], got["every gradient"][k]), f"{name}: input {k}'s gradient differs"
@@ -53,13 +56,13 @@ def main(argv=None) -> int:
             if a.device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            op(grad, [x, v], hs, ss, a.d, False, "fft", want)
+            op(grad, [x, v], hs, ss, a.d, False, a.algorithm, want)
             if a.device == "cuda":
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(t[1:]) for name, t in times.items()}
     every = med["every gradient"]
-    print(f"{a.device}, B={a.batch} C={a.channels}x2 {a.side}x{a.side} map x vector, d={a.d}, fft backward "
+    print(f"{a.device}, B={a.batch} C={a.channels}x2 {a.side}x{a.side} map x vector, d={a.d}, {a.algorithm} backward "
           f"(max rel err {err:.1e}):")
     for name, t in med.items():
         print(f"  {name:15s} {t * 1e3:7.1f} ms  ({every / t:.2f}x)")

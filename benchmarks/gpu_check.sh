@@ -6,7 +6,8 @@
 # the gpu-canonical preset (issue 3's targets), the fused kernel's A/B timings and Nsight Compute
 # profiles with the stall reasons (the default build and an A/B build, GPU_CHECK_AB_ENV; then the
 # forward's stall samples by source line) and, if time is left, a gradient-penalty step (the
-# double backward, benchmarks/penalty.py) and the default grid on CUDA.
+# double backward, benchmarks/penalty.py), a frozen input's backward (benchmarks/frozen_input.py,
+# into log.txt) and the default grid on CUDA.
 # $OUT gets at most 8 files (the device tool returns no more): log.txt (everything printed,
 # tables included), tests.txt, gpu-canonical.json, ncu.txt
 # (Nsight Compute on the fused kernel), penalty.json, grid-cuda.json and the grid's two plots.
@@ -245,6 +246,14 @@ if [ "$(left)" -gt 60 ]; then
     step "gradient-penalty step: the double backward, library vs reference (benchmarks/penalty.py)"
     timeout 60 $PY -m benchmarks.penalty --device cuda --json "$OUT/penalty.json" 2>/dev/null \
         || { echo "penalty FAILED"; status=1; }
+fi
+
+if [ "$(left)" -gt 45 ]; then
+    step "a frozen input's backward, fused and fft: 7x7 map x vector, B = 32, C = 1024 x 2, d = 8192 (benchmarks/frozen_input.py)"
+    for algo in fused fft; do
+        timeout 20 $PY -m benchmarks.frozen_input --device cuda --batch 32 --channels 1024 --side 7 --d 8192 \
+            --algorithm $algo 2>/dev/null || { echo "frozen_input $algo FAILED"; status=1; }
+    done
 fi
 
 if [ "$(left)" -gt 90 ]; then

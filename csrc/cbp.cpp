@@ -243,7 +243,8 @@ at::Tensor empty_output(const Problem& p) {
 
 std::vector<at::Tensor> empty_input_grads(const Problem& p) {
   std::vector<at::Tensor> g;
-  for (int64_t k = 0; k < p.K; ++k) g.push_back(at::empty(p.x[k].sizes(), p.x[k].options()));
+  for (int64_t k = 0; k < p.K; ++k)
+    g.push_back(p.skip_grad[k] ? at::Tensor() : at::empty(p.x[k].sizes(), p.x[k].options()));
   return g;
 }
 
@@ -295,13 +296,9 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
   // where another input's gradient is asked for. A frozen map times a trained vector thus skips the
   // map's Q (a spectrum per location) and its inverse FFTs; a trained map times a frozen vector, the
   // map's sketches and forward FFTs as well.
-  std::vector<at::Tensor> grads;
+  auto grads = empty_input_grads(p);
+  const int wanted = p.grads_wanted();
   std::array<bool, kMaxInputs> need_spectrum{};
-  int wanted = 0;
-  for (int k = 0; k < p.K; ++k) {
-    grads.push_back(p.skip_grad[k] ? at::Tensor() : at::empty(p.x[k].sizes(), p.x[k].options()));
-    wanted += !p.skip_grad[k];
-  }
   for (int k = 0; k < p.K; ++k) need_spectrum[k] = wanted > (p.skip_grad[k] ? 0 : 1);
   if (wanted == 0) return grads;
   const int64_t Lout = p.out_map ? p.L : 1;

@@ -31,6 +31,11 @@ struct Problem {
   std::array<bool, kMaxInputs> skip_grad{};
 
   int64_t out_rows() const { return out_map ? B * L : B; }
+  int grads_wanted() const {
+    int n = 0;
+    for (int k = 0; k < K; ++k) n += !skip_grad[k];
+    return n;
+  }
 };
 
 // Validates the arguments (errors name the argument, the expected and the actual value) and
@@ -128,6 +133,7 @@ std::string fused_unsupported_reason(const Problem& p, bool backward, const Devi
 at::Tensor twiddles(const Problem& p);
 // The output tensor in its final shape and dtype.
 at::Tensor empty_output(const Problem& p);
+// The input gradients, (B, C_k, L_k) each; undefined where skipped (p.skip_grad).
 std::vector<at::Tensor> empty_input_grads(const Problem& p);
 
 }  // namespace compact_bilinear

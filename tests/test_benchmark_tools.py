@@ -412,6 +412,9 @@ def test_frozen_input_benchmark_runs_and_checks(capsys):
     times."""
     from benchmarks import frozen_input
 
-    assert frozen_input.main(["--batch", "2", "--channels", "8", "--side", "3", "--d", "40", "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    assert all(name in out for name in ("every gradient", "map frozen", "vector frozen"))
+    for algorithm, d in (("fft", "40"), ("fused", "32")):
+        args = ["--batch", "2", "--channels", "8", "--side", "3", "--d", d, "--device", "cpu", "--algorithm", algorithm]
+        assert frozen_input.main(args) == 0
+        out = capsys.readouterr().out
+        assert f"{algorithm} backward" in out
+        assert all(name in out for name in ("every gradient", "map frozen", "vector frozen"))

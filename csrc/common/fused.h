@@ -122,7 +122,7 @@ struct Args {
   bool grad_pairs = false;       // backward, one map: a row pair's two rows staged together in G0 and G1
   bool unit_product = false;     // two maps, no vectors, float: the product fused with the passes of
                                  // span 1 (unit_product)
-  In* grad_x[kMaxInputs] = {};   // (B, C_k, L_k) contiguous
+  In* grad_x[kMaxInputs] = {};   // (B, C_k, L_k) contiguous; null for a gradient not asked for
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -1525,10 +1525,12 @@ CB_HD void forward_chunk(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* 
 // hash (sass_passes).
 // With Half, grad_cs is inverse_real's output: value j in part j % 2 of Z's element j / 2.
 // With a slot (the cluster's blocks writing their rows together, a.stage_dx), the values go to
-// slot[channel] instead, in T, and write_cluster_rows writes them.
+// slot[channel] instead, in T, and write_cluster_rows writes them. Nothing for an input whose
+// gradient is not asked for (a null grad_x).
 template <bool Half = false, typename T, typename In, class G>
 CB_HD void scatter_grad(const G& g, const Args<T, In>& a, const T* zr, int k, int part, int64_t b, int64_t l,
                         T f = 1, T* slot = nullptr) {
+  if (!a.grad_x[k]) return;
   const T scale = f * pow2<T>(-a.log2d);
   const int64_t Lk = a.is_map[k] ? a.L : 1;
   In* gx = a.grad_x[k] + b * a.C[k] * Lk + (a.is_map[k] ? l : 0);
@@ -1693,6 +1695,7 @@ CB_HD void write_cluster_rows(const G& g, const Args<T, In>& a, cplx<T>* z, int 
   g.sync();
   for (int m = 0; m < 2; ++m) {
     const int k = a.map_ids[m];
+    if (!a.grad_x[k]) continue;  // not asked for: scatter_grad left no values
     const int64_t L = a.L, off = m ? a.C[a.map_ids[0]] : 0;
     const ChannelSlice cs = channel_slice(a.C[k], slice, slices);
     In* const gx = a.grad_x[k];
@@ -1770,11 +1773,15 @@ CB_HD cplx<T> add_vector_grads(const Args<T, In>& a, cplx<T>* vslot, int64_t b, 
 // gradients one inverse. A row then costs one transform plus its gradient's spectrum (half a
 // transform, unpooled; pooled, one per chunk) instead of two. Unpooled, the second row's gradient
 // spectrum takes slot G1. The vectors' gradients take the rows' G conj(S) summed, with S the map's
-// spectrum (add_vector_grads).
+// spectrum (add_vector_grads). Where the map's gradient is not asked for (a frozen image feature
+// map), the rows need only their forward transform: no inverse, no scatter. (Their product still
+// goes into Z, a store per bin: skipped too, it made the radix-32 backward spill 76 bytes instead of
+// 40; ptxas, sm_90.)
 template <typename T, typename In, class G>
 CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, cplx<T>* G0, cplx<T>* G1,
                                  cplx<T>* vslot, int64_t b, int64_t l0, int64_t l1) {
   const int k = a.map_ids[0];
+  const bool map_grad = a.grad_x[k] != nullptr;
   for (int64_t l = l0; l < l1; l += a.pair_rows ? 2 : 1) {
     const bool two = a.pair_rows && l + 1 < l1;
     // An NCHW gradient's two rows side by side, read together into G0 and G1: a sector serves both.
@@ -1805,6 +1812,7 @@ CB_HD void backward_rows_one_map(const G& g, const Args<T, In>& a, cplx<T>* z, c
       const cplx<T> V = add_vector_grads(a, vslot, b, f, h);
       merge_into(p, q, self, g0 * conj(V), g1 * conj(V) * up);
     });
+    if (!map_grad) continue;
     fft_inverse_dit(g, z, a.d, a.log2d, a.tw);
     scatter_grads(g, a, z, k, b, l, two ? k : -1, b, l + 1, out());
   }
@@ -1922,9 +1930,11 @@ CB_HD void backward_rows_maps(const G& g, const Args<T, In>& a, cplx<T>* z, cplx
 }
 
 // Vector input v's gradient, in the group that holds the sum S of its gradient spectra over sample
-// b's locations (hand_on_sums): one real inverse transform, the scatter.
+// b's locations (hand_on_sums): one real inverse transform, the scatter; nothing where it is not
+// asked for.
 template <typename T, typename In, class G>
 CB_HD void backward_finish(const G& g, const Args<T, In>& a, cplx<T>* z, const cplx<T>* S, int64_t b, int v) {
+  if (!a.grad_x[a.vec_ids[v]]) return;
   inverse_real(g, a, z, S, ZStore<T>{z});
   scatter_grad<true>(g, a, reinterpret_cast<const T*>(z), a.vec_ids[v], 0, b, 0);
   g.sync();

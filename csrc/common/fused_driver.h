@@ -132,7 +132,7 @@ std::vector<at::Tensor> backward(const Problem& p, const at::Tensor& grad_out, c
   a.stage_x = plan.stage_x;
   a.stage_dx = plan.stage_dx;
   a.cluster = a.stage_grad || a.stage_x || a.stage_dx ? plan.cluster : 0;
-  for (int k = 0; k < a.K; ++k) a.grad_x[k] = grads[k].data_ptr<In>();
+  for (int k = 0; k < a.K; ++k) a.grad_x[k] = grads[k].defined() ? grads[k].data_ptr<In>() : nullptr;  // null: skipped
   const at::Tensor vspec = launch_vector_spectra(p, a, launch);
   const auto sums = chunk_sums(p, a, a.nvec);  // the vectors' gradient spectra, summed
   const int64_t chunks = flat_chunks(p, plan);
@@ -209,9 +209,10 @@ template <class Launch>
 std::vector<at::Tensor> run_backward(const Problem& p, const at::Tensor& grad_out,
                                      const std::optional<FusedPlan>& fused, const Backend& be, Launch&& launch) {
   std::vector<at::Tensor> grads;
-  if (nothing_to_compute(p)) {
+  if (nothing_to_compute(p) || p.grads_wanted() == 0) {
     grads = empty_input_grads(p);
-    for (auto& g : grads) g.zero_();
+    for (auto& g : grads)
+      if (g.defined()) g.zero_();
   } else if (!fused) {
     grads = fft_backward(p, grad_out, *be.fft, be.fft_chunk(p));
   } else {

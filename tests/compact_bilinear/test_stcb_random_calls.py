@@ -4,14 +4,14 @@ drawn together, so that combinations no hand-written case names still meet the d
 Each case draws K inputs (maps or vectors, one to three spatial dims, channels from 0 to 257), an
 output_dim (powers of two up to 16384 and others), a dtype, a batch (0 included), sum_pool, each
 input's memory layout (contiguous, channels-last, transposed, a strided slice), hashes (random, all
-in one bin, all in the last bin) and signs, and any of the fused plan's A/B switches (row pairs,
-unit products, prefetch, radix, staged inputs, rows per summing chunk) and the host instance's
-thread order. Both algorithms run forward and backward; values and input gradients are compared
-with the composite reference in float64 (autograd for the gradients), within a bound on the scale
-of the sums the kernels round (in float32, or the output's half type), which cancellation can make
-far larger than the result: the same computation on |x| and |s| with |grad| where a row's sketch
-sits in a few bins, and the rows' sketch norms where the transforms spread its rounding over all
-bins (`spread_bounds`).
+in one bin, all in the last bin) and signs, which inputs are frozen (no gradient asked for), and any
+of the fused plan's A/B switches (row pairs, unit products, prefetch, radix, staged inputs, rows per
+summing chunk) and the host instance's thread order. Both algorithms run forward and backward;
+values and input gradients are compared with the composite reference in float64 (autograd for the
+gradients), within a bound on the scale of the sums the kernels round (in float32, or the output's
+half type), which cancellation can make far larger than the result: the same computation on |x| and
+|s| with |grad| where a row's sketch sits in a few bins, and the rows' sketch norms where the
+transforms spread its rounding over all bins (`spread_bounds`).
 
 Cases are seeded and small (rows x d below 2^17); a failure prints the case that reproduces it.
 """
@@ -72,6 +72,10 @@ def cases(seed):
     out = []
     while len(out) < CASES_PER_SEED:
         case = draw(rng)
+        # Frozen inputs (no gradient asked for), from a generator of their own, so that the draws
+        # above stay those of the seed.
+        own = random.Random(case["seed"])
+        case["frozen"] = [own.random() < 0.25 for _ in case["maps"]]
         if rows(case) * case["d"] < 1 << 17:
             out.append(case)
     return out
@@ -177,7 +181,7 @@ def check(case, device):
         out_bound, grad_bounds = spread_bounds(xs, hs, ss, d, pool, grad)
         out_bound = max(out_bound, bound.detach().abs().amax().item())
     for algo in ("fused", "fft"):
-        xa = [x.detach().clone().requires_grad_() for x in xs]
+        xa = [x.detach().clone().requires_grad_(not frozen) for x, frozen in zip(xs, case["frozen"])]
         try:
             out = cb.compact_bilinear_pooling(xa, hs, ss, d, sum_pool=pool, algorithm=algo)
         except ValueError as e:
@@ -189,8 +193,12 @@ def check(case, device):
         assert out.shape == want.shape and out.dtype == dtype, (algo, out.shape, out.dtype)
         err = off_by(out, want)
         assert err <= growth * out_bound, f"{algo}: output off by {err:.3e}, bound {growth * out_bound:.3e}"
-        (out.double() * grad).sum().backward()
+        if out.requires_grad:
+            (out.double() * grad).sum().backward()
         for k, (a, w, b) in enumerate(zip(xa, x64, xabs)):
+            if case["frozen"][k]:
+                assert a.grad is None, (algo, k)
+                continue
             assert a.grad is not None and a.grad.shape == a.shape and a.grad.dtype == dtype, (algo, k)
             if not a.numel():
                 continue
