@@ -86,6 +86,16 @@ SpectralArgs<T> spectral_args(const Problem& p, const std::vector<at::Tensor>& s
   }
   return a;
 }
+// ... with the backward's G and Q_k, null for an input whose gradient is skipped.
+template <typename T>
+SpectralArgs<T> spectral_args(const Problem& p, const std::vector<at::Tensor>& spectra, const at::Tensor& G,
+                              const std::vector<at::Tensor>& Q) {
+  auto a = spectral_args<T>(p, spectra);
+  a.grad = reinterpret_cast<const c10::complex<T>*>(G.data_ptr());
+  for (int k = 0; k < a.K; ++k)
+    a.grad_spec[k] = Q[k].defined() ? reinterpret_cast<c10::complex<T>*>(Q[k].data_ptr()) : nullptr;
+  return a;
+}
 
 // The composite path, written once: sketch, rfft, product, irfft, processed `chunk` samples at a
 // time so intermediates stay small (CPU: cache-sized chunks; CUDA: the whole batch).

@@ -179,31 +179,26 @@ void product_cpu(const Problem& p, int64_t batch, const std::vector<at::Tensor>&
 }
 
 // Q_k[b, l] = G[b, l] * conj(prod_{m != k} F_m[b, l]), summed over l for vector inputs, for the
-// inputs whose Q_k is defined.
+// inputs whose Q_k is defined (fft_backward).
 void product_backward_cpu(const Problem& p, int64_t batch, const at::Tensor& G, const std::vector<at::Tensor>& spectra,
                           std::vector<at::Tensor>& Q) {
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type() == at::kComplexDouble ? at::kDouble : at::kFloat,
                              "compact_bilinear_product_backward_cpu", [&] {
     using T = scalar_t;
-    auto a = spectral_args<T>(p, spectra);
-    const auto* G0 = reinterpret_cast<const c10::complex<T>*>(G.data_ptr());
-    if (host_product_per_bin()) {
-      a.grad = G0;
-      for (int k = 0; k < a.K; ++k)
-        a.grad_spec[k] = Q[k].defined() ? reinterpret_cast<c10::complex<T>*>(Q[k].data_ptr()) : nullptr;
+    const auto a = spectral_args<T>(p, spectra, G, Q);
+    if (host_product_per_bin())
       return for_each_sample(batch, [&](int64_t b) { spectral_product_backward(a, b, 0, a.F); });
-    }
     for_each_bin_block<T>(batch, a.F, [&](int64_t b, int64_t f0, int64_t f1, T* scratch) {
       const int64_t n = f1 - f0;
       for (int64_t l = 0; l < a.L; ++l) {
-        const T* g = bin_ptr(G0 + (a.out_map ? b * a.L + l : b) * a.F, f0);
+        const T* g = bin_ptr(a.grad + (a.out_map ? b * a.L + l : b) * a.F, f0);
         for (int k = 0; k < a.K; ++k) {
-          if (!Q[k].defined()) continue;  // a skipped gradient (fft_backward)
+          if (!a.grad_spec[k]) continue;  // a skipped gradient (fft_backward)
           const T* others[kMaxInputs];
           int m = 0;
           for (int j = 0; j < a.K; ++j)
             if (j != k) others[m++] = bin_ptr(spec_row(a, j, b, l), f0);
-          auto* dst = reinterpret_cast<T*>(Q[k].data_ptr()) + 2 * ((a.is_map[k] ? b * a.L + l : b) * a.F + f0);
+          T* dst = reinterpret_cast<T*>(a.grad_spec[k] + (a.is_map[k] ? b * a.L + l : b) * a.F + f0);
           cmul_chain<true>(dst, !a.is_map[k] && l > 0, g, others, m, scratch, n);
         }
       }

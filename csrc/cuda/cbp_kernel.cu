@@ -80,10 +80,7 @@ void product_cuda(const Problem& p, int64_t batch, const std::vector<at::Tensor>
 void product_backward_cuda(const Problem& p, int64_t batch, const at::Tensor& G, const std::vector<at::Tensor>& spectra,
                            std::vector<at::Tensor>& Q) {
   AT_DISPATCH_FLOATING_TYPES(p.acc_dtype, "compact_bilinear_product_backward_cuda", [&] {
-    auto a = spectral_args<scalar_t>(p, spectra);
-    a.grad = reinterpret_cast<const c10::complex<scalar_t>*>(G.data_ptr());
-    for (int k = 0; k < a.K; ++k)  // null for an input whose gradient is skipped
-      a.grad_spec[k] = Q[k].defined() ? reinterpret_cast<c10::complex<scalar_t>*>(Q[k].data_ptr()) : nullptr;
+    const auto a = spectral_args<scalar_t>(p, spectra, G, Q);
     product_kernel<scalar_t, true><<<blocks_for(batch * p.F), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(a, batch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
