@@ -1,11 +1,15 @@
-"""STCB's forward and backward captured in a CUDA graph (what torch.compile's mode="reduce-overhead"
-does), replayed on new inputs: outputs and gradients bit-identical to eager calls.
+"""What CUDA-graph capture (and torch.compile's mode="reduce-overhead", which captures graphs) needs
+of a call: after a first call, no host synchronisation and no copy to or from the host. The hash
+tables are validated once per tensor and cached (that check reads its result back), the twiddles
+and the device's limits are cached, and the fused kernel's per-call workspace (the pooled sums'
+arrival counts) is zeroed on the stream.
 
-After one eager call a call makes no host synchronisation: the hash tables are validated once per
-tensor and cached, the twiddles and the device's limits are cached, and the fused kernel's
-per-call workspace (the pooled sums' arrival counts) is zeroed on the stream. A capture fails
-where a call copies to or from the host. It runs in a subprocess, so that a failed capture cannot
-leave the process's CUDA state to the tests after it.
+On every device the profiler sees each ATen call the library makes, C++ included: a warm call may
+make no `.item()` (`_local_scalar_dense`), no `nonzero` and no copy of a tensor with dims (a
+0-dim `_to_copy` is a Python number that torch's own ops wrap, passed to kernels by value). On
+CUDA, STCB's forward and backward are also captured in a graph and replayed on new inputs, with
+the eager results bit for bit. That runs in a subprocess, so that a failed capture cannot leave the
+process's CUDA state to the tests after it.
 """
 import os
 import subprocess
@@ -14,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import compact_bilinear as cb
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,6 +61,26 @@ for algorithm in ("fused", "fft"):
             assert torch.equal(x.grad, xe.grad) and torch.equal(v.grad, ve.grad), case
 print("OK")
 """
+
+
+@pytest.mark.parametrize("algorithm", ["fused", "fft"])
+@pytest.mark.parametrize("sum_pool", [False, True])
+def test_a_warm_call_reads_nothing_back(algorithm, sum_pool, device):
+    layer = cb.STCB((64, 48), 1024, sum_pool=sum_pool, signed_sqrt=True, l2_normalize=True, algorithm=algorithm)
+    layer = layer.to(device)
+    x = torch.randn(4, 64, 7, 7, device=device, requires_grad=True)
+    v = torch.randn(4, 48, device=device, requires_grad=True)
+
+    def host_traffic():
+        with torch.profiler.profile(record_shapes=True) as prof:
+            layer(x, v).square().sum().backward()
+        return [(e.name, e.input_shapes[0] if e.input_shapes else None) for e in prof.events()
+                if e.name in ("aten::_local_scalar_dense", "aten::nonzero")
+                or (e.name == "aten::_to_copy" and e.input_shapes and e.input_shapes[0])]
+
+    cold = host_traffic()
+    assert any(name == "aten::_local_scalar_dense" for name, _ in cold)  # the hash check, seen by the profiler
+    assert host_traffic() == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
