@@ -13,7 +13,7 @@ from ._ops import ops
 
 __all__ = ["compact_bilinear_pooling", "signed_sqrt"]
 
-ALGORITHMS = ("auto", "fused", "fft")
+ALGORITHMS = ("auto", "fused", "fft", "gram")
 SIGNED_SQRT_EPS = 1e-8
 
 
@@ -70,7 +70,10 @@ def compact_bilinear_pooling(
         l2_normalize: L2-normalise each output vector over its d channels (default False).
         algorithm: ``"auto"`` (default: the fused kernel where it applies on CUDA, else the
             FFT path; also the FFT path for a backward whose half spectra the fused kernel
-            would keep in global memory), ``"fused"`` (error if it cannot apply) or ``"fft"``.
+            would keep in global memory; on the CPU the Gram path where it costs less),
+            ``"fused"`` (error if it cannot apply), ``"fft"``, or ``"gram"`` (two inputs and
+            an output without locations, on the CPU: the count sketch of the Gram matrix
+            ``X Y^T`` summed over locations, a GEMM instead of FFTs).
 
     Returns:
         ``Tensor[B, d, *S]``, or ``Tensor[B, d]`` when ``sum_pool`` or every input is a vector.

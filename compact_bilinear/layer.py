@@ -23,7 +23,7 @@ class STCB(nn.Module):
         l2_normalize: L2-normalise each output vector over d (default False).
         seed: seed of ``torch.Generator`` drawing one independent hash and sign per input
             (default 0); the same seed gives the same hashes on every machine.
-        algorithm: ``"auto"`` (default), ``"fused"`` or ``"fft"``; see
+        algorithm: ``"auto"`` (default), ``"fused"``, ``"fft"`` or ``"gram"``; see
             :func:`compact_bilinear.compact_bilinear_pooling`.
 
     Shapes: ``layer(x_1, ..., x_K)`` with ``x_k`` ``Tensor[B, C_k]`` or ``Tensor[B, C_k, *S]``

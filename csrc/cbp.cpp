@@ -3,6 +3,7 @@
 
 #include "common/fused.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 #include <torch/library.h>
 
@@ -331,6 +332,99 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
       RECORD_FUNCTION("compact_bilinear::sketch_backward", {});
       kern.sketch_backward(p, k, gcs, sketch_scale(p, k), gx);
     }
+  });
+  return grads;
+}
+
+// The Gram path (cbp.h). Why a call cannot run it, or "".
+static std::string gram_unsupported_reason(const Problem& p) {
+  if (p.K != 2) return "it takes exactly two inputs, got " + std::to_string(p.K);
+  if (p.out_map) return "its output must have no locations (sum_pool=True, or two vectors)";
+  return "";
+}
+
+// What 'auto' weighs, in nanoseconds on the development machine's two cores: the FFT path's
+// transforms (each input row's sketch and forward FFT and the output's inverse; the backward adds
+// the output gradient's transform and an inverse per input row), d log2 d each, against the Gram
+// path's GEMM (twice in the backward) and pair sketch. Fitted to `python -m benchmarks.gram`
+// (docs/benchmarks.md, "The Gram path"): within about 20 % of each measured time, and on the right
+// side of every case but one near-tie; only the ratios matter.
+constexpr double kFftPerPointLog = 0.088, kGemmPerMac = 0.0084, kSketchPerPair = 1.5;
+
+static bool gram_is_cheaper(const Problem& p, bool backward) {
+  int64_t rows = 0;
+  for (int k = 0; k < p.K; ++k) rows += p.B * (p.is_map[k] ? p.L : 1);
+  const double d = static_cast<double>(p.d);
+  const double transforms = backward ? static_cast<double>(p.B + 2 * rows) : static_cast<double>(rows + p.B);
+  const double fft = transforms * d * std::log2(std::max(d, 2.0)) * kFftPerPointLog;
+  const double gl = p.is_map[0] && p.is_map[1] ? static_cast<double>(p.L) : 1.0;  // the GEMM's inner size
+  const double pairs = static_cast<double>(p.B) * static_cast<double>(p.x[0].size(1)) * static_cast<double>(p.x[1].size(1));
+  const double gram = pairs * (gl * kGemmPerMac * (backward ? 2 : 1) + kSketchPerPair);
+  return gram < fft;
+}
+
+bool gram_choice(const Problem& p, const std::string& algorithm, bool backward, const GramKernels* kern) {
+  if (algorithm == "gram") {
+    const auto why = gram_unsupported_reason(p);
+    TORCH_CHECK_VALUE(why.empty(), "compact_bilinear: algorithm='gram' cannot run this call: ", why,
+                      "; use algorithm='auto' or 'fft'");
+    TORCH_CHECK_VALUE(kern, "compact_bilinear: algorithm='gram' runs on the CPU only, got inputs on ",
+                      p.x[0].device(), "; use algorithm='auto', 'fused' or 'fft'");
+    return true;
+  }
+  return algorithm == "auto" && kern && gram_unsupported_reason(p).empty() && gram_is_cheaper(p, backward);
+}
+
+// Input k of the Gram product, its signs applied, in the compute dtype: (bc, C_k, L_k), or summed
+// over its locations where the other input is a vector (a map times a vector: (sum_l x_l) v^T).
+static at::Tensor gram_factor(const Problem& p, int k, int64_t b0, int64_t bc) {
+  auto x = p.x[k].narrow(0, b0, bc).to(p.acc_dtype) * p.sign[k].view({1, -1, 1});
+  return x.size(2) > p.x[1 - k].size(2) ? x.sum(-1, /*keepdim=*/true) : x;
+}
+
+// Samples per chunk: M holds at most 2^22 values per thread, at least a sample per thread.
+static int64_t gram_chunk(const Problem& p) {
+  const int64_t pairs = std::max<int64_t>(1, p.x[0].size(1) * p.x[1].size(1));
+  return std::max<int64_t>(1, at::get_num_threads() * std::max<int64_t>(1, (int64_t{1} << 22) / pairs));
+}
+
+at::Tensor gram_forward(const Problem& p, const GramKernels& kern) {
+  auto out = empty_output(p);
+  if (p.B == 0 || p.L == 0) return out.zero_();
+  auto acc = p.in_dtype == p.acc_dtype ? out : at::empty(out.sizes(), out.options().dtype(p.acc_dtype));
+  const int64_t chunk = gram_chunk(p);
+  for_each_chunk(p, chunk, [&](int64_t b0, int64_t bc) {
+    const auto M = at::bmm(gram_factor(p, 0, b0, bc), gram_factor(p, 1, b0, bc).transpose(1, 2)).contiguous();
+    auto o = acc.narrow(0, b0, bc);
+    RECORD_FUNCTION("compact_bilinear::gram_sketch", {});
+    kern.sketch(M, p.hash[0], p.hash[1], o);
+  });
+  if (!acc.is_same(out)) out.copy_(acc);
+  return out;
+}
+
+std::vector<at::Tensor> gram_backward(const Problem& p, const at::Tensor& grad_out, const GramKernels& kern) {
+  auto grads = empty_input_grads(p);
+  if (p.B == 0 || p.L == 0 || p.grads_wanted() == 0) {
+    for (auto& g : grads)
+      if (g.defined()) g.zero_();
+    return grads;
+  }
+  const auto g = grad_out.reshape({p.B, p.d}).to(p.acc_dtype).contiguous();
+  const int64_t C0 = p.x[0].size(1), C1 = p.x[1].size(1);
+  for_each_chunk(p, gram_chunk(p), [&](int64_t b0, int64_t bc) {
+    const auto X = gram_factor(p, 0, b0, bc), Y = gram_factor(p, 1, b0, bc);
+    auto dM = at::empty({bc, C0, C1}, g.options());
+    {
+      RECORD_FUNCTION("compact_bilinear::gram_sketch_backward", {});
+      kern.sketch_backward(g.narrow(0, b0, bc), p.hash[0], p.hash[1], dM);
+    }
+    // A map summed over its locations gets the same gradient at every location.
+    if (!p.skip_grad[0])
+      grads[0].narrow(0, b0, bc).copy_((at::bmm(dM, Y) * p.sign[0].view({1, -1, 1})).expand({bc, C0, p.x[0].size(2)}));
+    if (!p.skip_grad[1])
+      grads[1].narrow(0, b0, bc).copy_(
+          (at::bmm(dM.transpose(1, 2), X) * p.sign[1].view({1, -1, 1})).expand({bc, C1, p.x[1].size(2)}));
   });
   return grads;
 }

@@ -146,4 +146,23 @@ at::Tensor empty_output(const Problem& p);
 // The input gradients, (B, C_k, L_k) each; undefined where skipped (p.skip_grad).
 std::vector<at::Tensor> empty_input_grads(const Problem& p);
 
+// The Gram path (algorithm "gram"): two inputs and an output without locations (pooled, or two
+// vectors). The sum over locations of the outer products x_l y_l^T is the Gram matrix M = X Y^T,
+// C_0 x C_1 per sample (a map times a vector: the map summed over its locations first), and the
+// output is M's count sketch under the pair hash (h_0[a] + h_1[c]) mod d, with the signs folded
+// into X and Y: no FFT, but a GEMM of C_0 C_1 L multiply-adds and C_0 C_1 values to sketch per
+// sample. Per device, the sketch of M and its adjoint, in the compute dtype:
+struct GramKernels {
+  // out (B, d) <- sum over (a, c) of M[b, a, c] at bin (h0[a] + h1[c]) mod d, in a fixed order.
+  void (*sketch)(const at::Tensor& M, const at::Tensor& h0, const at::Tensor& h1, at::Tensor& out);
+  // dM (B, C_0, C_1) <- g[b, (h0[a] + h1[c]) mod d].
+  void (*sketch_backward)(const at::Tensor& g, const at::Tensor& h0, const at::Tensor& h1, at::Tensor& dM);
+};
+// Whether a call runs the Gram path: algorithm "gram" (an error that says why where it cannot run,
+// or where `kern` is null: no Gram kernels on that device), or "auto" where `kern` exists and the
+// cost model (cbp.cpp) finds it cheaper than the FFT path.
+bool gram_choice(const Problem& p, const std::string& algorithm, bool backward, const GramKernels* kern);
+at::Tensor gram_forward(const Problem& p, const GramKernels& kern);
+std::vector<at::Tensor> gram_backward(const Problem& p, const at::Tensor& grad_out, const GramKernels& kern);
+
 }  // namespace compact_bilinear

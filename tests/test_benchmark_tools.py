@@ -418,3 +418,13 @@ def test_frozen_input_benchmark_runs_and_checks(capsys):
         out = capsys.readouterr().out
         assert f"{algorithm} backward" in out
         assert all(name in out for name in ("every gradient", "map frozen", "vector frozen"))
+
+
+def test_gram_benchmark_runs_and_checks(capsys):
+    """benchmarks.gram --quick: both algorithms checked against float64, then timed; a table row per
+    case with what 'auto' picks."""
+    from benchmarks import gram
+
+    assert gram.main(["--quick"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 |")]
+    assert len(rows) == 2 and all(r.count("|") == 13 for r in rows)

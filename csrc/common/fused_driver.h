@@ -157,9 +157,9 @@ struct Backend {
 // FFT path), made once per call.
 inline std::optional<FusedPlan> fused_choice(const Problem& p, const std::string& algorithm, bool backward,
                                              const Backend& be) {
-  TORCH_CHECK_VALUE(algorithm == "auto" || algorithm == "fft" || algorithm == "fused",
-                    "compact_bilinear: algorithm must be 'auto', 'fused' or 'fft', got '", algorithm, "'");
-  if (algorithm == "fft") return std::nullopt;
+  TORCH_CHECK_VALUE(algorithm == "auto" || algorithm == "fft" || algorithm == "fused" || algorithm == "gram",
+                    "compact_bilinear: algorithm must be 'auto', 'fused', 'fft' or 'gram', got '", algorithm, "'");
+  if (algorithm == "fft" || algorithm == "gram") return std::nullopt;
   FusedPlan plan;
   const auto why = fused_unsupported_reason(p, backward, be.limits, plan);
   TORCH_CHECK_VALUE(algorithm == "auto" || why.empty(), "compact_bilinear: algorithm='fused' cannot run this call: ",

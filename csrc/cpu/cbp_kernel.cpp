@@ -357,6 +357,57 @@ struct HostLaunch {
   }
 };
 
+// The Gram path's pair sketch (cbp.h GramKernels): a sample per task, its pairs in (a, c) order into
+// the d bins, so each bin sums its pairs in a fixed order; the hashes are in [0, d), so a pair's bin
+// needs one conditional subtraction.
+void gram_sketch_cpu(const at::Tensor& M, const at::Tensor& h0, const at::Tensor& h1, at::Tensor& out) {
+  AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "compact_bilinear_gram_sketch_cpu", [&] {
+    const int64_t B = M.size(0), C0 = M.size(1), C1 = M.size(2), d = out.size(1), so = out.stride(0);
+    const scalar_t* m = M.data_ptr<scalar_t>();
+    const int64_t* ha = h0.data_ptr<int64_t>();
+    const int64_t* hc = h1.data_ptr<int64_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        scalar_t* ob = o + b * so;
+        std::fill(ob, ob + d, scalar_t(0));
+        for (int64_t a = 0; a < C0; ++a) {
+          const scalar_t* row = m + (b * C0 + a) * C1;
+          const int64_t base = ha[a];
+          for (int64_t c = 0; c < C1; ++c) {
+            const int64_t j = base + hc[c];
+            ob[j >= d ? j - d : j] += row[c];
+          }
+        }
+      }
+    });
+  });
+}
+
+// Its adjoint: dM[b, a, c] = g[b, (h0[a] + h1[c]) mod d], a row (b, a) per task.
+void gram_sketch_backward_cpu(const at::Tensor& g, const at::Tensor& h0, const at::Tensor& h1, at::Tensor& dM) {
+  AT_DISPATCH_FLOATING_TYPES(dM.scalar_type(), "compact_bilinear_gram_sketch_backward_cpu", [&] {
+    const int64_t C0 = dM.size(1), C1 = dM.size(2), d = g.size(1), sg = g.stride(0);
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const int64_t* ha = h0.data_ptr<int64_t>();
+    const int64_t* hc = h1.data_ptr<int64_t>();
+    scalar_t* out = dM.data_ptr<scalar_t>();
+    at::parallel_for(0, dM.size(0) * C0, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* gb = gp + (r / C0) * sg;
+        const int64_t base = ha[r % C0];
+        scalar_t* row = out + r * C1;
+        for (int64_t c = 0; c < C1; ++c) {
+          const int64_t j = base + hc[c];
+          row[c] = gb[j >= d ? j - d : j];
+        }
+      }
+    });
+  });
+}
+
+const GramKernels kCpuGram{gram_sketch_cpu, gram_sketch_backward_cpu};
+
 // On the CPU, pocketfft through ATen beats the host instance of the fused kernel (see
 // benchmarks/), so 'auto' means the FFT path here; the host instance serves algorithm='fused'.
 const Backend kCpuBackend{&kCpuKernels, cpu_chunk, kHostDeviceLimits, /*prefer_fused=*/false};
@@ -364,7 +415,9 @@ const Backend kCpuBackend{&kCpuKernels, cpu_chunk, kHostDeviceLimits, /*prefer_f
 at::Tensor forward_cpu(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs,
                        int64_t output_dim, bool sum_pool, c10::string_view algorithm) {
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
-  return run_forward(p, fused_choice(p, std::string(algorithm), false, kCpuBackend), kCpuBackend, HostLaunch{});
+  const std::string algo(algorithm);
+  if (gram_choice(p, algo, false, &kCpuGram)) return gram_forward(p, kCpuGram);
+  return run_forward(p, fused_choice(p, algo, false, kCpuBackend), kCpuBackend, HostLaunch{});
 }
 
 std::vector<at::Tensor> backward_cpu(const at::Tensor& grad_out, at::TensorList inputs, at::TensorList hash_indices,
@@ -372,14 +425,18 @@ std::vector<at::Tensor> backward_cpu(const at::Tensor& grad_out, at::TensorList 
                                      c10::string_view algorithm, at::OptionalIntArrayRef input_grads) {
   Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
   check_backward_args(p, grad_out, input_grads);
-  const auto fused = fused_choice(p, std::string(algorithm), true, kCpuBackend);
+  const std::string algo(algorithm);
+  if (gram_choice(p, algo, true, &kCpuGram)) return shape_like_inputs(p, gram_backward(p, grad_out, kCpuGram), inputs);
+  const auto fused = fused_choice(p, algo, true, kCpuBackend);
   return shape_like_inputs(p, run_backward(p, grad_out, fused, kCpuBackend, HostLaunch{}), inputs);
 }
 
 std::string plan_cpu(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs, int64_t output_dim,
                      bool sum_pool, c10::string_view algorithm, bool backward) {
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
-  return describe_choice(p, std::string(algorithm), backward, kCpuBackend);
+  const std::string algo(algorithm);
+  if (gram_choice(p, algo, backward, &kCpuGram)) return "gram";
+  return describe_choice(p, algo, backward, kCpuBackend);
 }
 
 }  // namespace

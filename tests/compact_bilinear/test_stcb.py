@@ -57,8 +57,21 @@ def fused_applies(d):
     return d & (d - 1) == 0 and d <= 16384
 
 
+def gram_applies(case):
+    # Two inputs and an output without locations: pooled, or two vectors.
+    dims, _, spatial, sum_pool = case
+    return len(dims) == 2 and (sum_pool or not any(spatial))
+
+
 def case_algos(case):
-    return [a for a in ALGOS if a == "fft" or fused_applies(case[1])]
+    return [a for a in ALGOS if a == "fft" or fused_applies(case[1])] + (["gram"] if gram_applies(case) else [])
+
+
+@pytest.fixture(autouse=True)
+def _gram_runs_on_the_cpu(request):
+    spec = getattr(request.node, "callspec", None)
+    if spec and spec.params.get("algo") == "gram" and str(spec.params.get("device")) == "cuda":
+        pytest.skip("algorithm='gram' runs on the CPU only (test_gram_raises_where_it_cannot_run)")
 
 
 PARAMS = [(name, algo) for name, case in CASES.items() for algo in case_algos(case)]
@@ -522,14 +535,16 @@ def test_auto_leaves_a_backward_with_slots_in_global_memory_to_fft(name, device)
     """'auto' takes the fused kernel on CUDA where it applies, except a backward whose plan keeps its
     half spectra in global memory: that one runs the fft path (on an H100 at d = 16384 such a
     backward took about 1.4x fft's time; a forward with its slots there beat fft by 16 %). On the
-    CPU 'auto' is always fft."""
+    CPU 'auto' is fft, or gram where that runs and costs less (test_auto_takes_gram_...)."""
     case, dtype = GLOBAL_SLOT_CASES[name]
     xs, hs, ss, d, sum_pool = make(case, device, dtype=dtype, batch=1)
     for backward in (False, True):
         plan = torch.ops.compact_bilinear.plan(xs, hs, ss, d, sum_pool, "fused", backward)
         auto = torch.ops.compact_bilinear.plan(xs, hs, ss, d, sum_pool, "auto", backward)
-        fused = device.type == "cuda" and not (backward and "global_slots=1" in plan)
-        assert auto == (plan if fused else "fft"), (backward, plan)
+        if device.type == "cuda":
+            assert auto == (plan if not (backward and "global_slots=1" in plan) else "fft"), (backward, plan)
+        else:
+            assert auto == "fft" or (auto == "gram" and gram_applies(case)), (backward, auto)
     # Every case here has a direction with slots in global memory.
     assert any("global_slots=1" in torch.ops.compact_bilinear.plan(xs, hs, ss, d, sum_pool, "fused", bw)
                for bw in (False, True))
@@ -1615,3 +1630,62 @@ def test_in_place_hash_change_is_seen(device):
     with pytest.raises(ValueError, match=r"hash_signs\[0\] must hold only \+1 and -1, found 1 other value\(s\), "
                                          r"the first 0.5 at channel 5"):
         layer(x, v)
+
+
+GRAM_CASES = {n: c for n, c in CASES.items() if gram_applies(c)}
+
+
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("name", list(GRAM_CASES))
+def test_gram_dtypes_match_float64(name, dtype):
+    """algorithm='gram' (the Gram matrix X Y^T, then its pair sketch) in float32, float16 and
+    bfloat16 (float32 inside) against the definition in float64: output and both gradients, also
+    with one input's gradient asked for (input_grads), and bit-identical on a second call."""
+    xs, hs, ss, d, sum_pool = make(GRAM_CASES[name], "cpu", dtype=dtype, requires_grad=True)
+    x64 = [x.detach().double().requires_grad_() for x in xs]
+    ref = explicit_outer_product_sketch(x64, hs, ss, d, sum_pool)
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    want = torch.autograd.grad(ref, x64, w)
+    runs = []
+    for _ in range(2):
+        out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="gram")
+        runs.append([out, *torch.autograd.grad(out, xs, w.to(dtype))])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    tol = TOL[dtype]
+    for got, exp in zip(runs[0], [ref, *want]):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.double(), exp, rtol=tol, atol=tol * exp.abs().max().item())
+    for k in range(2):
+        one = torch.ops.compact_bilinear.backward(w.to(dtype), [x.detach() for x in xs], hs, ss, d, sum_pool, "gram", [k])
+        assert torch.equal(one[k], runs[0][1 + k]) and not one[1 - k].any()
+
+
+def test_gram_raises_where_it_cannot_run(device):
+    xs, hs, ss, d, _ = make(CASES["k3_pooled_broadcast"], device)
+    with pytest.raises(ValueError, match=r"algorithm='gram' cannot run this call: it takes exactly two inputs, got 3"):
+        cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=True, algorithm="gram")
+    xs, hs, ss, d, _ = make(CASES["k2_maps"], device)
+    with pytest.raises(ValueError, match=r"cannot run this call: its output must have no locations"):
+        cb.compact_bilinear_pooling(xs, hs, ss, d, algorithm="gram")
+    if device.type == "cuda":
+        with pytest.raises(ValueError, match=r"algorithm='gram' runs on the CPU only, got inputs on cuda"):
+            cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=True, algorithm="gram")
+    with pytest.raises(ValueError, match=r"algorithm must be 'auto', 'fused', 'fft' or 'gram', got 'fast'"):
+        torch.ops.compact_bilinear.forward(xs, hs, ss, d, True, "fast")
+
+
+def test_auto_takes_gram_where_the_gemm_is_cheaper():
+    """On the CPU 'auto' runs the Gram path where its GEMM and pair sketch cost less than the FFTs:
+    compact bilinear pooling of a conv map with many locations and few channels (Gao et al.: VGG's
+    512 channels at 28 x 28, d = 8192; 14x faster there, docs/benchmarks.md), not where the
+    channels are many and the locations few, and never where it cannot run."""
+    def plan(dims, side, d, sum_pool=True, backward=False, vector=False):
+        g = torch.Generator().manual_seed(0)
+        hs, ss = random_hashes(dims, d, g)
+        xs = [torch.randn(1, c, side, side) for c in dims[:len(dims) - vector]] + [torch.randn(1, dims[-1])] * vector
+        return torch.ops.compact_bilinear.plan(xs, hs, ss, d, sum_pool, "auto", backward)
+
+    assert plan((512, 512), 28, 8192) == "gram" and plan((512, 512), 28, 8192, backward=True) == "gram"
+    assert plan((2048, 2048), 2, 4096) == "fft"
+    assert plan((512, 512), 28, 8192, sum_pool=False) == "fft"
+    assert plan((64, 64, 64), 28, 8192) == "fft"
