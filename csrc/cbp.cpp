@@ -122,6 +122,8 @@ HashTables hash_tables(const at::Tensor& h, const at::Tensor& s, int64_t k, int6
 
 }  // namespace
 
+static bool env_switch(const char* name);
+
 Problem make_problem(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs,
                      int64_t output_dim, bool sum_pool) {
   Problem p;
@@ -205,6 +207,19 @@ Problem make_problem(at::TensorList inputs, at::TensorList hash_indices, at::Ten
     p.bucket_start.push_back(hi.bucket_start);
     p.gather.push_back(hi.gather);
   }
+  // A pooled output of one map and vectors: the map summed over its locations first (in the compute
+  // dtype, rounded once to its own), L FFT rows a sample become one. COMPACT_BILINEAR_SUM_MAP_FIRST=0
+  // keeps the rows, for A/B timing and to test the kernels' per-location sums.
+  int nmap = 0, map = -1;
+  for (int k = 0; k < p.K; ++k)
+    if (inputs[k].dim() > 2) ++nmap, map = k;
+  if (sum_pool && nmap == 1 && p.L > 1 && env_switch("COMPACT_BILINEAR_SUM_MAP_FIRST")) {
+    p.x[map] = p.x[map].sum(-1, /*keepdim=*/true, p.acc_dtype).to(p.in_dtype);
+    p.summed_map = map;
+    p.summed_L = p.L;
+    p.L = 1;
+    for (int k = 0; k < p.K; ++k) p.is_map[k] = true;  // all vectors: the convention above
+  }
   return p;
 }
 
@@ -224,9 +239,14 @@ void check_backward_args(Problem& p, const at::Tensor& grad_out, at::OptionalInt
 }
 
 std::vector<at::Tensor> shape_like_inputs(const Problem& p, std::vector<at::Tensor> grads, at::TensorList inputs) {
-  for (size_t k = 0; k < grads.size(); ++k)
-    grads[k] = p.skip_grad[k] ? at::zeros({}, inputs[k].options()).expand(inputs[k].sizes())
-                              : grads[k].view(inputs[k].sizes());
+  for (int k = 0; k < static_cast<int>(grads.size()); ++k) {
+    if (p.skip_grad[k])
+      grads[k] = at::zeros({}, inputs[k].options()).expand(inputs[k].sizes());
+    else if (k == p.summed_map)  // the summed map's gradient, at each of its locations
+      grads[k] = grads[k].expand({p.B, grads[k].size(1), p.summed_L}).contiguous().view(inputs[k].sizes());
+    else
+      grads[k] = grads[k].view(inputs[k].sizes());
+  }
   return grads;
 }
 

@@ -29,6 +29,11 @@ struct Problem {
   at::ScalarType in_dtype = at::kFloat, acc_dtype = at::kFloat;
   // The backward's input gradients not asked for (input_grads): returned as zeros, not computed.
   std::array<bool, kMaxInputs> skip_grad{};
+  // A pooled output with a single map input is linear in that map, sum_l F(x_l, v) = F(sum_l x_l, v):
+  // the map, input `summed_map`, was summed over its `summed_L` locations (make_problem), and the
+  // problem is one of vectors; its gradient is the same at every location (shape_like_inputs).
+  int summed_map = -1;
+  int64_t summed_L = 1;
 
   int64_t out_rows() const { return out_map ? B * L : B; }
   int grads_wanted() const {

@@ -531,11 +531,13 @@ def test_fused_slots_in_global_memory(name, rows, device, monkeypatch):
 
 
 @pytest.mark.parametrize("name", list(GLOBAL_SLOT_CASES))
-def test_auto_leaves_a_backward_with_slots_in_global_memory_to_fft(name, device):
+def test_auto_leaves_a_backward_with_slots_in_global_memory_to_fft(name, device, monkeypatch):
     """'auto' takes the fused kernel on CUDA where it applies, except a backward whose plan keeps its
     half spectra in global memory: that one runs the fft path (on an H100 at d = 16384 such a
     backward took about 1.4x fft's time; a forward with its slots there beat fft by 16 %). On the
-    CPU 'auto' is fft, or gram where that runs and costs less (test_auto_takes_gram_...)."""
+    CPU 'auto' is fft, or gram where that runs and costs less (test_auto_takes_gram_...). A pooled
+    single map keeps its rows here (COMPACT_BILINEAR_SUM_MAP_FIRST=0)."""
+    monkeypatch.setenv("COMPACT_BILINEAR_SUM_MAP_FIRST", "0")
     case, dtype = GLOBAL_SLOT_CASES[name]
     xs, hs, ss, d, sum_pool = make(case, device, dtype=dtype, batch=1)
     for backward in (False, True):
@@ -604,8 +606,10 @@ def test_fused_sums_over_chunks_of_locations(spatial, rows, second, device, monk
     8 locations in chunks of 1, 3, 5 (chunks straddling samples), 8 (one a sample) and 20 rows
     (samples inside a chunk, and straddling), and 81 at the plan's rows. A map beside a vector (a
     single map's rows go in pairs) and two maps. Each matches the definition, and repeated calls,
-    whose chunks end in another order on the CPU's threads or the GPU's SMs, are bit-identical."""
+    whose chunks end in another order on the CPU's threads or the GPU's SMs, are bit-identical. A
+    pooled single map keeps its rows here (COMPACT_BILINEAR_SUM_MAP_FIRST=0)."""
     monkeypatch.setenv("COMPACT_BILINEAR_SUM_ROWS", rows)
+    monkeypatch.setenv("COMPACT_BILINEAR_SUM_MAP_FIRST", "0")
     for sum_pool in (True, False):
         xs, hs, ss, d, _ = make(((6, 5), 64, [spatial, () if second == "vector" else spatial], sum_pool), device,
                                 requires_grad=True)
@@ -909,7 +913,9 @@ def test_fused_sum_chunks_fill_the_blocks_that_run_at_once(batch, vector, sum_po
     Z and at most one slot beside it at d = 8192 and C = 1024 float32 (the pooled forward's 110616
     bytes, the backward's 102424), one where it has more (167976 bytes for the map x vector
     backward's three). nchunks bounds the chunks one sample's 49 locations span (its partial sums'
-    stride): 9 of 6 rows, 3 of 24, 5 of 12, 25 of 2, 49 of 1; 8 of 7 rows (each spans exactly 7)."""
+    stride): 9 of 6 rows, 3 of 24, 5 of 12, 25 of 2, 49 of 1; 8 of 7 rows (each spans exactly 7).
+    A pooled single map keeps its rows here (COMPACT_BILINEAR_SUM_MAP_FIRST=0)."""
+    monkeypatch.setenv("COMPACT_BILINEAR_SUM_MAP_FIRST", "0")
     case = ((1024, 1024), 8192, [(7, 7), () if vector else (7, 7)], sum_pool)
     xs, hs, ss, d, _ = make(case, "cpu", dtype=torch.float32, batch=batch)
     plan = fused_plan(xs, hs, ss, d, sum_pool, backward=backward)
@@ -1689,3 +1695,32 @@ def test_auto_takes_gram_where_the_gemm_is_cheaper():
     assert plan((2048, 2048), 2, 4096) == "fft"
     assert plan((512, 512), 28, 8192, sum_pool=False) == "fft"
     assert plan((64, 64, 64), 28, 8192) == "fft"
+
+
+SUMMED_MAP_CASES = ["k2_map_x_vector_pooled", "k3_map_two_vectors_pooled", "k2_video_3d"]
+
+
+@pytest.mark.parametrize("algo", ["fft", "fused", "gram"])
+@pytest.mark.parametrize("name", SUMMED_MAP_CASES)
+def test_pooled_single_map_is_summed_over_its_locations_first(name, algo, device, monkeypatch):
+    """A pooled output of one map and vectors is linear in the map, sum_l F(x_l, v) = F(sum_l x_l, v),
+    so the map is summed over its locations first and one row a sample is transformed instead of L.
+    The same values as the per-location rows (COMPACT_BILINEAR_SUM_MAP_FIRST=0) to float64 rounding,
+    and the map's gradient is the same at every location."""
+    dims, d, spatial, _ = CASES[name]
+    if algo == "fused" and not fused_applies(d) or algo == "gram" and len(dims) != 2:
+        pytest.skip(f"{algo} does not run this case")
+    xs, hs, ss, d, _ = make((dims, d, spatial, True), device, requires_grad=True)
+    w = torch.randn(xs[0].shape[0], d, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(device)
+
+    def run():
+        out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=True, algorithm=algo)
+        return [out, *torch.autograd.grad(out, xs, w)]
+
+    first = run()
+    monkeypatch.setenv("COMPACT_BILINEAR_SUM_MAP_FIRST", "0")
+    rows = run()
+    for a, b in zip(first, rows):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * b.abs().max().item())
+    gmap = first[1 + next(k for k, x in enumerate(xs) if x.dim() > 2)].flatten(2)
+    assert torch.equal(gmap, gmap[..., :1].expand_as(gmap))

@@ -40,6 +40,9 @@ SWITCHES = {
     # missing barrier gives wrong values under these.
     "COMPACT_BILINEAR_HOST_ORDER": ("threads", "threads-reverse"),
 }
+# Switches drawn from each case's own generator (added after the draws above were fixed): a pooled
+# single map summed over its locations first (the default) or kept in rows.
+OWN_SWITCHES = {"COMPACT_BILINEAR_SUM_MAP_FIRST": ("0", "1")}
 # Error bound per unit of the absolute computation, before the transform's log2(d) growth: about
 # 100 ulps of the accumulation (float32 inside for the half types) or of the output's rounding.
 UNIT = {torch.float64: 1e-13, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -76,6 +79,7 @@ def cases(seed):
         # above stay those of the seed.
         own = random.Random(case["seed"])
         case["frozen"] = [own.random() < 0.25 for _ in case["maps"]]
+        case["env"].update({name: own.choice(values) for name, values in OWN_SWITCHES.items() if own.random() < 0.4})
         if rows(case) * case["d"] < 1 << 17:
             out.append(case)
     return out
@@ -245,5 +249,8 @@ def test_the_cases_cover_every_class():
     assert any(c["sum_pool"] and any(c["maps"]) for c in drawn) and any(not any(c["maps"]) for c in drawn)
     assert any(sum(c["maps"]) == 2 and len(c["maps"]) == 2 and c["d"] >= 4096 and c["batch"] for c in drawn)
     assert {(name, c["env"][name]) for c in drawn for name in c["env"]} == {
-        (name, v) for name, values in SWITCHES.items() for v in values
+        (name, v) for name, values in {**SWITCHES, **OWN_SWITCHES}.items() for v in values
     }
+    one_map_pooled = [c for c in drawn if c["sum_pool"] and sum(c["maps"]) == 1 and c["batch"]]
+    assert {c["env"].get("COMPACT_BILINEAR_SUM_MAP_FIRST", "1") for c in one_map_pooled} == {"0", "1"}
+    assert any(any(c["frozen"]) for c in drawn) and any(not any(c["frozen"]) for c in drawn)
