@@ -208,12 +208,14 @@ Problem make_problem(at::TensorList inputs, at::TensorList hash_indices, at::Ten
     p.gather.push_back(hi.gather);
   }
   // A pooled output of one map and vectors: the map summed over its locations first (in the compute
-  // dtype, rounded once to its own), L FFT rows a sample become one. COMPACT_BILINEAR_SUM_MAP_FIRST=0
-  // keeps the rows, for A/B timing and to test the kernels' per-location sums.
+  // dtype, rounded once to its own), L FFT rows a sample become one. Not in float16, whose range
+  // (65504) the sum of a map's locations can exceed where the output's stays inside it.
+  // COMPACT_BILINEAR_SUM_MAP_FIRST=0 keeps the rows, for A/B timing and to test the kernels'
+  // per-location sums.
   int nmap = 0, map = -1;
   for (int k = 0; k < p.K; ++k)
     if (inputs[k].dim() > 2) ++nmap, map = k;
-  if (sum_pool && nmap == 1 && p.L > 1 && env_switch("COMPACT_BILINEAR_SUM_MAP_FIRST")) {
+  if (sum_pool && nmap == 1 && p.L > 1 && p.in_dtype != at::kHalf && env_switch("COMPACT_BILINEAR_SUM_MAP_FIRST")) {
     p.x[map] = p.x[map].sum(-1, /*keepdim=*/true, p.acc_dtype).to(p.in_dtype);
     p.summed_map = map;
     p.summed_L = p.L;

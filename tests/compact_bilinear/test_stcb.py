@@ -1724,3 +1724,18 @@ def test_pooled_single_map_is_summed_over_its_locations_first(name, algo, device
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * b.abs().max().item())
     gmap = first[1 + next(k for k, x in enumerate(xs) if x.dim() > 2)].flatten(2)
     assert torch.equal(gmap, gmap[..., :1].expand_as(gmap))
+
+
+@pytest.mark.parametrize("algo", ["fft", "fused"])
+def test_pooled_single_map_in_float16_is_not_summed_first(algo, device):
+    """float16 holds values up to 65504: 196 locations of 500 sum past it, while the pooled output
+    (times a vector of 1e-3) stays well inside. The map keeps its rows there, and the output is the
+    definition's, finite."""
+    g = torch.Generator().manual_seed(0)
+    hs, ss = random_hashes((4, 3), 64, g, device=device)
+    x = torch.full((1, 4, 14, 14), 500.0, dtype=torch.float16, device=device)
+    v = torch.full((1, 3), 1e-3, dtype=torch.float16, device=device)
+    out = cb.compact_bilinear_pooling([x, v], hs, ss, 64, sum_pool=True, algorithm=algo)
+    ref = explicit_outer_product_sketch([x.double(), v.double()], hs, ss, 64, True)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), ref, rtol=3e-3, atol=3e-3 * ref.abs().max().item())
