@@ -15,13 +15,14 @@ after one warm-up each.
 """
 
 import argparse
-import statistics
-import time
+import functools
 
 import torch
 
 import compact_bilinear as cb
 from compact_bilinear.reference import compact_bilinear_pooling_reference, random_hashes
+
+from .measure import alternate
 
 
 def main(argv=None) -> int:
@@ -50,17 +51,8 @@ def main(argv=None) -> int:
     truth = torch.autograd.grad(ref, leaves, grad.double())
     err = max(((g.double() - t).abs().max() / t.abs().max()).item() for g, t in zip(got["every gradient"], truth))
     assert err < 1e-4, f"error {err:.1e} against the float64 reference"
-    times = {name: [] for name in calls}
-    for _ in range(7):
-        for name, want in calls.items():
-            if a.device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            op(grad, [x, v], hs, ss, a.d, False, a.algorithm, want)
-            if a.device == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - t0)
-    med = {name: statistics.median(t[1:]) for name, t in times.items()}
+    med = alternate({name: functools.partial(op, grad, [x, v], hs, ss, a.d, False, a.algorithm, want)
+                     for name, want in calls.items()}, 6, a.device)
     every = med["every gradient"]
     print(f"{a.device}, B={a.batch} C={a.channels}x2 {a.side}x{a.side} map x vector, d={a.d}, {a.algorithm} backward "
           f"(max rel err {err:.1e}):")

@@ -14,12 +14,12 @@ alternate, the median of 5 after a warm-up.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from compact_bilinear.reference import compact_bilinear_pooling_reference, random_hashes
+
+from .measure import alternate
 
 # (B, C_0, C_1, side, d, second input a vector)
 CASES = [
@@ -58,17 +58,7 @@ def run_case(case, device, reps=5):
             e = ((t.double() - w).abs().max() / w.abs().max()).item()
             assert e < 1e-4, f"{what}, {a}: error {e:.1e} against the float64 reference"
             err = max(err, e)
-    times = {k: [] for k in calls}
-    for _ in range(reps + 1):
-        for k, fn in calls.items():
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(t[1:]) for k, t in times.items()}
+    med = alternate(calls, reps, device)
     auto = {w: ops.plan([x, y], hs, ss, d, True, "auto", w == "backward").split()[0] for w in ("forward", "backward")}
     return med, auto, err
 

@@ -75,6 +75,21 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def alternate(calls: dict, reps: int, device) -> dict:
+    """Median seconds of each of `calls` (name -> callable), called in turn `reps` times after a
+    warm-up round: on a VM whose speed drifts, calls side by side see the same drift (time_calls
+    times one callable at a time)."""
+    times = {name: [] for name in calls}
+    for _ in range(reps + 1):
+        for name, fn in calls.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t[1:]) for name, t in times.items()}
+
+
 def rel_err(out: torch.Tensor, truth: torch.Tensor) -> float:
     if out.shape != truth.shape:
         raise AssertionError(f"shape {tuple(out.shape)}, expected {tuple(truth.shape)}")
