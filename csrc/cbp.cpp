@@ -399,6 +399,8 @@ bool gram_choice(const Problem& p, const std::string& algorithm, bool backward, 
 
 // Input k of the Gram product, its signs applied, in the compute dtype: (bc, C_k, L_k), or summed
 // over its locations where the other input is a vector (a map times a vector: (sum_l x_l) v^T).
+// make_problem has summed such a map already, except in float16 and with
+// COMPACT_BILINEAR_SUM_MAP_FIRST=0; the sum here is in the compute dtype, so it is safe in both.
 static at::Tensor gram_factor(const Problem& p, int k, int64_t b0, int64_t bc) {
   auto x = p.x[k].narrow(0, b0, bc).to(p.acc_dtype) * p.sign[k].view({1, -1, 1});
   return x.size(2) > p.x[1 - k].size(2) ? x.sum(-1, /*keepdim=*/true) : x;
