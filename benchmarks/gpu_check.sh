@@ -6,8 +6,9 @@
 # the gpu-canonical preset (issue 3's targets), the fused kernel's A/B timings and Nsight Compute
 # profiles with the stall reasons (the default build and an A/B build, GPU_CHECK_AB_ENV; then the
 # forward's stall samples by source line) and, if time is left, a gradient-penalty step (the
-# double backward, benchmarks/penalty.py), a frozen input's backward (benchmarks/frozen_input.py,
-# into log.txt) and the default grid on CUDA.
+# double backward, benchmarks/penalty.py), a frozen input's backward (benchmarks/frozen_input.py)
+# and the Gram path against fused and fft (benchmarks/gram.py), both into log.txt, and the default
+# grid on CUDA.
 # $OUT gets at most 8 files (the device tool returns no more): log.txt (everything printed,
 # tables included), tests.txt, gpu-canonical.json, ncu.txt
 # (Nsight Compute on the fused kernel), penalty.json, grid-cuda.json and the grid's two plots.
@@ -254,6 +255,11 @@ if [ "$(left)" -gt 45 ]; then
         timeout 20 $PY -m benchmarks.frozen_input --device cuda --batch 32 --channels 1024 --side 7 --d 8192 \
             --algorithm $algo 2>/dev/null || { echo "frozen_input $algo FAILED"; status=1; }
     done
+fi
+
+if [ "$(left)" -gt 40 ]; then
+    step "the Gram path against fused and fft, pooled, float32 (benchmarks/gram.py; not in 'auto' on CUDA until timed)"
+    timeout 40 $PY -m benchmarks.gram --device cuda 2>/dev/null || { echo "gram FAILED"; status=1; }
 fi
 
 if [ "$(left)" -gt 90 ]; then

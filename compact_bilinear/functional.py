@@ -72,8 +72,8 @@ def compact_bilinear_pooling(
             FFT path; also the FFT path for a backward whose half spectra the fused kernel
             would keep in global memory; on the CPU the Gram path where it costs less),
             ``"fused"`` (error if it cannot apply), ``"fft"``, or ``"gram"`` (two inputs and
-            an output without locations, on the CPU: the count sketch of the Gram matrix
-            ``X Y^T`` summed over locations, a GEMM instead of FFTs).
+            an output without locations: the count sketch of the Gram matrix ``X Y^T``
+            summed over locations, a GEMM instead of FFTs; on CUDA only when asked for).
 
     Returns:
         ``Tensor[B, d, *S]``, or ``Tensor[B, d]`` when ``sum_pool`` or every input is a vector.

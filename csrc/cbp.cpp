@@ -323,7 +323,6 @@ std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_ou
   const int wanted = p.grads_wanted();
   std::array<bool, kMaxInputs> need_spectrum{};
   for (int k = 0; k < p.K; ++k) need_spectrum[k] = wanted > (p.skip_grad[k] ? 0 : 1);
-  if (wanted == 0) return grads;
   const int64_t Lout = p.out_map ? p.L : 1;
   for_each_chunk(p, chunk, [&](int64_t b0, int64_t bc) {
     // Per chunk, so an expanded or differently laid out gradient is materialised a chunk at a time.
@@ -385,16 +384,14 @@ static bool gram_is_cheaper(const Problem& p, bool backward) {
   return gram < fft;
 }
 
-bool gram_choice(const Problem& p, const std::string& algorithm, bool backward, const GramKernels* kern) {
+bool gram_choice(const Problem& p, const std::string& algorithm, bool backward, const GramKernels& kern) {
   if (algorithm == "gram") {
     const auto why = gram_unsupported_reason(p);
     TORCH_CHECK_VALUE(why.empty(), "compact_bilinear: algorithm='gram' cannot run this call: ", why,
                       "; use algorithm='auto' or 'fft'");
-    TORCH_CHECK_VALUE(kern, "compact_bilinear: algorithm='gram' runs on the CPU only, got inputs on ",
-                      p.x[0].device(), "; use algorithm='auto', 'fused' or 'fft'");
     return true;
   }
-  return algorithm == "auto" && kern && gram_unsupported_reason(p).empty() && gram_is_cheaper(p, backward);
+  return algorithm == "auto" && kern.in_auto && gram_unsupported_reason(p).empty() && gram_is_cheaper(p, backward);
 }
 
 // Input k of the Gram product, its signs applied, in the compute dtype: (bc, C_k, L_k), or summed
@@ -406,22 +403,14 @@ static at::Tensor gram_factor(const Problem& p, int k, int64_t b0, int64_t bc) {
   return x.size(2) > p.x[1 - k].size(2) ? x.sum(-1, /*keepdim=*/true) : x;
 }
 
-// Samples per chunk: M holds at most 2^22 values per thread, at least a sample per thread.
-static int64_t gram_chunk(const Problem& p) {
-  const int64_t pairs = std::max<int64_t>(1, p.x[0].size(1) * p.x[1].size(1));
-  return std::max<int64_t>(1, at::get_num_threads() * std::max<int64_t>(1, (int64_t{1} << 22) / pairs));
-}
-
 at::Tensor gram_forward(const Problem& p, const GramKernels& kern) {
   auto out = empty_output(p);
-  if (p.B == 0 || p.L == 0) return out.zero_();
   auto acc = p.in_dtype == p.acc_dtype ? out : at::empty(out.sizes(), out.options().dtype(p.acc_dtype));
-  const int64_t chunk = gram_chunk(p);
-  for_each_chunk(p, chunk, [&](int64_t b0, int64_t bc) {
+  for_each_chunk(p, kern.chunk(p), [&](int64_t b0, int64_t bc) {
     const auto M = at::bmm(gram_factor(p, 0, b0, bc), gram_factor(p, 1, b0, bc).transpose(1, 2)).contiguous();
     auto o = acc.narrow(0, b0, bc);
     RECORD_FUNCTION("compact_bilinear::gram_sketch", {});
-    kern.sketch(M, p.hash[0], p.hash[1], o);
+    kern.sketch(p, M, o);
   });
   if (!acc.is_same(out)) out.copy_(acc);
   return out;
@@ -429,19 +418,14 @@ at::Tensor gram_forward(const Problem& p, const GramKernels& kern) {
 
 std::vector<at::Tensor> gram_backward(const Problem& p, const at::Tensor& grad_out, const GramKernels& kern) {
   auto grads = empty_input_grads(p);
-  if (p.B == 0 || p.L == 0 || p.grads_wanted() == 0) {
-    for (auto& g : grads)
-      if (g.defined()) g.zero_();
-    return grads;
-  }
   const auto g = grad_out.reshape({p.B, p.d}).to(p.acc_dtype).contiguous();
   const int64_t C0 = p.x[0].size(1), C1 = p.x[1].size(1);
-  for_each_chunk(p, gram_chunk(p), [&](int64_t b0, int64_t bc) {
+  for_each_chunk(p, kern.chunk(p), [&](int64_t b0, int64_t bc) {
     const auto X = gram_factor(p, 0, b0, bc), Y = gram_factor(p, 1, b0, bc);
     auto dM = at::empty({bc, C0, C1}, g.options());
     {
       RECORD_FUNCTION("compact_bilinear::gram_sketch_backward", {});
-      kern.sketch_backward(g.narrow(0, b0, bc), p.hash[0], p.hash[1], dM);
+      kern.sketch_backward(p, g.narrow(0, b0, bc), dM);
     }
     // A map summed over its locations gets the same gradient at every location.
     if (!p.skip_grad[0])

@@ -104,6 +104,8 @@ SpectralArgs<T> spectral_args(const Problem& p, const std::vector<at::Tensor>& s
 
 // The composite path, written once: sketch, rfft, product, irfft, processed `chunk` samples at a
 // time so intermediates stay small (CPU: cache-sized chunks; CUDA: the whole batch).
+// Like gram_forward and gram_backward, for a problem with something to compute and, backward, a
+// gradient asked for (fused_driver.h run_forward and run_backward, their only callers, see to it).
 at::Tensor fft_forward(const Problem& p, const FftKernels& kern, int64_t chunk);
 std::vector<at::Tensor> fft_backward(const Problem& p, const at::Tensor& grad_out, const FftKernels& kern,
                                      int64_t chunk);
@@ -158,15 +160,18 @@ std::vector<at::Tensor> empty_input_grads(const Problem& p);
 // into X and Y: no FFT, but a GEMM of C_0 C_1 L multiply-adds and C_0 C_1 values to sketch per
 // sample. Per device, the sketch of M and its adjoint, in the compute dtype:
 struct GramKernels {
-  // out (B, d) <- sum over (a, c) of M[b, a, c] at bin (h0[a] + h1[c]) mod d, in a fixed order.
-  void (*sketch)(const at::Tensor& M, const at::Tensor& h0, const at::Tensor& h1, at::Tensor& out);
+  // out (B, d) <- for each bin j, the sum of M[b, a, c] over the pairs with (h0[a] + h1[c]) mod d = j,
+  // in (a, c) order (spectral.h pair_sketch_bin).
+  void (*sketch)(const Problem&, const at::Tensor& M, at::Tensor& out);
   // dM (B, C_0, C_1) <- g[b, (h0[a] + h1[c]) mod d].
-  void (*sketch_backward)(const at::Tensor& g, const at::Tensor& h0, const at::Tensor& h1, at::Tensor& dM);
+  void (*sketch_backward)(const Problem&, const at::Tensor& g, at::Tensor& dM);
+  int64_t (*chunk)(const Problem&);  // samples per chunk (M is C_0 C_1 values per sample)
+  bool in_auto;                      // whether 'auto' weighs it (the cost model was fitted there)
 };
-// Whether a call runs the Gram path: algorithm "gram" (an error that says why where it cannot run,
-// or where `kern` is null: no Gram kernels on that device), or "auto" where `kern` exists and the
-// cost model (cbp.cpp) finds it cheaper than the FFT path.
-bool gram_choice(const Problem& p, const std::string& algorithm, bool backward, const GramKernels* kern);
+// Whether a call runs the Gram path: algorithm "gram" (an error that says why where it cannot run),
+// or "auto" where the device's kernels are in 'auto' and the cost model (cbp.cpp) finds it cheaper
+// than the FFT path.
+bool gram_choice(const Problem& p, const std::string& algorithm, bool backward, const GramKernels& kern);
 at::Tensor gram_forward(const Problem& p, const GramKernels& kern);
 std::vector<at::Tensor> gram_backward(const Problem& p, const at::Tensor& grad_out, const GramKernels& kern);
 

@@ -421,10 +421,15 @@ def test_frozen_input_benchmark_runs_and_checks(capsys):
 
 
 def test_gram_benchmark_runs_and_checks(capsys):
-    """benchmarks.gram --quick: both algorithms checked against float64, then timed; a table row per
-    case with what 'auto' picks."""
+    """benchmarks.gram --quick: gram and fft checked against float64, then timed (the host instance
+    of the fused kernel is not: "-"); a table row per case with the speed-up and what 'auto' picks."""
     from benchmarks import gram
 
     assert gram.main(["--quick"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 |")]
-    assert len(rows) == 2 and all(r.count("|") == 13 for r in rows)
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 |")]
+    assert len(rows) == 2 and all(len(r) == 14 for r in rows)
+    for r in rows:
+        fwd, bwd = [float(v) for v in r[4:7:2]], [float(v) for v in r[8:11:2]]
+        assert r[5].strip() == r[9].strip() == "-"
+        for speed_up, (gram_ms, fft_ms) in ((r[7], fwd), (r[11], bwd)):
+            assert float(speed_up.strip().rstrip("x")) == pytest.approx(fft_ms / gram_ms, rel=0.01)

@@ -149,16 +149,14 @@ namespace compact_bilinear {
 struct Backend {
   const FftKernels* fft;
   int64_t (*fft_chunk)(const Problem&);  // samples per chunk of the FFT path
+  const GramKernels* gram;
   DeviceLimits limits;                   // for the fused path's plan
   bool prefer_fused;                     // what 'auto' picks where the fused kernel applies
 };
 
-// The fused kernel's plan where `algorithm` and the backend pick it for this call, else none (the
-// FFT path), made once per call.
+// The fused kernel's plan where `algorithm` and the backend pick it for this call, else none.
 inline std::optional<FusedPlan> fused_choice(const Problem& p, const std::string& algorithm, bool backward,
                                              const Backend& be) {
-  TORCH_CHECK_VALUE(algorithm == "auto" || algorithm == "fft" || algorithm == "fused" || algorithm == "gram",
-                    "compact_bilinear: algorithm must be 'auto', 'fused', 'fft' or 'gram', got '", algorithm, "'");
   if (algorithm == "fft" || algorithm == "gram") return std::nullopt;
   FusedPlan plan;
   const auto why = fused_unsupported_reason(p, backward, be.limits, plan);
@@ -173,10 +171,26 @@ inline std::optional<FusedPlan> fused_choice(const Problem& p, const std::string
   return plan;
 }
 
-// What fused_choice picks, in words (torch.ops.compact_bilinear.plan): "fft", or "fused" and the
+// What runs a call, chosen once per call: the Gram path, the fused kernel with its plan, or else
+// the FFT path.
+struct Choice {
+  bool gram = false;
+  std::optional<FusedPlan> fused;
+};
+
+inline Choice choose(const Problem& p, const std::string& algorithm, bool backward, const Backend& be) {
+  TORCH_CHECK_VALUE(algorithm == "auto" || algorithm == "fft" || algorithm == "fused" || algorithm == "gram",
+                    "compact_bilinear: algorithm must be 'auto', 'fused', 'fft' or 'gram', got '", algorithm, "'");
+  if (gram_choice(p, algorithm, backward, *be.gram)) return Choice{true, std::nullopt};
+  return Choice{false, fused_choice(p, algorithm, backward, be)};
+}
+
+// What choose picks, in words (torch.ops.compact_bilinear.plan): "gram", "fft", or "fused" and the
 // plan's fields.
 inline std::string describe_choice(const Problem& p, const std::string& algorithm, bool backward, const Backend& be) {
-  const auto plan = fused_choice(p, algorithm, backward, be);
+  const auto choice = choose(p, algorithm, backward, be);
+  if (choice.gram) return "gram";
+  const auto& plan = choice.fused;
   if (!plan) return "fft";
   std::ostringstream s;
   s << "fused rows_per_chunk=" << plan->rows_per_chunk << " nchunks=" << plan->nchunks
@@ -188,36 +202,39 @@ inline std::string describe_choice(const Problem& p, const std::string& algorith
   return s.str();
 }
 
-// The two algorithms for a validated problem. Validation (make_problem) happens in the callers,
-// in host C++ translation units, so argument errors never unwind through nvcc-compiled frames.
-// An empty batch or an empty map (a zero-size spatial dim) leaves nothing to compute: a pooled
-// output sums over no locations and is zero, and so is every gradient.
+// The algorithms for a validated problem. Validation (make_problem) happens in the callers, in
+// host C++ translation units, so argument errors never unwind through nvcc-compiled frames. An
+// empty batch or an empty map (a zero-size spatial dim) leaves nothing to compute: a pooled output
+// sums over no locations and is zero, and so is every gradient.
 inline bool nothing_to_compute(const Problem& p) { return p.B == 0 || p.L == 0; }
 
 template <class Launch>
-at::Tensor run_forward(const Problem& p, const std::optional<FusedPlan>& fused, const Backend& be, Launch&& launch) {
+at::Tensor run_forward(const Problem& p, const Choice& choice, const Backend& be, Launch&& launch) {
   if (nothing_to_compute(p)) return empty_output(p).zero_();
-  if (!fused) return fft_forward(p, *be.fft, be.fft_chunk(p));
+  if (choice.gram) return gram_forward(p, *be.gram);
+  if (!choice.fused) return fft_forward(p, *be.fft, be.fft_chunk(p));
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.in_dtype, "compact_bilinear_fused_forward", [&] {
-    out = fused::forward<fused::acc_t<scalar_t>, scalar_t>(p, *fused, launch);
+    out = fused::forward<fused::acc_t<scalar_t>, scalar_t>(p, *choice.fused, launch);
   });
   return out;
 }
 
 template <class Launch>
-std::vector<at::Tensor> run_backward(const Problem& p, const at::Tensor& grad_out,
-                                     const std::optional<FusedPlan>& fused, const Backend& be, Launch&& launch) {
+std::vector<at::Tensor> run_backward(const Problem& p, const at::Tensor& grad_out, const Choice& choice,
+                                     const Backend& be, Launch&& launch) {
   std::vector<at::Tensor> grads;
   if (nothing_to_compute(p) || p.grads_wanted() == 0) {
     grads = empty_input_grads(p);
     for (auto& g : grads)
       if (g.defined()) g.zero_();
-  } else if (!fused) {
+  } else if (choice.gram) {
+    grads = gram_backward(p, grad_out, *be.gram);
+  } else if (!choice.fused) {
     grads = fft_backward(p, grad_out, *be.fft, be.fft_chunk(p));
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.in_dtype, "compact_bilinear_fused_backward", [&] {
-      grads = fused::backward<fused::acc_t<scalar_t>, scalar_t>(p, grad_out, *fused, launch);
+      grads = fused::backward<fused::acc_t<scalar_t>, scalar_t>(p, grad_out, *choice.fused, launch);
     });
   }
   return grads;

@@ -139,4 +139,27 @@ CB_HD T bucket_sketch(const In* x, int64_t stride_c, const int64_t* perm, const 
   return sum;
 }
 
+// The Gram path's pair sketch (cbp.h GramKernels), bin j of one sample: the sum of M[a, c] (M is
+// C0 x C1, row-major) over the pairs with (h0[a] + h1[c]) mod d = j, as a gather. For each a in
+// order, the c that land in bin j are input 1's channels in bucket (j - h0[a]) mod d (perm1 and
+// start1: its inverse hash, as in bucket_sketch), in channel order: the pairs in (a, c) order from
+// 0, the order of the CPU's sequential scatter, so both give identical sketches of the same M. It
+// costs C0 bucket look-ups per bin (on the GPU, a warp's 32 bins read 32 consecutive buckets' starts)
+// besides the C0 C1 / d pairs it sums; a table of the pairs sorted by bin would need only the latter,
+// but one per pair of hashes.
+template <typename T>
+CB_HD T pair_sketch_bin(const T* m, int64_t C0, int64_t C1, const int64_t* h0, const int64_t* perm1,
+                        const int64_t* start1, int64_t d, int64_t j) {
+  T sum(0);
+  for (int64_t a = 0; a < C0; ++a) {
+    const int64_t u = j >= h0[a] ? j - h0[a] : j - h0[a] + d;
+    const T* row = m + a * C1;
+    for (int64_t q = start1[u], end = start1[u + 1]; q < end; ++q) sum += row[perm1[q]];
+  }
+  return sum;
+}
+
+// The bin of pair (a, c), (h0[a] + h1[c]) mod d, for hashes in [0, d).
+CB_HD int64_t pair_bin(int64_t h0a, int64_t h1c, int64_t d) { return h0a + h1c >= d ? h0a + h1c - d : h0a + h1c; }
+
 }  // namespace compact_bilinear

@@ -41,13 +41,18 @@ at::Tensor channel_rows(const at::Tensor& x) {
 // sketches. On the CPU the sequential scatter reads x, hash and sign contiguously and has no
 // branches: on 2 cores the fft forward took up to 1.6x as long with the gather (14x14 maps pooled,
 // C = 512, d = 8192; vectors, R = 392, C = 1024, d = 4096). COMPACT_BILINEAR_HOST_SKETCH=gather
-// runs the gather here, so the tests check the CUDA kernel's sketch on the CPU.
-void sketch_cpu(const Problem& p, int k, const at::Tensor& x, double scale, at::Tensor& cs) {
+// runs the gather here, so the tests check the CUDA kernel's sketch on the CPU; the Gram path's pair
+// sketch likewise (gram_sketch_cpu).
+static bool host_sketch_gather() {
   const char* env = std::getenv("COMPACT_BILINEAR_HOST_SKETCH");
   const std::string how = env ? env : "scatter";
   TORCH_CHECK_VALUE(how == "scatter" || how == "gather",
                     "COMPACT_BILINEAR_HOST_SKETCH must be 'scatter' or 'gather', got '", how, "'");
-  const bool gather = how == "gather";
+  return how == "gather";
+}
+
+void sketch_cpu(const Problem& p, int k, const at::Tensor& x, double scale, at::Tensor& cs) {
+  const bool gather = host_sketch_gather();
   const auto xr = channel_rows(x);  // (B, L_k, C)
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "compact_bilinear_sketch_cpu", [&] {
     using T = fused::acc_t<scalar_t>;
@@ -359,25 +364,31 @@ struct HostLaunch {
 
 // The Gram path's pair sketch (cbp.h GramKernels): a sample per task, its pairs in (a, c) order into
 // the d bins, so each bin sums its pairs in a fixed order; the hashes are in [0, d), so a pair's bin
-// needs one conditional subtraction.
-void gram_sketch_cpu(const at::Tensor& M, const at::Tensor& h0, const at::Tensor& h1, at::Tensor& out) {
+// needs one conditional subtraction. The GPU's gather (spectral.h pair_sketch_bin) sums each bin's
+// pairs in the same order, but looks up C_0 buckets per bin: with d = 8192 and 512 x 512 channels,
+// 16 per pair. COMPACT_BILINEAR_HOST_SKETCH=gather runs it here.
+void gram_sketch_cpu(const Problem& p, const at::Tensor& M, at::Tensor& out) {
+  const bool gather = host_sketch_gather();
   AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "compact_bilinear_gram_sketch_cpu", [&] {
     const int64_t B = M.size(0), C0 = M.size(1), C1 = M.size(2), d = out.size(1), so = out.stride(0);
     const scalar_t* m = M.data_ptr<scalar_t>();
-    const int64_t* ha = h0.data_ptr<int64_t>();
-    const int64_t* hc = h1.data_ptr<int64_t>();
+    const int64_t* ha = p.hash[0].data_ptr<int64_t>();
+    const int64_t* hc = p.hash[1].data_ptr<int64_t>();
+    const int64_t* perm1 = p.perm[1].data_ptr<int64_t>();
+    const int64_t* start1 = p.bucket_start[1].data_ptr<int64_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         scalar_t* ob = o + b * so;
+        const scalar_t* mb = m + b * C0 * C1;
+        if (gather) {
+          for (int64_t j = 0; j < d; ++j) ob[j] = pair_sketch_bin(mb, C0, C1, ha, perm1, start1, d, j);
+          continue;
+        }
         std::fill(ob, ob + d, scalar_t(0));
         for (int64_t a = 0; a < C0; ++a) {
-          const scalar_t* row = m + (b * C0 + a) * C1;
-          const int64_t base = ha[a];
-          for (int64_t c = 0; c < C1; ++c) {
-            const int64_t j = base + hc[c];
-            ob[j >= d ? j - d : j] += row[c];
-          }
+          const scalar_t* row = mb + a * C1;
+          for (int64_t c = 0; c < C1; ++c) ob[pair_bin(ha[a], hc[c], d)] += row[c];
         }
       }
     });
@@ -385,39 +396,41 @@ void gram_sketch_cpu(const at::Tensor& M, const at::Tensor& h0, const at::Tensor
 }
 
 // Its adjoint: dM[b, a, c] = g[b, (h0[a] + h1[c]) mod d], a row (b, a) per task.
-void gram_sketch_backward_cpu(const at::Tensor& g, const at::Tensor& h0, const at::Tensor& h1, at::Tensor& dM) {
+void gram_sketch_backward_cpu(const Problem& p, const at::Tensor& g, at::Tensor& dM) {
   AT_DISPATCH_FLOATING_TYPES(dM.scalar_type(), "compact_bilinear_gram_sketch_backward_cpu", [&] {
     const int64_t C0 = dM.size(1), C1 = dM.size(2), d = g.size(1), sg = g.stride(0);
     const scalar_t* gp = g.data_ptr<scalar_t>();
-    const int64_t* ha = h0.data_ptr<int64_t>();
-    const int64_t* hc = h1.data_ptr<int64_t>();
+    const int64_t* ha = p.hash[0].data_ptr<int64_t>();
+    const int64_t* hc = p.hash[1].data_ptr<int64_t>();
     scalar_t* out = dM.data_ptr<scalar_t>();
     at::parallel_for(0, dM.size(0) * C0, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* gb = gp + (r / C0) * sg;
         const int64_t base = ha[r % C0];
         scalar_t* row = out + r * C1;
-        for (int64_t c = 0; c < C1; ++c) {
-          const int64_t j = base + hc[c];
-          row[c] = gb[j >= d ? j - d : j];
-        }
+        for (int64_t c = 0; c < C1; ++c) row[c] = gb[pair_bin(base, hc[c], d)];
       }
     });
   });
 }
 
-const GramKernels kCpuGram{gram_sketch_cpu, gram_sketch_backward_cpu};
+// Samples per chunk: M holds at most 2^22 values per thread, at least a sample per thread.
+int64_t gram_chunk_cpu(const Problem& p) {
+  const int64_t pairs = std::max<int64_t>(1, p.x[0].size(1) * p.x[1].size(1));
+  return std::max<int64_t>(1, at::get_num_threads() * std::max<int64_t>(1, (int64_t{1} << 22) / pairs));
+}
+
+const GramKernels kCpuGram{gram_sketch_cpu, gram_sketch_backward_cpu, gram_chunk_cpu, /*in_auto=*/true};
 
 // On the CPU, pocketfft through ATen beats the host instance of the fused kernel (see
-// benchmarks/), so 'auto' means the FFT path here; the host instance serves algorithm='fused'.
-const Backend kCpuBackend{&kCpuKernels, cpu_chunk, kHostDeviceLimits, /*prefer_fused=*/false};
+// benchmarks/), so 'auto' means the FFT path here, or the Gram path where its cost model says it
+// is cheaper; the host instance serves algorithm='fused'.
+const Backend kCpuBackend{&kCpuKernels, cpu_chunk, &kCpuGram, kHostDeviceLimits, /*prefer_fused=*/false};
 
 at::Tensor forward_cpu(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs,
                        int64_t output_dim, bool sum_pool, c10::string_view algorithm) {
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
-  const std::string algo(algorithm);
-  if (gram_choice(p, algo, false, &kCpuGram)) return gram_forward(p, kCpuGram);
-  return run_forward(p, fused_choice(p, algo, false, kCpuBackend), kCpuBackend, HostLaunch{});
+  return run_forward(p, choose(p, std::string(algorithm), false, kCpuBackend), kCpuBackend, HostLaunch{});
 }
 
 std::vector<at::Tensor> backward_cpu(const at::Tensor& grad_out, at::TensorList inputs, at::TensorList hash_indices,
@@ -425,18 +438,14 @@ std::vector<at::Tensor> backward_cpu(const at::Tensor& grad_out, at::TensorList 
                                      c10::string_view algorithm, at::OptionalIntArrayRef input_grads) {
   Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
   check_backward_args(p, grad_out, input_grads);
-  const std::string algo(algorithm);
-  if (gram_choice(p, algo, true, &kCpuGram)) return shape_like_inputs(p, gram_backward(p, grad_out, kCpuGram), inputs);
-  const auto fused = fused_choice(p, algo, true, kCpuBackend);
-  return shape_like_inputs(p, run_backward(p, grad_out, fused, kCpuBackend, HostLaunch{}), inputs);
+  const auto choice = choose(p, std::string(algorithm), true, kCpuBackend);
+  return shape_like_inputs(p, run_backward(p, grad_out, choice, kCpuBackend, HostLaunch{}), inputs);
 }
 
 std::string plan_cpu(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs, int64_t output_dim,
                      bool sum_pool, c10::string_view algorithm, bool backward) {
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
-  const std::string algo(algorithm);
-  if (gram_choice(p, algo, backward, &kCpuGram)) return "gram";
-  return describe_choice(p, algo, backward, kCpuBackend);
+  return describe_choice(p, std::string(algorithm), backward, kCpuBackend);
 }
 
 }  // namespace

@@ -12,8 +12,7 @@ at::Tensor forward_cuda(at::TensorList inputs, at::TensorList hash_indices, at::
                         int64_t output_dim, bool sum_pool, c10::string_view algorithm) {
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
   const c10::cuda::CUDAGuard guard(p.x[0].device());
-  gram_choice(p, std::string(algorithm), false, nullptr);  // 'gram' is an error here: no Gram kernels
-  return cuda_forward(p, fused_choice(p, std::string(algorithm), false, cuda_backend()));
+  return cuda_forward(p, choose(p, std::string(algorithm), false, cuda_backend()));
 }
 
 std::vector<at::Tensor> backward_cuda(const at::Tensor& grad_out, at::TensorList inputs, at::TensorList hash_indices,
@@ -22,16 +21,14 @@ std::vector<at::Tensor> backward_cuda(const at::Tensor& grad_out, at::TensorList
   Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
   check_backward_args(p, grad_out, input_grads);
   const c10::cuda::CUDAGuard guard(p.x[0].device());
-  gram_choice(p, std::string(algorithm), true, nullptr);
-  return shape_like_inputs(
-      p, cuda_backward(p, grad_out, fused_choice(p, std::string(algorithm), true, cuda_backend())), inputs);
+  return shape_like_inputs(p, cuda_backward(p, grad_out, choose(p, std::string(algorithm), true, cuda_backend())),
+                           inputs);
 }
 
 std::string plan_cuda(at::TensorList inputs, at::TensorList hash_indices, at::TensorList hash_signs, int64_t output_dim,
                       bool sum_pool, c10::string_view algorithm, bool backward) {
   const Problem p = make_problem(inputs, hash_indices, hash_signs, output_dim, sum_pool);
   const c10::cuda::CUDAGuard guard(p.x[0].device());
-  gram_choice(p, std::string(algorithm), backward, nullptr);
   return describe_choice(p, std::string(algorithm), backward, cuda_backend());
 }
 

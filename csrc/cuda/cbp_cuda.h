@@ -5,7 +5,6 @@
 
 namespace compact_bilinear {
 Backend cuda_backend();
-at::Tensor cuda_forward(const Problem& p, const std::optional<FusedPlan>& fused);
-std::vector<at::Tensor> cuda_backward(const Problem& p, const at::Tensor& grad_out,
-                                      const std::optional<FusedPlan>& fused);
+at::Tensor cuda_forward(const Problem& p, const Choice& choice);
+std::vector<at::Tensor> cuda_backward(const Problem& p, const at::Tensor& grad_out, const Choice& choice);
 }  // namespace compact_bilinear

@@ -1,6 +1,6 @@
-// CUDA kernels: the FFT path (gather sketch, K-way spectral product, cuFFT through ATen), and the
-// launches of the fused pipeline, whose kernels are compiled two files per input dtype
-// (fused_kernel.cuh, fused_<dtype>_*.cu).
+// CUDA kernels: the FFT path (gather sketch, K-way spectral product, cuFFT through ATen), the Gram
+// path's pair sketch and its adjoint (its GEMMs are ATen's), and the launches of the fused pipeline,
+// whose kernels are compiled two files per input dtype (fused_kernel.cuh, fused_<dtype>_*.cu).
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -110,6 +110,62 @@ void sketch_backward_cuda(const Problem& p, int k, const at::Tensor& grad_cs, do
 
 const FftKernels kCudaKernels{sketch_cuda, product_cuda, product_backward_cuda, sketch_backward_cuda};
 
+// The Gram path (cbp.h GramKernels): a thread per bin of a sample, gathering its pairs in (a, c)
+// order (spectral.h pair_sketch_bin), so the sketch of a given M is the CPU's to the bit.
+template <typename T>
+__global__ void gram_sketch_kernel(const T* __restrict__ M, int64_t B, int64_t C0, int64_t C1,
+                                   const int64_t* __restrict__ h0, const int64_t* __restrict__ perm1,
+                                   const int64_t* __restrict__ start1, int64_t d, int64_t so, T* __restrict__ out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= B * d) return;
+  const int64_t b = i / d, j = i % d;
+  out[b * so + j] = pair_sketch_bin(M + b * C0 * C1, C0, C1, h0, perm1, start1, d, j);
+}
+
+void gram_sketch_cuda(const Problem& p, const at::Tensor& M, at::Tensor& out) {
+  AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "compact_bilinear_gram_sketch_cuda", [&] {
+    const int64_t n = M.size(0) * p.d;
+    if (n == 0) return;
+    gram_sketch_kernel<scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        M.data_ptr<scalar_t>(), M.size(0), M.size(1), M.size(2), p.hash[0].data_ptr<int64_t>(),
+        p.perm[1].data_ptr<int64_t>(), p.bucket_start[1].data_ptr<int64_t>(), p.d, out.stride(0),
+        out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// Its adjoint, a thread per value of dM (coalesced stores along c).
+template <typename T>
+__global__ void gram_sketch_backward_kernel(const T* __restrict__ g, int64_t sg, const int64_t* __restrict__ h0,
+                                            const int64_t* __restrict__ h1, int64_t B, int64_t C0, int64_t C1,
+                                            int64_t d, T* __restrict__ dM) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= B * C0 * C1) return;
+  const int64_t c = i % C1, a = (i / C1) % C0, b = i / (C0 * C1);
+  dM[i] = g[b * sg + pair_bin(h0[a], h1[c], d)];
+}
+
+void gram_sketch_backward_cuda(const Problem& p, const at::Tensor& g, at::Tensor& dM) {
+  AT_DISPATCH_FLOATING_TYPES(dM.scalar_type(), "compact_bilinear_gram_sketch_backward_cuda", [&] {
+    const int64_t n = dM.numel();
+    if (n == 0) return;
+    gram_sketch_backward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        g.data_ptr<scalar_t>(), g.stride(0), p.hash[0].data_ptr<int64_t>(), p.hash[1].data_ptr<int64_t>(), dM.size(0),
+        dM.size(1), dM.size(2), p.d, dM.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// Samples per chunk: M holds at most 2^25 values (128 MiB in float), at least one sample.
+int64_t gram_chunk_cuda(const Problem& p) {
+  const int64_t pairs = std::max<int64_t>(1, p.x[0].size(1) * p.x[1].size(1));
+  return std::max<int64_t>(1, (int64_t{1} << 25) / pairs);
+}
+
+// Not in 'auto' until a GPU has timed it against the fused kernel (docs/benchmarks.md, "What the
+// next GPU run has to answer"): the cost model's constants were fitted on a CPU.
+const GramKernels kCudaGram{gram_sketch_cuda, gram_sketch_backward_cuda, gram_chunk_cuda, /*in_auto=*/false};
+
 // ---------------------------------------------------------------------------------------------
 // Fused kernel.
 
@@ -143,16 +199,15 @@ Backend cuda_backend() {
                             prop->maxThreadsPerMultiProcessor,
                             prop->multiProcessorCount,
                             prop->major >= 9 ? 8 : 1};  // 8: the portable cluster size
-  return Backend{&kCudaKernels, whole_batch, limits, /*prefer_fused=*/true};
+  return Backend{&kCudaKernels, whole_batch, &kCudaGram, limits, /*prefer_fused=*/true};
 }
 
-at::Tensor cuda_forward(const Problem& p, const std::optional<FusedPlan>& fused) {
-  return run_forward(p, fused, cuda_backend(), DeviceLaunch{});
+at::Tensor cuda_forward(const Problem& p, const Choice& choice) {
+  return run_forward(p, choice, cuda_backend(), DeviceLaunch{});
 }
 
-std::vector<at::Tensor> cuda_backward(const Problem& p, const at::Tensor& grad_out,
-                                      const std::optional<FusedPlan>& fused) {
-  return run_backward(p, grad_out, fused, cuda_backend(), DeviceLaunch{});
+std::vector<at::Tensor> cuda_backward(const Problem& p, const at::Tensor& grad_out, const Choice& choice) {
+  return run_backward(p, grad_out, choice, cuda_backend(), DeviceLaunch{});
 }
 
 }  // namespace compact_bilinear

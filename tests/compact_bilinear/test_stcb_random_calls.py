@@ -41,8 +41,12 @@ SWITCHES = {
     "COMPACT_BILINEAR_HOST_ORDER": ("threads", "threads-reverse"),
 }
 # Switches drawn from each case's own generator (added after the draws above were fixed): a pooled
-# single map summed over its locations first (the default) or kept in rows.
-OWN_SWITCHES = {"COMPACT_BILINEAR_SUM_MAP_FIRST": ("0", "1")}
+# single map summed over its locations first (the default) or kept in rows; the CPU's sketches
+# (the FFT path's and the Gram path's pair sketch) as a scatter (the default) or as the GPU's gather.
+OWN_SWITCHES = {
+    "COMPACT_BILINEAR_SUM_MAP_FIRST": ("0", "1"),
+    "COMPACT_BILINEAR_HOST_SKETCH": ("scatter", "gather"),
+}
 # Error bound per unit of the absolute computation, before the transform's log2(d) growth: about
 # 100 ulps of the accumulation (float32 inside for the half types) or of the output's rounding.
 UNIT = {torch.float64: 1e-13, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
@@ -191,9 +195,9 @@ def check(case, device):
         except ValueError as e:
             # Where the fused kernel cannot run (d not a power of two up to 16384, Z alone beyond
             # shared memory: float64 at d = 16384) "fused" is a clear error, and only there; so is
-            # "gram" but for two inputs and an output without locations, on the CPU.
+            # "gram" but for two inputs and an output without locations.
             if algo == "gram":
-                assert len(xs) != 2 or want.dim() > 2 or torch.device(device).type != "cpu", e
+                assert len(xs) != 2 or want.dim() > 2, e
                 continue
             assert algo == "fused" and "algorithm='fused' cannot run this call" in str(e), e
             assert d & (d - 1) or d > 16384 or dtype == torch.float64, e
@@ -253,4 +257,6 @@ def test_the_cases_cover_every_class():
     }
     one_map_pooled = [c for c in drawn if c["sum_pool"] and sum(c["maps"]) == 1 and c["batch"]]
     assert {c["env"].get("COMPACT_BILINEAR_SUM_MAP_FIRST", "1") for c in one_map_pooled} == {"0", "1"}
+    gram = [c for c in drawn if len(c["maps"]) == 2 and (c["sum_pool"] or not any(c["maps"])) and c["batch"]]
+    assert {c["env"].get("COMPACT_BILINEAR_HOST_SKETCH", "scatter") for c in gram} == {"scatter", "gather"}
     assert any(any(c["frozen"]) for c in drawn) and any(not any(c["frozen"]) for c in drawn)
