@@ -258,8 +258,10 @@ if [ "$(left)" -gt 45 ]; then
 fi
 
 if [ "$(left)" -gt 40 ]; then
-    step "the Gram path against fused and fft, pooled, float32 (benchmarks/gram.py; not in 'auto' on CUDA until timed)"
-    timeout 40 $PY -m benchmarks.gram --device cuda 2>/dev/null || { echo "gram FAILED"; status=1; }
+    step "the Gram path against fused and fft, pooled (benchmarks/gram.py; not in 'auto' on CUDA until timed)"
+    for dt in float32 bfloat16; do
+        timeout 20 $PY -m benchmarks.gram --device cuda --dtype $dt 2>/dev/null || { echo "gram $dt FAILED"; status=1; }
+    done
 fi
 
 if [ "$(left)" -gt 90 ]; then

@@ -4,6 +4,8 @@
 
 Separates kernel time from host overhead, which the end-to-end benchmark cannot: prints, per
 algorithm, the wall time per call, the summed device time of its kernels, and the kernel table.
+Then the Gram path, pooled, at the canonical size and at Gao et al.'s (B = 8, 512 x 512 channels at
+28 x 28, d = 8192) beside the fused kernel: its GEMMs, pair sketch and conversions apart.
 """
 import argparse
 import time
@@ -29,10 +31,20 @@ def main():
         "reference fwd": lambda: compact_bilinear_pooling_reference(xs, hs, ss, args.d),
         "fft fwd": lambda: cb.compact_bilinear_pooling(xs, hs, ss, args.d, algorithm="fft"),
         "fused fwd": lambda: cb.compact_bilinear_pooling(xs, hs, ss, args.d, algorithm="fused"),
-        "fused fwd pooled": lambda: cb.compact_bilinear_pooling(xs, hs, ss, args.d, sum_pool=True, algorithm="fused"),
         "fused fwd+bwd": lambda: torch.autograd.grad(
             cb.compact_bilinear_pooling(xs, hs, ss, args.d, algorithm="fused").sum(), xs),
     }
+    hs8, ss8 = random_hashes((512, 512), 8192, torch.Generator().manual_seed(1), device=dev)
+    xs8 = [torch.randn(8, 512, 28, 28, device=dev, requires_grad=True) for _ in range(2)]
+    for algo in ("gram", "fused"):
+        calls[f"{algo} fwd pooled"] = lambda a=algo: cb.compact_bilinear_pooling(
+            xs, hs, ss, args.d, sum_pool=True, algorithm=a)
+        calls[f"{algo} fwd+bwd pooled"] = lambda a=algo: torch.autograd.grad(
+            cb.compact_bilinear_pooling(xs, hs, ss, args.d, sum_pool=True, algorithm=a).sum(), xs)
+        calls[f"{algo} fwd pooled, B=8 512x512 28x28"] = lambda a=algo: cb.compact_bilinear_pooling(
+            xs8, hs8, ss8, 8192, sum_pool=True, algorithm=a)
+        calls[f"{algo} fwd+bwd pooled, B=8 512x512 28x28"] = lambda a=algo: torch.autograd.grad(
+            cb.compact_bilinear_pooling(xs8, hs8, ss8, 8192, sum_pool=True, algorithm=a).sum(), xs8)
     for name, fn in calls.items():
         for _ in range(3):
             fn()

@@ -367,10 +367,11 @@ static std::string gram_unsupported_reason(const Problem& p) {
 // What 'auto' weighs, in nanoseconds on the development machine's two cores: the FFT path's
 // transforms (each input row's sketch and forward FFT and the output's inverse; the backward adds
 // the output gradient's transform and an inverse per input row), d log2 d each, against the Gram
-// path's GEMM (twice in the backward) and pair sketch. Fitted to `python -m benchmarks.gram`
-// (docs/benchmarks.md, "The Gram path"): within about 20 % of each measured time, and on the right
-// side of every case but one near-tie; only the ratios matter.
-constexpr double kFftPerPointLog = 0.088, kGemmPerMac = 0.0084, kSketchPerPair = 1.5;
+// path's GEMM (twice in the backward) and, per pair, M's write and its sketch. Fitted to `python -m
+// benchmarks.gram` (docs/benchmarks.md, "The Gram path"; kSketchPerPair refitted after the sketch
+// walked input 1's channels in bucket order): on the right side of each of its 16 calls; only the
+// ratios matter.
+constexpr double kFftPerPointLog = 0.088, kGemmPerMac = 0.0084, kSketchPerPair = 0.85;
 
 static bool gram_is_cheaper(const Problem& p, bool backward) {
   int64_t rows = 0;
@@ -394,20 +395,33 @@ bool gram_choice(const Problem& p, const std::string& algorithm, bool backward, 
   return algorithm == "auto" && kern.in_auto && gram_unsupported_reason(p).empty() && gram_is_cheaper(p, backward);
 }
 
-// Input k of the Gram product, its signs applied, in the compute dtype: (bc, C_k, L_k), or summed
-// over its locations where the other input is a vector (a map times a vector: (sum_l x_l) v^T).
-// make_problem has summed such a map already, except in float16 and with
-// COMPACT_BILINEAR_SUM_MAP_FIRST=0; the sum here is in the compute dtype, so it is safe in both.
+// Input k of the Gram product, its signs applied: (bc, C_k, L_k) in the input dtype (times +-1 is
+// exact in every dtype), or summed over its locations in the compute dtype where the other input is
+// a vector (a map times a vector: (sum_l x_l) v^T). make_problem has summed such a map already,
+// except in float16 and with COMPACT_BILINEAR_SUM_MAP_FIRST=0; the sum here is safe in both.
 static at::Tensor gram_factor(const Problem& p, int k, int64_t b0, int64_t bc) {
-  auto x = p.x[k].narrow(0, b0, bc).to(p.acc_dtype) * p.sign[k].view({1, -1, 1});
-  return x.size(2) > p.x[1 - k].size(2) ? x.sum(-1, /*keepdim=*/true) : x;
+  const auto x = p.x[k].narrow(0, b0, bc);
+  if (x.size(2) > p.x[1 - k].size(2)) return (x.to(p.acc_dtype) * p.sign[k].view({1, -1, 1})).sum(-1, true);
+  return x * p.sign[k].to(x.scalar_type()).view({1, -1, 1});
+}
+
+// The batched product A B in the compute dtype. Where both are 16-bit and the device's GEMM takes
+// them to a float32 product (kern.gemm_16bit: cuBLAS on the tensor cores), they go in as they are:
+// their products are exact in float32 and summed there, as after a conversion. Elsewhere both are
+// converted first.
+static at::Tensor gram_gemm(const Problem& p, const GramKernels& kern, const at::Tensor& A, const at::Tensor& B) {
+  const auto t = A.scalar_type();
+  if (kern.gemm_16bit && t == B.scalar_type() && (t == at::kHalf || t == at::kBFloat16))
+    return at::bmm(A, B, p.acc_dtype);
+  return at::bmm(A.to(p.acc_dtype), B.to(p.acc_dtype));
 }
 
 at::Tensor gram_forward(const Problem& p, const GramKernels& kern) {
   auto out = empty_output(p);
   auto acc = p.in_dtype == p.acc_dtype ? out : at::empty(out.sizes(), out.options().dtype(p.acc_dtype));
   for_each_chunk(p, kern.chunk(p), [&](int64_t b0, int64_t bc) {
-    const auto M = at::bmm(gram_factor(p, 0, b0, bc), gram_factor(p, 1, b0, bc).transpose(1, 2)).contiguous();
+    const auto M =
+        gram_gemm(p, kern, gram_factor(p, 0, b0, bc), gram_factor(p, 1, b0, bc).transpose(1, 2)).contiguous();
     auto o = acc.narrow(0, b0, bc);
     RECORD_FUNCTION("compact_bilinear::gram_sketch", {});
     kern.sketch(p, M, o);
@@ -418,7 +432,10 @@ at::Tensor gram_forward(const Problem& p, const GramKernels& kern) {
 
 std::vector<at::Tensor> gram_backward(const Problem& p, const at::Tensor& grad_out, const GramKernels& kern) {
   auto grads = empty_input_grads(p);
-  const auto g = grad_out.reshape({p.B, p.d}).to(p.acc_dtype).contiguous();
+  // dM holds the output gradient's values, so it keeps a 16-bit gradient's dtype (for gram_gemm).
+  const auto g = grad_out.reshape({p.B, p.d})
+                     .to(grad_out.scalar_type() == p.in_dtype ? p.in_dtype : p.acc_dtype)
+                     .contiguous();
   const int64_t C0 = p.x[0].size(1), C1 = p.x[1].size(1);
   for_each_chunk(p, kern.chunk(p), [&](int64_t b0, int64_t bc) {
     const auto X = gram_factor(p, 0, b0, bc), Y = gram_factor(p, 1, b0, bc);
@@ -429,10 +446,11 @@ std::vector<at::Tensor> gram_backward(const Problem& p, const at::Tensor& grad_o
     }
     // A map summed over its locations gets the same gradient at every location.
     if (!p.skip_grad[0])
-      grads[0].narrow(0, b0, bc).copy_((at::bmm(dM, Y) * p.sign[0].view({1, -1, 1})).expand({bc, C0, p.x[0].size(2)}));
+      grads[0].narrow(0, b0, bc).copy_(
+          (gram_gemm(p, kern, dM, Y) * p.sign[0].view({1, -1, 1})).expand({bc, C0, p.x[0].size(2)}));
     if (!p.skip_grad[1])
       grads[1].narrow(0, b0, bc).copy_(
-          (at::bmm(dM.transpose(1, 2), X) * p.sign[1].view({1, -1, 1})).expand({bc, C1, p.x[1].size(2)}));
+          (gram_gemm(p, kern, dM.transpose(1, 2), X) * p.sign[1].view({1, -1, 1})).expand({bc, C1, p.x[1].size(2)}));
   });
   return grads;
 }

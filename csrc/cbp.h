@@ -158,14 +158,15 @@ std::vector<at::Tensor> empty_input_grads(const Problem& p);
 // C_0 x C_1 per sample (a map times a vector: the map summed over its locations first), and the
 // output is M's count sketch under the pair hash (h_0[a] + h_1[c]) mod d, with the signs folded
 // into X and Y: no FFT, but a GEMM of C_0 C_1 L multiply-adds and C_0 C_1 values to sketch per
-// sample. Per device, the sketch of M and its adjoint, in the compute dtype:
+// sample. Per device:
 struct GramKernels {
   // out (B, d) <- for each bin j, the sum of M[b, a, c] over the pairs with (h0[a] + h1[c]) mod d = j,
-  // in (a, c) order (spectral.h pair_sketch_bin).
+  // in (a, c) order (spectral.h pair_sketch_bin); M and out in the compute dtype.
   void (*sketch)(const Problem&, const at::Tensor& M, at::Tensor& out);
-  // dM (B, C_0, C_1) <- g[b, (h0[a] + h1[c]) mod d].
+  // dM (B, C_0, C_1) <- g[b, (h0[a] + h1[c]) mod d], in g's dtype (the compute dtype, or 16-bit).
   void (*sketch_backward)(const Problem&, const at::Tensor& g, at::Tensor& dM);
   int64_t (*chunk)(const Problem&);  // samples per chunk (M is C_0 C_1 values per sample)
+  bool gemm_16bit;                   // at::bmm takes 16-bit operands to a float32 product there
   bool in_auto;                      // whether 'auto' weighs it (the cost model was fitted there)
 };
 // Whether a call runs the Gram path: algorithm "gram" (an error that says why where it cannot run),

@@ -1,6 +1,8 @@
 """The benchmark tools: the verdict on issue 2's CPU targets, the shared-memory bank model, the ptxas report."""
 import math
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -433,3 +435,15 @@ def test_gram_benchmark_runs_and_checks(capsys):
         assert r[5].strip() == r[9].strip() == "-"
         for speed_up, (gram_ms, fft_ms) in ((r[7], fwd), (r[11], bwd)):
             assert float(speed_up.strip().rstrip("x")) == pytest.approx(fft_ms / gram_ms, rel=0.01)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+def test_pair_sketch_order_benchmark_compiles_and_agrees(tmp_path):
+    """benchmarks/pair_sketch_order.cpp, the stand-alone A/B of the CPU pair sketch's channel
+    order: it compiles, and both orders give identical sketches (its exit status), wrap included."""
+    exe = tmp_path / "pair_sketch_order"
+    src = Path(__file__).resolve().parents[1] / "benchmarks" / "pair_sketch_order.cpp"
+    subprocess.run(["g++", "-O2", "-o", str(exe), str(src)], check=True)
+    for args in (["31", "17", "64"], ["64", "64", "16"]):
+        out = subprocess.run([str(exe), *args], check=True, capture_output=True, text=True).stdout
+        assert "identical sketches" in out and "ns per pair" in out

@@ -146,7 +146,8 @@ __global__ void gram_sketch_backward_kernel(const T* __restrict__ g, int64_t sg,
 }
 
 void gram_sketch_backward_cuda(const Problem& p, const at::Tensor& g, at::Tensor& dM) {
-  AT_DISPATCH_FLOATING_TYPES(dM.scalar_type(), "compact_bilinear_gram_sketch_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dM.scalar_type(),
+                                  "compact_bilinear_gram_sketch_backward_cuda", [&] {
     const int64_t n = dM.numel();
     if (n == 0) return;
     gram_sketch_backward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -162,9 +163,11 @@ int64_t gram_chunk_cuda(const Problem& p) {
   return std::max<int64_t>(1, (int64_t{1} << 25) / pairs);
 }
 
+// 16-bit GEMM operands go to cuBLAS as they are (at::bmm with a float32 out_dtype: the tensor cores).
 // Not in 'auto' until a GPU has timed it against the fused kernel (docs/benchmarks.md, "What the
 // next GPU run has to answer"): the cost model's constants were fitted on a CPU.
-const GramKernels kCudaGram{gram_sketch_cuda, gram_sketch_backward_cuda, gram_chunk_cuda, /*in_auto=*/false};
+const GramKernels kCudaGram{gram_sketch_cuda, gram_sketch_backward_cuda, gram_chunk_cuda, /*gemm_16bit=*/true,
+                            /*in_auto=*/false};
 
 // ---------------------------------------------------------------------------------------------
 // Fused kernel.

@@ -1636,14 +1636,14 @@ GRAM_CASES = {n: c for n, c in CASES.items() if gram_applies(c)}
 
 @pytest.mark.parametrize("dtype", list(TOL))
 @pytest.mark.parametrize("name", list(GRAM_CASES))
-def test_gram_dtypes_match_float64(name, dtype):
+def test_gram_dtypes_match_float64(name, dtype, device):
     """algorithm='gram' (the Gram matrix X Y^T, then its pair sketch) in float32, float16 and
     bfloat16 (float32 inside) against the definition in float64: output and both gradients, also
     with one input's gradient asked for (input_grads), and bit-identical on a second call."""
-    xs, hs, ss, d, sum_pool = make(GRAM_CASES[name], "cpu", dtype=dtype, requires_grad=True)
+    xs, hs, ss, d, sum_pool = make(GRAM_CASES[name], device, dtype=dtype, requires_grad=True)
     x64 = [x.detach().double().requires_grad_() for x in xs]
     ref = explicit_outer_product_sketch(x64, hs, ss, d, sum_pool)
-    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
     want = torch.autograd.grad(ref, x64, w)
     runs = []
     for _ in range(2):
