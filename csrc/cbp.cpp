@@ -3,7 +3,6 @@
 
 #include "common/fused.h"
 
-#include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 #include <torch/library.h>
 
@@ -204,6 +203,7 @@ Problem make_problem(at::TensorList inputs, at::TensorList hash_indices, at::Ten
     p.sign.push_back(hi.sign);
     p.perm.push_back(hi.perm);
     p.sorted_sign.push_back(hi.sorted_sign);
+    p.sorted_hash.push_back(hi.sorted_hash);
     p.bucket_start.push_back(hi.bucket_start);
     p.gather.push_back(hi.gather);
   }
@@ -438,7 +438,9 @@ std::vector<at::Tensor> gram_backward(const Problem& p, const at::Tensor& grad_o
                      .contiguous();
   const int64_t C0 = p.x[0].size(1), C1 = p.x[1].size(1);
   for_each_chunk(p, kern.chunk(p), [&](int64_t b0, int64_t bc) {
-    const auto X = gram_factor(p, 0, b0, bc), Y = gram_factor(p, 1, b0, bc);
+    // Input 0's gradient needs Y, input 1's X.
+    const auto X = p.skip_grad[1] ? at::Tensor() : gram_factor(p, 0, b0, bc);
+    const auto Y = p.skip_grad[0] ? at::Tensor() : gram_factor(p, 1, b0, bc);
     auto dM = at::empty({bc, C0, C1}, g.options());
     {
       RECORD_FUNCTION("compact_bilinear::gram_sketch_backward", {});

@@ -23,7 +23,7 @@ struct Problem {
   std::vector<at::Tensor> hash, sign;       // int64 [C_k] and compute-dtype [C_k]
   // Inverse hash: channels sorted by bucket (perm), their buckets and signs in that order, and
   // where each bucket's run of sorted positions starts (int64 [d + 1]; spectral.h bucket_sketch).
-  std::vector<at::Tensor> perm, sorted_sign, bucket_start;
+  std::vector<at::Tensor> perm, sorted_hash, sorted_sign, bucket_start;
   // The same as the fused gather reads it: int32 [C_k, 2] (fused.h GatherCode), for d <= 2^14.
   std::vector<at::Tensor> gather;
   at::ScalarType in_dtype = at::kFloat, acc_dtype = at::kFloat;

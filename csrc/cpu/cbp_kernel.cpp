@@ -373,14 +373,13 @@ struct HostLaunch {
 // runs it here.
 void gram_sketch_cpu(const Problem& p, const at::Tensor& M, at::Tensor& out) {
   const bool gather = host_sketch_gather();
-  const auto sorted1 = p.hash[1].index_select(0, p.perm[1]);  // input 1's buckets, in bucket order
   AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "compact_bilinear_gram_sketch_cpu", [&] {
     const int64_t B = M.size(0), C0 = M.size(1), C1 = M.size(2), d = out.size(1), so = out.stride(0);
     const scalar_t* m = M.data_ptr<scalar_t>();
     const int64_t* ha = p.hash[0].data_ptr<int64_t>();
     const int64_t* perm1 = p.perm[1].data_ptr<int64_t>();
     const int64_t* start1 = p.bucket_start[1].data_ptr<int64_t>();
-    const int64_t* h1s = sorted1.data_ptr<int64_t>();
+    const int64_t* h1s = p.sorted_hash[1].data_ptr<int64_t>();  // input 1's buckets, in bucket order
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {

@@ -398,6 +398,18 @@ SKETCH_CASES = {
 }
 
 
+def scatter_and_gather(xs, hs, ss, d, sum_pool, algo, w, monkeypatch):
+    """The output and input gradients of one call, with the CPU's sketches as a scatter (the
+    default), then as the GPU's gather (COMPACT_BILINEAR_HOST_SKETCH=gather)."""
+    def run():
+        out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm=algo)
+        return [out, *torch.autograd.grad(out, xs, w)]
+
+    scatter = run()
+    monkeypatch.setenv("COMPACT_BILINEAR_HOST_SKETCH", "gather")
+    return scatter, run()
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", list(SKETCH_CASES))
 def test_fft_sketch_gather_matches_the_scatter(name, dtype, monkeypatch):
@@ -414,13 +426,7 @@ def test_fft_sketch_gather_matches_the_scatter(name, dtype, monkeypatch):
     shape = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fft").shape
     w = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(dtype)
 
-    def run():
-        out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="fft")
-        return [out, *torch.autograd.grad(out, xs, w)]
-
-    scatter = run()
-    monkeypatch.setenv("COMPACT_BILINEAR_HOST_SKETCH", "gather")
-    gather = run()
+    scatter, gather = scatter_and_gather(xs, hs, ss, d, sum_pool, "fft", w, monkeypatch)
     for a, b in zip(scatter, gather):
         assert torch.equal(a, b)
     if dtype == torch.float64:
@@ -1708,13 +1714,7 @@ def test_gram_gather_matches_the_scatter(name, dtype, monkeypatch):
     xs, hs, ss, d, sum_pool = make(GRAM_CASES[name], "cpu", dtype=dtype, requires_grad=True)
     w = torch.randn(xs[0].shape[0], d, generator=torch.Generator().manual_seed(4), dtype=dtype)
 
-    def run():
-        out = cb.compact_bilinear_pooling(xs, hs, ss, d, sum_pool=sum_pool, algorithm="gram")
-        return [out, *torch.autograd.grad(out, xs, w)]
-
-    scatter = run()
-    monkeypatch.setenv("COMPACT_BILINEAR_HOST_SKETCH", "gather")
-    gather = run()
+    scatter, gather = scatter_and_gather(xs, hs, ss, d, sum_pool, "gram", w, monkeypatch)
     assert scatter[0].abs().max() > 0
     assert all(torch.equal(a, b) for a, b in zip(scatter, gather))
 
